@@ -1,0 +1,132 @@
+"""Residual blocks: BasicBlock, Bottleneck (torchvision "v1.5"), PreActBlock, and the two shortcuts.
+
+Attribute names (conv1, bn1, ..., downsample) follow torchvision so that a torchvision
+state_dict loads into our ResNets with strict=True.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False)
+
+
+def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False)
+
+
+class ZeroPadShortcut(nn.Module):
+    """He et al. 2015 option A: identity with stride-2 subsampling and zero-padded extra channels.
+
+    Parameter-free, which is why the paper's CIFAR ResNet-20 has 0.27 M parameters.
+    """
+
+    def __init__(self, in_planes: int, out_planes: int, stride: int) -> None:
+        super().__init__()
+        if out_planes < in_planes:
+            raise ValueError("option A shortcut cannot reduce channels")
+        self.stride = stride
+        self.extra = out_planes - in_planes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride > 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        if self.extra:
+            # Split the padding on both sides as in the paper's reference (planes//4 each side).
+            before = self.extra // 2
+            x = F.pad(x, (0, 0, 0, 0, before, self.extra - before))
+        return x
+
+
+def make_shortcut(in_planes: int, out_planes: int, stride: int, option: str,
+                  with_bn: bool = True) -> nn.Module | None:
+    """Return the shortcut module for a shape change, or None when identity suffices."""
+    if stride == 1 and in_planes == out_planes:
+        return None
+    if option == "A":
+        return ZeroPadShortcut(in_planes, out_planes, stride)
+    if option == "B":
+        if not with_bn:  # pre-activation blocks project the already-normalised input
+            return nn.Sequential(conv1x1(in_planes, out_planes, stride))
+        return nn.Sequential(conv1x1(in_planes, out_planes, stride), nn.BatchNorm2d(out_planes))
+    raise ValueError(f"unknown shortcut option {option!r}; use 'A' or 'B'")
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs (He et al. 2015, Fig. 2 left)."""
+
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "B") -> None:
+        super().__init__()
+        self.conv1 = conv3x3(in_planes, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = make_shortcut(in_planes, planes * self.expansion, stride, shortcut)
+
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.bn2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3, 1x1 expand; stride on the 3x3 conv (torchvision's "ResNet v1.5")."""
+
+    expansion = 4
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "B") -> None:
+        super().__init__()
+        self.conv1 = conv1x1(in_planes, planes)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = conv1x1(planes, planes * self.expansion)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = make_shortcut(in_planes, planes * self.expansion, stride, shortcut)
+
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.bn3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class PreActBlock(nn.Module):
+    """BN-ReLU-conv twice with a clean identity path (He et al. 2016, "Identity Mappings")."""
+
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "B") -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = conv3x3(in_planes, planes, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes)
+        self.relu = nn.ReLU(inplace=False)
+        self.downsample = make_shortcut(in_planes, planes, stride, shortcut, with_bn=False)
+
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.bn2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(x))
+        # The projection sees the pre-activated input, as in the paper's full pre-activation unit.
+        identity = x if self.downsample is None else self.downsample(out)
+        out = self.conv1(out)
+        out = self.conv2(self.relu(self.bn2(out)))
+        return out + identity

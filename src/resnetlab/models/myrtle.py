@@ -1,0 +1,64 @@
+"""A ResNet-9-style network (Myrtle.ai's DAWNBench design) made of resnetlab's own BasicBlocks.
+
+Why it exists: on a CPU, the deep-and-thin CIFAR ResNets spend their time in many small convolutions;
+this net has few, wide layers at low resolution and reaches ~90 %+ CIFAR-10 in a handful of epochs,
+which is what short CPU recipes need. Widths are configurable so recipes can trade accuracy for time.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .blocks import BasicBlock
+
+
+def conv_bn(c_in: int, c_out: int, pool: bool = False) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                               nn.ReLU(inplace=True)]
+    if pool:
+        layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers)
+
+
+class ResNet9(nn.Module):
+    """prep conv → [conv+pool, BasicBlock] → conv+pool → [conv+pool, BasicBlock] → max-pool → linear."""
+
+    def __init__(self, num_classes: int = 10, widths: Sequence[int] = (64, 128, 256, 512),
+                 in_channels: int = 3, head_scale: float = 0.125) -> None:
+        super().__init__()
+        w0, w1, w2, w3 = widths
+        self.prep = conv_bn(in_channels, w0)
+        self.layer1 = nn.Sequential(conv_bn(w0, w1, pool=True), BasicBlock(w1, w1))
+        self.layer2 = conv_bn(w1, w2, pool=True)
+        self.layer3 = nn.Sequential(conv_bn(w2, w3, pool=True), BasicBlock(w3, w3))
+        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.num_features = w3
+        self.num_stages = 3
+        self.fc = nn.Linear(w3, num_classes, bias=False)
+        # Scaling the logits keeps the softmax from saturating early (the Myrtle recipe uses 0.125).
+        self.head_scale = head_scale
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def stages(self) -> list[nn.Module]:
+        return [self.layer1, self.layer2, self.layer3]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer3(self.layer2(self.layer1(self.prep(x))))
+        return torch.flatten(self.pool(x), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.forward_features(x)) * self.head_scale
+
+
+def resnet9(num_classes: int = 10, **kw) -> ResNet9:
+    return ResNet9(num_classes, **kw)
+
+
+def resnet9_small(num_classes: int = 10, **kw) -> ResNet9:
+    """Half-width ResNet-9 (32/64/128/256): ~4x fewer MACs, for 2-core CPU budgets."""
+    kw.setdefault("widths", (32, 64, 128, 256))
+    return ResNet9(num_classes, **kw)

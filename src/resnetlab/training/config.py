@@ -1,0 +1,239 @@
+"""Recipes as dataclasses, read from YAML and overridden with key=value pairs.
+
+Every bad key or value is a UserError naming the key and what is allowed, so a typo in a recipe never
+silently falls back to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import UserError
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet20"
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass
+class AugmentSection:
+    crop_padding: int = 4
+    pad_mode: str = "zeros"
+    flip: bool = True
+    cutout: int = 0
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "cifar10"        # cifar10 | cifar100 | folder
+    path: str | None = None         # image folder root when dataset == folder
+    val_size: float = 5000          # images (>=1) or fraction (<1) held out for validation; 0 = none
+    split_seed: int = 0
+    test_fraction: float = 0.2      # image folders without train/ + test/: share held out as test
+    image_size: int | None = None   # resize inputs (e.g. 64 for a pretrained net); None = native
+    verify: bool = True
+    strict: bool = False
+    subset: int = 0                 # use a stratified slice of N training (and N/5 test) images; 0 = all
+    augment: AugmentSection = field(default_factory=AugmentSection)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"               # sgd | adam | adamw
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    no_decay_bn_bias: bool = False  # exclude BN weights/biases and all biases from weight decay
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "multistep"         # constant | multistep | cosine | onecycle
+    unit: str = "epoch"             # epoch | iter : unit of milestones and warmup
+    milestones: list = field(default_factory=list)
+    gamma: float = 0.1
+    warmup: float = 0               # linear warm-up length (in `unit`)
+    pct_start: float = 0.25         # onecycle: fraction of training spent rising to the peak
+    final_lr_frac: float = 0.0      # cosine/onecycle: lr at the end as a fraction of the peak
+
+
+@dataclass
+class EarlyStopConfig:
+    patience: int = 0               # epochs without improvement before stopping; 0 = off
+    min_delta: float = 0.0
+    metric: str = "val_top1"        # val_top1 | val_loss | val_top5
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    max_steps: int = 0              # stop after this many iterations (the paper counts 64k); 0 = off
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+    label_smoothing: float = 0.0
+    ema_decay: float = 0.0          # 0 = no EMA; else evaluate and save the EMA weights
+    grad_clip: float = 0.0
+    seed: int = 0
+    deterministic: bool = False
+    precision: str = "auto"         # auto | fp32 | bf16 | fp16
+    channels_last: str = "auto"     # auto | true | false
+    compile: bool = False
+    device: str = "auto"            # auto | cpu | cuda | cuda:N | mps
+    tta: bool = False               # horizontal-flip test-time augmentation in evaluation
+    log_every: int = 50
+    early_stopping: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+
+
+@dataclass
+class Recipe:
+    name: str = "custom"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "data.dataset": ("cifar10", "cifar100", "folder"),
+    "data.augment.pad_mode": ("zeros", "reflect"),
+    "optim.name": ("sgd", "adam", "adamw"),
+    "schedule.name": ("constant", "multistep", "cosine", "onecycle"),
+    "schedule.unit": ("epoch", "iter"),
+    "train.early_stopping.metric": ("val_top1", "val_top5", "val_loss"),
+    "train.precision": ("auto", "fp32", "bf16", "fp16"),
+    "train.channels_last": ("auto", "true", "false"),
+}
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    origin = typing.get_origin(typ)
+    args = typing.get_args(typ)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        typ = next(a for a in args if a is not type(None))
+    if typ is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if not isinstance(value, bool):
+            raise UserError(f"recipe key {key}: expected true or false, got {value!r}")
+        return value
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise UserError(f"recipe key {key}: expected an integer, got {value!r}")
+        return int(value)
+    if typ is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"recipe key {key}: expected a number, got {value!r}")
+        return float(value)
+    if typ is str:
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        if not isinstance(value, (str, int, float)):
+            raise UserError(f"recipe key {key}: expected a string, got {value!r}")
+        value = str(value)
+        if key in CHOICES and value not in CHOICES[key]:
+            raise UserError(f"recipe key {key}: {value!r} is not allowed; choose one of "
+                            f"{', '.join(CHOICES[key])}")
+        return value
+    if typ in (list, dict) or typing.get_origin(typ) in (list, dict):
+        want = typing.get_origin(typ) or typ
+        if not isinstance(value, want):
+            raise UserError(f"recipe key {key}: expected a {want.__name__}, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"recipe section {prefix or 'top level'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise UserError(f"unknown recipe key {full}; allowed keys{' in ' + prefix[:-1] if prefix else ''}: "
+                            f"{', '.join(names)}")
+        typ = hints[key]
+        if dataclasses.is_dataclass(typ):
+            kwargs[key] = _build(typ, value, full + ".")
+        else:
+            kwargs[key] = _coerce(value, typ, full)
+    return cls(**kwargs)
+
+
+def recipe_from_dict(data: dict) -> Recipe:
+    recipe = _build(Recipe, data, "")
+    validate(recipe)
+    return recipe
+
+
+def validate(r: Recipe) -> None:
+    checks = [
+        (r.train.epochs >= 1, "train.epochs", "must be at least 1"),
+        (r.train.batch_size >= 1, "train.batch_size", "must be at least 1"),
+        (r.optim.lr > 0, "optim.lr", "must be positive"),
+        (0 <= r.train.ema_decay < 1, "train.ema_decay", "must be in [0, 1)"),
+        (0 <= r.train.label_smoothing < 1, "train.label_smoothing", "must be in [0, 1)"),
+        (r.data.val_size >= 0, "data.val_size", "must be >= 0 (images, or a fraction below 1)"),
+        (r.data.augment.crop_padding >= 0, "data.augment.crop_padding", "must be >= 0"),
+        (r.schedule.name != "multistep" or bool(r.schedule.milestones), "schedule.milestones",
+         "multistep needs a non-empty list of milestones"),
+        (r.data.dataset != "folder" or bool(r.data.path), "data.path", "dataset 'folder' needs data.path"),
+    ]
+    for ok, key, msg in checks:
+        if not ok:
+            raise UserError(f"recipe key {key}: {msg}")
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
+    """Read a YAML recipe (or defaults when path is None) and apply dotted key=value overrides."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"{p}: recipe file not found (see recipes/ for the bundled ones)")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise UserError(f"{p}: a recipe must be a YAML mapping")
+        data.setdefault("name", p.stem)
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override {item!r}: expected key=value, e.g. optim.lr=0.05")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"override {key}: {part} is not a section")
+        node[parts[-1]] = value
+    return recipe_from_dict(data)

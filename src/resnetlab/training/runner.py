@@ -1,0 +1,242 @@
+"""From a recipe to a finished run: data → model → Trainer.fit → test evaluation → results.json.
+
+Also rebuilds a model and its data from a checkpoint's metadata (for eval / predict / finetune).
+"""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data import AugmentConfig, BatchLoader, ImageSet, channel_stats, load_cifar, load_image_folder
+from ..data.folders import stratified_split, subset
+from ..errors import UserError
+from ..evaluation.metrics import EvalResult, evaluate
+from ..evaluation.profile import count_macs, count_params
+from ..models import create_model, natural_input_size
+from .checkpoint import read_checkpoint, save_checkpoint
+from .config import DataConfig, Recipe
+from .engine import Trainer, select_device, select_precision, use_channels_last
+
+
+@dataclass
+class Splits:
+    train: ImageSet
+    val: ImageSet | None
+    test: ImageSet
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def classes(self) -> list[str]:
+        return self.train.classes
+
+
+def load_splits(cfg: DataConfig, data_dir: str | None, progress: bool = True,
+                mean_std: tuple | None = None) -> Splits:
+    """Train / validation / test ImageSets for a data config; mean/std from the training split
+    unless given (pretrained weights bring their own normalisation)."""
+    if cfg.dataset == "folder":
+        train, test = load_image_folder(cfg.path, size=cfg.image_size or 32, split=cfg.test_fraction,
+                                        seed=cfg.split_seed, strict=cfg.strict, progress=progress)
+    else:
+        train = load_cifar(data_dir, cfg.dataset, "train", cfg.verify)
+        test = load_cifar(data_dir, cfg.dataset, "test", cfg.verify)
+    if cfg.subset:
+        train = _slice(train, cfg.subset, cfg.split_seed)
+        test = _slice(test, max(cfg.subset // 5, len(test.classes)), cfg.split_seed)
+    val = None
+    if cfg.val_size:
+        frac = cfg.val_size / len(train) if cfg.val_size >= 1 else cfg.val_size
+        if not 0 < frac < 1:
+            raise UserError(f"recipe key data.val_size: {cfg.val_size} leaves no training images "
+                            f"(training split has {len(train)})")
+        keep, held = stratified_split(train.labels, frac, cfg.split_seed)
+        train, val = subset(train, keep), subset(train, held)
+    mean, std = mean_std if mean_std else channel_stats(train.images)
+    return Splits(train, val, test, tuple(mean), tuple(std))
+
+
+def _slice(ds: ImageSet, n: int, seed: int) -> ImageSet:
+    if n >= len(ds):
+        return ds
+    _, held = stratified_split(ds.labels, n / len(ds), seed)
+    return subset(ds, held)
+
+
+def make_loaders(recipe: Recipe, splits: Splits, device: torch.device, channels_last: bool,
+                 input_size: int | None = None) -> tuple[BatchLoader, BatchLoader, BatchLoader]:
+    a = recipe.data.augment
+    aug = AugmentConfig(a.crop_padding, a.pad_mode, a.flip, a.cutout)
+    t = recipe.train
+    resize = input_size if input_size and input_size != splits.train.images.shape[-1] else None
+    common = dict(mean=splits.mean, std=splits.std, device=device, channels_last=channels_last,
+                  image_size=resize)
+    from .engine import dist_info
+    rank, world = dist_info()
+    train = BatchLoader(splits.train, t.batch_size, train=True, augment=aug, seed=t.seed, rank=rank,
+                        world_size=world, **common)
+    test = BatchLoader(splits.test, t.eval_batch_size, **common)
+    val = BatchLoader(splits.val, t.eval_batch_size, **common) if splits.val is not None else test
+    return train, val, test
+
+
+def model_meta(name: str, kwargs: dict, classes: list[str], mean, std, input_size: int,
+               recipe: Recipe | None, **extra: Any) -> dict[str, Any]:
+    return {"arch": name, "kwargs": kwargs, "num_classes": len(classes), "classes": list(classes),
+            "mean": list(mean), "std": list(std), "input_size": input_size,
+            "recipe": recipe.to_dict() if recipe else None, **extra}
+
+
+def setup_runtime(recipe: Recipe) -> tuple[torch.device, torch.dtype | None, bool]:
+    t = recipe.train
+    device = select_device(t.device)
+    torch.manual_seed(t.seed)
+    if t.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return device, select_precision(t.precision, device), use_channels_last(t.channels_last, device)
+
+
+def describe_device(device: torch.device, amp: torch.dtype | None) -> str:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = platform.processor() or platform.machine()
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+        name = f"{name}, {torch.get_num_threads()} threads"
+    return f"{device.type} ({name}), {'fp32' if amp is None else str(amp).replace('torch.', '')}"
+
+
+def train_recipe(recipe: Recipe, out: str | Path, data_dir: str | None = None, resume: bool = False,
+                 progress: bool = True, log=print) -> dict[str, Any]:
+    """Run a whole training recipe; returns the results dict also written to results.json."""
+    run_dir = Path(out)
+    if resume:
+        if not (run_dir / "last.safetensors").is_file():
+            raise UserError(f"{run_dir}: nothing to resume (no last.safetensors)")
+        _w, meta = read_checkpoint(run_dir / "last.safetensors")
+        from .config import recipe_from_dict
+        recipe = recipe_from_dict(meta["recipe"])
+    elif (run_dir / "last.safetensors").exists():
+        raise UserError(f"{run_dir}: already holds a run; use --resume {run_dir} or another --out")
+    device, amp, cl = setup_runtime(recipe)
+    t_load = time.perf_counter()
+    splits = load_splits(recipe.data, data_dir, progress)
+    log(f"data: {len(splits.train)} train / {len(splits.val) if splits.val else 0} val / "
+        f"{len(splits.test)} test images, {len(splits.classes)} classes, mean {splits.mean} std "
+        f"{splits.std} ({time.perf_counter() - t_load:.1f}s)")
+    m = recipe.model
+    torch.manual_seed(recipe.train.seed)
+    model = create_model(m.name, num_classes=len(splits.classes), **m.kwargs)
+    input_size = recipe.data.image_size or natural_input_size(m.name, **m.kwargs)
+    if recipe.data.dataset != "folder" and recipe.data.image_size is None:
+        input_size = 32
+    train_l, val_l, test_l = make_loaders(recipe, splits, device, cl, input_size)
+    meta = model_meta(m.name, m.kwargs, splits.classes, splits.mean, splits.std, input_size, recipe,
+                      dataset=_data_ref(recipe.data, data_dir))
+    log(f"model: {m.name} {m.kwargs or ''} {count_params(model):,} params; device {describe_device(device, amp)}"
+        f"{', channels_last' if cl else ''}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(model, recipe, train_l, val_l, run_dir, meta, device, amp, cl, progress=progress, log=log)
+    state = trainer.fit(resume=resume)
+    return finish_run(trainer, splits, test_l, state, log)
+
+
+def finish_run(trainer: Trainer, splits: Splits, test_loader, state: dict, log=print,
+               name: str = "best") -> dict[str, Any]:
+    """Test the chosen weights and record results: best-on-validation when a validation split exists
+    (choosing on test would be cheating), else the final weights."""
+    run_dir, prefix = trainer.run_dir, trainer.prefix
+    if splits.val is not None and (run_dir / f"{prefix}best.safetensors").is_file():
+        weights, _ = read_checkpoint(run_dir / f"{prefix}best.safetensors")
+        trainer.eval_model.load_state_dict(weights)
+        chosen = f"best on validation (epoch {state['best_epoch']})"
+    else:
+        chosen = "final"
+    test = evaluate(trainer.eval_model, test_loader, trainer.num_classes, tta=trainer.recipe.train.tta,
+                    amp_dtype=trainer.amp_dtype)
+    hist = state["history"]
+    speeds = [h["img_per_s"] for h in hist[1:]] or [h["img_per_s"] for h in hist]
+    model = trainer.eval_model
+    results = {
+        "model": trainer.meta["arch"], "test": test.summary(), "weights": chosen,
+        "params": count_params(model), "macs": count_macs(_cpu_copy(model), trainer.meta["input_size"]),
+        "train_time_min": state["elapsed"] / 60, "epochs": state["epoch"], "steps": state["step"],
+        "img_per_s": sum(speeds) / max(1, len(speeds)), "device": describe_device(trainer.device, trainer.amp_dtype),
+        "stopped": state["stopped"], "per_class": dict(zip(splits.classes, test.per_class())),
+    }
+    if trainer.is_main:
+        meta = dict(trainer.meta, metrics={"test": test.summary(), "val_best": state["best"]},
+                    epoch=state["epoch"], step=state["step"])
+        save_checkpoint(run_dir / f"{prefix}best.safetensors", model.state_dict(), meta)
+        (run_dir / f"{prefix}results.json").write_text(json.dumps(results, indent=2))
+        write_confusion(test, splits.classes, run_dir / f"{prefix}confusion")
+        log(f"test ({chosen} weights): top-1 {test.top1:.4f}  top-5 {test.top5:.4f}  loss {test.loss:.4f}  "
+            f"[{state['elapsed'] / 60:.1f} min training]")
+    return results
+
+
+def _cpu_copy(model: nn.Module) -> nn.Module:
+    import copy
+    return copy.deepcopy(model).float().cpu().to(memory_format=torch.contiguous_format)
+
+
+def _data_ref(cfg: DataConfig, data_dir: str | None) -> dict:
+    return {"dataset": cfg.dataset, "path": cfg.path, "data_dir": str(data_dir) if data_dir else None,
+            "val_size": cfg.val_size, "split_seed": cfg.split_seed, "test_fraction": cfg.test_fraction}
+
+
+def write_confusion(result: EvalResult, classes: list[str], base: Path) -> None:
+    """confusion.csv (rows true, columns predicted) and a PNG heatmap with class names."""
+    cm = result.confusion
+    with open(base.with_suffix(".csv"), "w") as f:
+        f.write("true\\pred," + ",".join(classes) + "\n")
+        for name, row in zip(classes, cm.tolist()):
+            f.write(name + "," + ",".join(map(str, row)) + "\n")
+    if len(classes) > 40:
+        return  # a 100x100 heatmap with names is unreadable; the CSV has it all
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(1 + 0.6 * len(classes), 1 + 0.5 * len(classes)))
+    norm = cm.float() / cm.sum(1, keepdim=True).clamp_min(1)
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"confusion matrix (top-1 {result.top1:.4f})")
+    fig.tight_layout()
+    fig.savefig(base.with_suffix(".png"), dpi=100)
+    plt.close(fig)
+
+
+def model_from_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
+    weights, meta = read_checkpoint(path)
+    if "arch" not in meta:
+        raise UserError(f"{path}: not a resnetlab checkpoint (no architecture metadata)")
+    model = create_model(meta["arch"], num_classes=meta["num_classes"], **meta.get("kwargs", {}))
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise UserError(f"{path}: weights do not match {meta['arch']} ({str(e).splitlines()[0]})") from None
+    return model.to(device).eval(), meta
