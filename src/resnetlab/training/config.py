@@ -94,6 +94,17 @@ class TrainConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    strategy: str = "two-stage"     # linear-probe | partial | full | two-stage
+    unfreeze_stages: int = 1        # partial: how many of the last stages train (with the head)
+    stage1_epochs: int = 5          # two-stage: head-only epochs (stops earlier on early stopping)
+    stage2_lr_mult: float = 0.5     # two-stage: stage-2 learning rate relative to optim.lr
+    freeze_bn_stats: bool = False   # two-stage stage 2 / partial / full: keep BN running stats frozen
+    layer_decay: float = 1.0        # discriminative lr: stage k of K gets lr * decay**(K-k); 1 = off
+    compare: bool = True            # also report a linear probe of the pretrained net (before/after)
+
+
+@dataclass
 class Recipe:
     name: str = "custom"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -101,6 +112,7 @@ class Recipe:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -115,6 +127,7 @@ CHOICES = {
     "train.early_stopping.metric": ("val_top1", "val_top5", "val_loss"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
     "train.channels_last": ("auto", "true", "false"),
+    "finetune.strategy": ("linear-probe", "partial", "full", "two-stage"),
 }
 
 
@@ -221,6 +234,10 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
         if not isinstance(data, dict):
             raise UserError(f"{p}: a recipe must be a YAML mapping")
         data.setdefault("name", p.stem)
+    keys = [item.split("=", 1)[0].strip() for item in overrides]
+    if "model.name" in keys and not any(k.startswith("model.kwargs") for k in keys):
+        # kwargs belong to the recipe's model (e.g. resnet9 widths); a new model starts from its defaults
+        data.get("model", {}).pop("kwargs", None) if isinstance(data.get("model"), dict) else None
     for item in overrides:
         if "=" not in item:
             raise UserError(f"override {item!r}: expected key=value, e.g. optim.lr=0.05")

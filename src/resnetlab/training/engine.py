@@ -165,6 +165,29 @@ class Trainer:
         torch.set_rng_state(extra["rng/torch"])
         self.state = resume["trainer"]
 
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimisation step (forward under autocast, backward, clip, step, EMA); no host sync."""
+        t = self.recipe.train
+        with autocast_for(self.device, self.amp_dtype):
+            out = self.forward(x)
+        loss = F.cross_entropy(out.float(), y, label_smoothing=t.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            if t.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            if t.grad_clip:
+                nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+            self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return loss, out
+
     # ----------------------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict[str, Any]:
         r, t = self.recipe, self.recipe.train
@@ -207,24 +230,7 @@ class Trainer:
                 f = lr_factor(step, total, steps_per_epoch, r.schedule)
                 for g in self.optimizer.param_groups:
                     g["lr"] = base_lr * g.get("lr_scale", 1.0) * f
-                with autocast_for(self.device, self.amp_dtype):
-                    out = self.forward(x)
-                loss = F.cross_entropy(out.float(), y, label_smoothing=t.label_smoothing)
-                self.optimizer.zero_grad(set_to_none=True)
-                if self.scaler is not None:
-                    self.scaler.scale(loss).backward()
-                    if t.grad_clip:
-                        self.scaler.unscale_(self.optimizer)
-                        nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                else:
-                    loss.backward()
-                    if t.grad_clip:
-                        nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
-                    self.optimizer.step()
-                if self.ema is not None:
-                    self.ema.update(self.model)
+                loss, out = self.train_step(x, y)
                 loss_sum += loss.detach() * len(y)
                 correct += (out.detach().argmax(1) == y).sum()
                 seen += len(y)

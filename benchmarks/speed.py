@@ -1,0 +1,199 @@
+"""Speed figures (issue: speed), each measured in this run:
+
+1. training throughput (steady state) — resnetlab's fast path (the engine's own train_step on the
+   in-memory pipeline, auto precision, channels_last, foreach SGD) vs the seeds' way (fp32 NCHW,
+   torchvision DataLoader + PIL transforms with 2 workers, plain SGD loop with loss.item() per step),
+   their ratio, achieved TFLOP/s from the MAC count, and each run's peak RSS (own process);
+2. inference: throughput at batch 256 and latency at batch 1, eager fp32 vs channels_last vs bf16
+   autocast vs torch.compile;
+3. (--fast94) time-to-accuracy of recipes/cifar10_fast94.yaml over 3 seeds.
+
+    python benchmarks/speed.py [--data-dir DIR] [--steps 8] [--json benchmarks/out/speed.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+MODELS = [("resnet20", {}), ("resnet56", {}), ("resnet18", {"stem": "cifar"})]
+
+
+def worker_train(args) -> dict:
+    """Runs in its own process so its peak RSS is its own."""
+    import torch.nn.functional as F
+    from resnetlab.data import cifar10, resolve_data_root
+    from resnetlab.evaluation.profile import count_macs
+    from resnetlab.models import create_model
+    from resnetlab.training.config import load_recipe
+    from resnetlab.training.runner import Splits, make_loaders, setup_runtime
+    from resnetlab.training.engine import Trainer
+
+    kw = json.loads(args.kwargs)
+    train, test = cifar10(resolve_data_root(args.data_dir))
+    torch.manual_seed(0)
+    model = create_model(args.model, num_classes=10, **kw)
+    macs = count_macs(model, 32)
+    bs, steps, warm = args.batch_size, args.steps, 2
+    if args.path == "fast":
+        recipe = load_recipe(None, [f"model.name={args.model}", f"train.batch_size={bs}", "data.val_size=0",
+                                    "schedule.name=constant"])
+        device, amp, cl = setup_runtime(recipe)
+        splits = Splits(train, None, test, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+        train_l, _, _ = make_loaders(recipe, splits, device, cl)
+        meta = {"num_classes": 10}
+        tr = Trainer(model, recipe, train_l, None, "/tmp/unused", meta, device, amp, cl, progress=False)
+        it = iter(train_l)
+        for _ in range(warm):
+            tr.train_step(*next(it))
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            loss, _ = tr.train_step(*next(it))
+        loss.item()
+        dt = time.perf_counter() - t0
+        label = f"{'fp32' if amp is None else str(amp)[6:]}{', channels_last' if cl else ''}"
+    else:
+        sys.path.insert(0, str(HERE))
+        from _common import PILCifar
+        import torchvision.transforms as T
+        mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+        tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
+        ds = PILCifar(train.images.permute(0, 2, 3, 1).numpy(), train.labels.numpy(), tf)
+        dl = torch.utils.data.DataLoader(ds, batch_size=bs, shuffle=True, num_workers=2, drop_last=True)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+        model.train()
+        it = iter(dl)
+        t0 = None
+        for i in range(warm + steps):
+            if i == warm:
+                t0 = time.perf_counter()
+            x, y = next(it)
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            loss.item()
+        dt = time.perf_counter() - t0
+        label = "fp32, NCHW, DataLoader(2 workers)"
+    img_s = bs * steps / dt
+    return {"model": args.model, "kwargs": kw, "path": args.path, "config": label, "img_s": img_s,
+            "tflops": img_s * macs * 2 * 3 / 1e12, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def run_worker(model: str, kw: dict, path: str, args) -> dict:
+    cmd = [sys.executable, __file__, "--worker", "--model", model, "--kwargs", json.dumps(kw), "--path", path,
+           "--steps", str(args.steps), "--batch-size", str(args.batch_size)]
+    if args.data_dir:
+        cmd += ["--data-dir", args.data_dir]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def inference(name: str, kw: dict) -> list[dict]:
+    from resnetlab.models import create_model
+    from resnetlab.training.engine import cpu_has_fast_bf16
+    rows = []
+    variants = [("eager fp32", {}), ("channels_last fp32", {"cl": True}), ("bf16 autocast", {"bf16": True, "cl": True})]
+    if os.environ.get("SPEED_COMPILE", "1") == "1":
+        variants.append(("torch.compile fp32", {"compile": True, "cl": True}))
+    for label, opt in variants:
+        torch.manual_seed(0)
+        model = create_model(name, num_classes=10, **kw).eval()
+        if opt.get("cl"):
+            model = model.to(memory_format=torch.channels_last)
+        fn = torch.compile(model) if opt.get("compile") else model
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(opt.get("bf16")))
+        res = {"model": name, "variant": label}
+        with torch.no_grad(), ctx:
+            for bs, key in ((256, "throughput"), (1, "latency")):
+                x = torch.randn(bs, 3, 32, 32)
+                if opt.get("cl"):
+                    x = x.contiguous(memory_format=torch.channels_last)
+                for _ in range(2):
+                    fn(x)
+                times = []
+                for _ in range(3 if bs > 1 else 30):
+                    t0 = time.perf_counter()
+                    fn(x)
+                    times.append(time.perf_counter() - t0)
+                res["img_s_b256" if bs > 1 else "latency_ms_b1"] = (
+                    256 / statistics.median(times) if bs > 1 else 1000 * statistics.median(times))
+        res["native_bf16"] = cpu_has_fast_bf16()
+        rows.append(res)
+    return rows
+
+
+def fast94(args) -> dict:
+    from resnetlab.training.checkpoint import read_checkpoint
+    runs = []
+    for seed in (0, 1, 2):
+        out = HERE / "out" / f"fast94-seed{seed}"
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "resnetlab.cli", "train", "--recipe", str(HERE.parent / "recipes" /
+                        "cifar10_fast94.yaml"), "--out", str(out), "--no-progress", f"train.seed={seed}"] +
+                       (["--data-dir", args.data_dir] if args.data_dir else []), check=True)
+        wall = time.perf_counter() - t0
+        res = json.loads((out / "results.json").read_text())
+        runs.append({"seed": seed, "top1": res["test"]["top1"], "wall_s": wall})
+    accs = [r["top1"] for r in runs]
+    return {"runs": runs, "mean": statistics.mean(accs), "min": min(accs), "max": max(accs),
+            "mean_wall_s": statistics.mean(r["wall_s"] for r in runs)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--model", default="resnet20")
+    ap.add_argument("--kwargs", default="{}")
+    ap.add_argument("--path", default="fast")
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--skip-inference", action="store_true")
+    ap.add_argument("--fast94", action="store_true", help="also train the fast recipe with 3 seeds")
+    ap.add_argument("--json", default=str(HERE / "out" / "speed.json"))
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker_train(args)))
+        return
+    report: dict = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    from resnetlab.training.runner import describe_device
+    report["device"] = describe_device(torch.device("cpu"), None)
+    rows = []
+    for name, kw in MODELS:
+        fast = run_worker(name, kw, "fast", args)
+        seed = run_worker(name, kw, "seed", args)
+        rows.append({"fast": fast, "seed": seed, "ratio": fast["img_s"] / seed["img_s"]})
+        print(f"{name}{' ' + str(kw) if kw else ''}: fast {fast['img_s']:.0f} img/s ({fast['config']}, "
+              f"{fast['tflops']:.3f} TFLOP/s, peak RSS {fast['peak_rss_mb']:.0f} MiB) | seeds' way "
+              f"{seed['img_s']:.0f} img/s ({seed['tflops']:.3f} TFLOP/s, peak RSS {seed['peak_rss_mb']:.0f} MiB) | "
+              f"ratio {fast['img_s'] / seed['img_s']:.2f}x", flush=True)
+    report["training"] = rows
+    if not args.skip_inference:
+        report["inference"] = []
+        for name, kw in (("resnet20", {}), ("resnet18", {"stem": "cifar"})):
+            for r in inference(name, kw):
+                report["inference"].append(r)
+                print(f"inference {name} {r['variant']:<20} batch 256: {r['img_s_b256']:8.0f} img/s   "
+                      f"batch 1: {r['latency_ms_b1']:6.2f} ms", flush=True)
+    if args.fast94:
+        report["fast94"] = fast94(args)
+        f = report["fast94"]
+        print(f"fast94 (3 seeds): mean {f['mean']:.4f} min {f['min']:.4f} max {f['max']:.4f}, "
+              f"mean wall {f['mean_wall_s'] / 60:.1f} min")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,314 @@
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+from PIL import Image
+
+from resnetlab import UserError
+from resnetlab.cli import main
+from resnetlab.data import (AugmentConfig, BatchLoader, ImageSet, channel_stats, cifar10, download,
+                            load_cifar, load_image_folder, resolve_data_root)
+from resnetlab.data import cifar as cifar_mod
+from resnetlab.data.augment import crop_flip
+from resnetlab.data.cifar import _parse_binary
+
+from conftest import synthetic_images, write_cifar10_bin
+
+
+# ---------------------------------------------------------------- CIFAR binary
+def test_reads_binary_records_in_official_layout(tiny_cifar):
+    train, test = cifar10(tiny_cifar, verify=False)
+    assert train.images.shape == (200, 3, 32, 32) and train.images.dtype == torch.uint8
+    assert test.images.shape == (40, 3, 32, 32)
+    raw = np.frombuffer((tiny_cifar / "cifar-10-batches-bin" / "data_batch_2.bin").read_bytes(), np.uint8)
+    rec = raw[:3073]
+    assert train.labels[40].item() == rec[0]
+    # 1024 red bytes, then green, then blue, each row-major 32x32
+    assert torch.equal(train.images[40, 1], torch.from_numpy(rec[1 + 1024:1 + 2048].reshape(32, 32).copy()))
+    assert train.classes[0] == "airplane" and len(train.classes) == 10
+
+
+def test_accepts_the_batches_folder_itself(tiny_cifar):
+    a = load_cifar(tiny_cifar / "cifar-10-batches-bin", split="test", verify=False)
+    assert len(a) == 40
+
+
+def test_checksum_mismatch_names_file(tiny_cifar):
+    with pytest.raises(UserError, match="data_batch_1.bin.*does not match the official digest.*--no-verify"):
+        cifar10(tiny_cifar, verify=True)
+
+
+def test_wrong_record_size(tiny_cifar):
+    p = tiny_cifar / "cifar-10-batches-bin" / "data_batch_3.bin"
+    p.write_bytes(p.read_bytes()[:-5])
+    with pytest.raises(UserError, match=r"data_batch_3.bin: size .* 3073-byte record"):
+        cifar10(tiny_cifar, verify=False)
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        cifar10(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no cifar10 data found"):
+        cifar10(tmp_path / "empty")
+
+
+def test_data_root_precedence(monkeypatch, tmp_path):
+    monkeypatch.setenv("RESNETLAB_DATA", str(tmp_path / "env"))
+    assert resolve_data_root(None) == tmp_path / "env"
+    assert resolve_data_root(tmp_path / "flag") == tmp_path / "flag"
+    monkeypatch.delenv("RESNETLAB_DATA")
+    assert resolve_data_root(None) == Path("data")
+
+
+def _make_archive(src_folder: Path, archive: Path) -> Path:
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src_folder, arcname=src_folder.name)
+    return archive
+
+
+def test_archive_equals_folder(tiny_cifar, tmp_path):
+    arch_root = tmp_path / "arch"
+    arch_root.mkdir()
+    _make_archive(tiny_cifar / "cifar-10-batches-bin", arch_root / "cifar-10-binary.tar.gz")
+    a_train, a_test = cifar10(arch_root, verify=False)
+    f_train, f_test = cifar10(tiny_cifar, verify=False)
+    assert torch.equal(a_train.images, f_train.images) and torch.equal(a_test.labels, f_test.labels)
+
+
+def test_truncated_archive(tiny_cifar, tmp_path):
+    arch = _make_archive(tiny_cifar / "cifar-10-batches-bin", tmp_path / "cifar-10-binary.tar.gz")
+    arch.write_bytes(arch.read_bytes()[: arch.stat().st_size // 2])
+    with pytest.raises(UserError, match="truncated or corrupt archive"):
+        cifar10(tmp_path, verify=False)
+
+
+def test_cifar100_binary_has_coarse_and_fine_labels(tmp_path):
+    folder = tmp_path / "cifar-100-binary"
+    folder.mkdir()
+    x, fine = synthetic_images(30, num_classes=100)
+    coarse = fine // 5
+    for name in ("train.bin", "test.bin"):
+        recs = np.concatenate([coarse[:, None], fine[:, None], x.reshape(30, -1)], axis=1).astype(np.uint8)
+        (folder / name).write_bytes(recs.tobytes())
+    (folder / "fine_label_names.txt").write_text("\n".join(f"c{i}" for i in range(100)))
+    ds = load_cifar(tmp_path, "cifar100", "train")
+    assert torch.equal(ds.labels, torch.from_numpy(fine.astype(np.int64)))
+    assert torch.equal(ds.extra["coarse_labels"], torch.from_numpy(coarse.astype(np.int64)))
+    assert len(ds.classes) == 100
+    (folder / "train.bin").write_bytes(recs.tobytes()[:-3074] + b"\0" * 3073)
+    with pytest.raises(UserError, match="3074-byte record"):
+        load_cifar(tmp_path, "cifar100", "train")
+
+
+@given(st.lists(st.tuples(st.integers(0, 9), st.binary(min_size=3072, max_size=3072)), min_size=1, max_size=5))
+@settings(max_examples=25, deadline=None)
+def test_binary_parser_roundtrip(records):
+    raw = b"".join(bytes([label]) + pixels for label, pixels in records)
+    pixels, labels = _parse_binary(raw, 1, "x.bin")
+    assert labels[:, 0].tolist() == [r[0] for r in records]
+    assert all(pixels[i].tobytes() == r[1] for i, r in enumerate(records))
+
+
+@given(st.binary(max_size=10000))
+@settings(max_examples=40, deadline=None)
+def test_binary_parser_rejects_wrong_sizes(raw):
+    if raw and len(raw) % 3073 == 0:
+        return
+    with pytest.raises(UserError):
+        _parse_binary(raw, 1, "x.bin")
+
+
+# ---------------------------------------------------------------- CIFAR python (pickle)
+def _python_folder(root: Path, payload_fn=None) -> Path:
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for k, name in enumerate([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]):
+        x, y = synthetic_images(10, seed=k)
+        obj = payload_fn() if payload_fn else {"data": x.reshape(10, -1), "labels": y.tolist()}
+        (folder / name).write_bytes(pickle.dumps(obj))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"n{i}" for i in range(10)]}))
+    return folder
+
+
+def test_python_version_refuses_unknown_pickles(tmp_path):
+    _python_folder(tmp_path)
+    with pytest.raises(UserError, match="not the official digest.*refusing to unpickle"):
+        load_cifar(tmp_path, split="train")
+
+
+def test_python_version_loads_when_digest_is_official(tmp_path, monkeypatch):
+    folder = _python_folder(tmp_path)
+    digests = {f"cifar-10-batches-py/{p.name}": hashlib.md5(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+    monkeypatch.setattr(cifar_mod, "PYTHON_MD5", digests)
+    ds = load_cifar(tmp_path, split="train")
+    assert ds.images.shape == (50, 3, 32, 32) and ds.classes[3] == "n3"
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_even_official_digest_cannot_run_code(tmp_path, monkeypatch):
+    folder = _python_folder(tmp_path, payload_fn=lambda: {"data": _Evil()})
+    digests = {f"cifar-10-batches-py/{p.name}": hashlib.md5(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+    monkeypatch.setattr(cifar_mod, "PYTHON_MD5", digests)
+    with pytest.raises(UserError, match="refusing to load posix.system|refusing to load os.system"):
+        load_cifar(tmp_path, split="train")
+
+
+# ---------------------------------------------------------------- download
+def test_download_from_file_url(tiny_cifar, tmp_path):
+    arch = _make_archive(tiny_cifar / "cifar-10-batches-bin", tmp_path / "mirror.tar.gz")
+    md5 = hashlib.md5(arch.read_bytes()).hexdigest()
+    root = tmp_path / "dl"
+    folder = download("cifar10-bin", root, url=arch.as_uri(), md5=md5)
+    assert folder == root / "cifar-10-batches-bin" and len(cifar10(root, verify=False)[0]) == 200
+    assert not list(root.glob(".extract-*")) and not list(root.glob("*.part"))
+
+
+def test_download_bad_checksum_and_offline(tiny_cifar, tmp_path):
+    arch = _make_archive(tiny_cifar / "cifar-10-batches-bin", tmp_path / "mirror.tar.gz")
+    with pytest.raises(UserError, match="expected 0+; removed it"):
+        download("cifar10-bin", tmp_path / "dl", url=arch.as_uri(), md5="0" * 32)
+    assert not (tmp_path / "dl" / "cifar-10-batches-bin").exists()
+    with pytest.raises(UserError, match="cannot download .*offline\\? put cifar-10-binary.tar.gz"):
+        download("cifar10-bin", tmp_path / "dl2", url="http://127.0.0.1:9/cifar-10-binary.tar.gz", timeout=2)
+
+
+def test_download_cli_offline_one_line(tmp_path, capsys):
+    assert main(["download", "cifar10", "--data-dir", str(tmp_path), "--url", "http://127.0.0.1:9/x.tgz"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot download") and "\n" not in err
+
+
+# ---------------------------------------------------------------- real data
+def test_bundled_cifar10_verified_and_statistics(real_data):
+    t0 = time.perf_counter()
+    train, test = cifar10(real_data, verify=True)
+    load_s = time.perf_counter() - t0
+    assert train.images.shape == (50000, 3, 32, 32) and test.images.shape == (10000, 3, 32, 32)
+    assert torch.bincount(train.labels).tolist() == [5000] * 10
+    mean, std = channel_stats(train.images)
+    assert mean == (0.4914, 0.4822, 0.4465)
+    assert std == (0.247, 0.2435, 0.2616)
+    assert load_s < 20  # generous bound for a loaded CI machine; the benchmark reports the real figure
+
+
+# ---------------------------------------------------------------- image folders
+def test_image_folder_split_is_stratified_and_seeded(image_folder):
+    train, test = load_image_folder(image_folder, size=32, split=0.25, seed=3, progress=False)
+    assert train.classes == ["class_0", "class_1", "class_2"]
+    assert len(train) + len(test) == 60
+    assert torch.bincount(test.labels).tolist() == [5, 5, 5]
+    again = load_image_folder(image_folder, size=32, split=0.25, seed=3, progress=False)[1]
+    assert torch.equal(again.images, test.images)
+
+
+def test_image_folder_modes_converted_and_corrupt_skipped(tmp_path):
+    root = tmp_path / "f"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+    Image.new("L", (20, 20), 128).save(root / "a" / "gray.png")
+    Image.new("RGBA", (32, 32), (255, 0, 0, 255)).save(root / "a" / "rgba.png")
+    Image.fromarray(np.full((32, 32), 65535, np.uint16)).save(root / "a" / "deep.png")
+    Image.new("P", (32, 32), 3).save(root / "b" / "pal.png")
+    Image.new("RGB", (40, 30), (0, 0, 255)).save(root / "b" / "rgb.jpg")
+    (root / "b" / "broken.png").write_bytes(b"\x89PNG not really")
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        train, test = load_image_folder(root, size=32, split=0.5, progress=False)
+    allimgs = torch.cat([train.images, test.images])
+    assert allimgs.shape == (5, 3, 32, 32)
+    assert 255 in allimgs.flatten().tolist()  # 16-bit white stays white
+    with pytest.raises(UserError, match="broken.png: cannot decode"):
+        load_image_folder(root, size=32, progress=False, strict=True)
+
+
+def test_image_folder_bad_inputs(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_image_folder(tmp_path / "missing")
+    (tmp_path / "empty" / "a").mkdir(parents=True)
+    with pytest.raises(UserError, match="no images found"):
+        load_image_folder(tmp_path / "empty")
+    Image.new("RGB", (8, 8)).save(tmp_path / "empty" / "a" / "x.png")
+    with pytest.raises(UserError, match="only 1 class"):
+        load_image_folder(tmp_path / "empty")
+
+
+def test_image_folder_train_test_subroots(tmp_path):
+    for split in ("train", "val"):
+        for c in ("cat", "dog"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (32, 32), (i * 50, 0, 0)).save(tmp_path / split / c / f"{i}.png")
+    train, test = load_image_folder(tmp_path, size=16, progress=False)
+    assert len(train) == 6 and len(test) == 6 and train.images.shape[-1] == 16
+
+
+def test_shared_cifar100_subset_as_image_folder(real_data):
+    train, test = load_image_folder(real_data / "cifar100-subset", size=32, split=0.2, seed=0, progress=False)
+    assert len(train.classes) == 100 and len(train) == 8000 and len(test) == 2000
+    assert torch.bincount(test.labels).tolist() == [20] * 100
+
+
+# ---------------------------------------------------------------- augmentation and loader
+def _reference_crop_flip(img, dy, dx, flip, p, mode):
+    padded = F.pad(img[None].float(), (p, p, p, p), mode="constant" if mode == "zeros" else "reflect")[0]
+    out = padded[:, p + dy:p + dy + 32, p + dx:p + dx + 32]
+    return out.flip(2) if flip else out
+
+
+@pytest.mark.parametrize("mode", ["zeros", "reflect"])
+def test_crop_flip_matches_pad_then_crop(mode):
+    x = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    cfg = AugmentConfig(crop_padding=4, pad_mode=mode, flip=True)
+    g = torch.Generator().manual_seed(0)
+    out = crop_flip(x, cfg, g)
+    g = torch.Generator().manual_seed(0)
+    dy = torch.randint(-4, 5, (16,), generator=g)
+    dx = torch.randint(-4, 5, (16,), generator=g)
+    flip = torch.rand(16, generator=g) < 0.5
+    assert flip.any() and (~flip).any()
+    for i in range(16):
+        ref = _reference_crop_flip(x[i], dy[i].item(), dx[i].item(), flip[i].item(), 4, mode)
+        assert torch.equal(out[i].float(), ref), i
+
+
+def test_loader_deterministic_and_eval_in_order(tiny_cifar):
+    train, test = cifar10(tiny_cifar, verify=False)
+    mk = lambda: BatchLoader(train, 32, (0.5,) * 3, (0.25,) * 3, train=True, augment=AugmentConfig(cutout=8), seed=1)
+    a, b = mk(), mk()
+    xa = [x for x, _ in a]
+    assert all(torch.equal(x, y) for x, (y, _) in zip(xa, b))
+    a.set_epoch(1)
+    assert not torch.equal(next(iter(a))[0], xa[0])
+    assert len(xa) == 200 // 32  # drop_last in training
+    ev = BatchLoader(test, 16, (0.5,) * 3, (0.25,) * 3)
+    ys = torch.cat([y for _, y in ev])
+    assert torch.equal(ys, test.labels) and len(ev) == 3
+    x0 = next(iter(ev))[0]
+    assert torch.allclose(x0, (test.images[:16].float() / 255 - 0.5) / 0.25, atol=1e-5)
+
+
+def test_loader_shards_are_disjoint(tiny_cifar):
+    train, _ = cifar10(tiny_cifar, verify=False)
+    idx = [BatchLoader(train, 10, (0.5,) * 3, (0.25,) * 3, train=True, rank=r, world_size=2)._indices()
+           for r in (0, 1)]
+    assert set(idx[0].tolist()).isdisjoint(idx[1].tolist()) and len(idx[0]) + len(idx[1]) == 200
+
+
+def test_loader_channels_last_output(tiny_cifar):
+    train, _ = cifar10(tiny_cifar, verify=False)
+    x, _ = next(iter(BatchLoader(train, 8, (0.5,) * 3, (0.25,) * 3, train=True, augment=AugmentConfig(),
+                                 channels_last=True)))
+    assert x.is_contiguous(memory_format=torch.channels_last) and x.dtype == torch.float32

@@ -1,0 +1,136 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+import resnetlab
+from resnetlab import UserError
+from resnetlab.cli import main
+from resnetlab.finetune import apply_strategy, fetch_torchvision_weights, load_backbone_weights, read_weights
+from resnetlab.training.checkpoint import read_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["train.batch_size=20", "train.eval_batch_size=50", "train.precision=fp32", "train.log_every=2",
+        "finetune.stage1_epochs=1", "train.epochs=1", "data.val_size=0.2"]
+
+
+@pytest.fixture
+def pretrained(tiny_cifar, tmp_path):
+    out = tmp_path / "pre"
+    assert main(["train", "--data-dir", str(tiny_cifar), "--out", str(out), "--no-progress", "data.verify=false",
+                 "model.name=resnet20", "train.epochs=1", "train.batch_size=20", "data.val_size=0",
+                 "schedule.name=cosine", "train.precision=fp32"]) == 0
+    return out / "best.safetensors"
+
+
+def test_torchvision_state_dict_loads_with_new_head(tmp_path, capsys):
+    torch.manual_seed(0)
+    tv = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "tv.pth"
+    torch.save(tv.state_dict(), path)
+    model = resnetlab.create_model("resnet18", num_classes=7)
+    rep = load_backbone_weights(model, path)
+    assert rep["new"] == ["fc.weight", "fc.bias"] and len(rep["loaded"]) == len(tv.state_dict()) - 2
+    assert torch.equal(model.layer4[1].conv2.weight, tv.layer4[1].conv2.weight)
+    assert "newly initialised: fc.weight, fc.bias" in capsys.readouterr().out
+
+
+def test_mismatched_backbone_is_refused_with_list(tmp_path):
+    path = tmp_path / "tv.pth"
+    torch.save(torchvision.models.resnet34(weights=None).state_dict(), path)
+    with pytest.raises(UserError, match="do not match .*unexpected: layer1.2"):
+        load_backbone_weights(resnetlab.create_model("resnet18"), path)
+
+
+def test_pickled_objects_are_not_loaded(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"model": torchvision.models.resnet18(weights=None)}, path)  # a whole module: needs unpickling
+    with pytest.raises(UserError, match="cannot read as a weights-only state_dict"):
+        read_weights(path)
+
+
+def test_torchvision_download_offline_is_one_line(monkeypatch, tmp_path):
+    monkeypatch.setenv("RESNETLAB_CACHE", str(tmp_path))
+    with pytest.raises(UserError, match="cannot download .*offline\\? save the torchvision state_dict"):
+        fetch_torchvision_weights("resnet18", url="http://127.0.0.1:9/resnet18-f37072fd.pth")
+
+
+def test_torchvision_download_checks_hash(monkeypatch, tmp_path):
+    monkeypatch.setenv("RESNETLAB_CACHE", str(tmp_path / "cache"))
+    fake = tmp_path / "resnet18-f37072fd.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), fake)
+    with pytest.raises(UserError, match="does not match f37072fd"):
+        fetch_torchvision_weights("resnet18", url=fake.as_uri())
+    assert not list((tmp_path / "cache").iterdir())
+
+
+@pytest.mark.parametrize("strategy,trainable", [("linear-probe", {"fc"}), ("partial", {"fc", "layer3"}),
+                                                ("full", {"conv1", "bn1", "layer1", "layer2", "layer3", "fc"})])
+def test_strategies_freeze_the_right_parts(strategy, trainable):
+    model = resnetlab.create_model("resnet20")
+    frozen_bn = apply_strategy(model, strategy, 1, freeze_bn_stats=False)
+    got = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert got == trainable
+    model.train()
+    frozen_bn(model)
+    if strategy == "linear-probe":
+        assert not any(m.training for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    if strategy == "partial":
+        assert model.layer3[0].bn1.training and not model.layer2[0].bn1.training
+
+
+def _probe_weights_unchanged(before, after_path, prefix="layer"):
+    after, _ = read_checkpoint(after_path)
+    return all(torch.equal(before[k], after[k]) for k in before if k.startswith(prefix))
+
+
+@pytest.mark.parametrize("strategy", ["linear-probe", "partial", "full", "two-stage"])
+def test_finetune_cli_all_strategies(strategy, pretrained, image_folder, tmp_path, capsys):
+    out = tmp_path / strategy
+    assert main(["finetune", "--weights", str(pretrained), "--data", str(image_folder), "--strategy", strategy,
+                 "--out", str(out), "--no-progress", *FAST, "finetune.compare=false" if strategy != "two-stage"
+                 else "finetune.compare=true"]) == 0
+    text = capsys.readouterr().out
+    assert "loaded 114 tensors; newly initialised: fc.weight, fc.bias" in text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["classes"] == ["class_0", "class_1", "class_2"] and summary["after"]["n"] > 0
+    assert (out / "report.md").is_file()
+    pre, _ = read_checkpoint(pretrained)
+    ckpt = next(out.glob("*best.safetensors"))
+    _, meta = read_checkpoint(ckpt)
+    assert meta["num_classes"] == 3 and meta["finetuned_from"] == str(pretrained)
+    if strategy == "linear-probe":  # backbone (incl. BN statistics) untouched
+        assert _probe_weights_unchanged(pre, ckpt)
+    if strategy == "two-stage":
+        assert summary["before_linear_probe"] is not None
+        assert (out / "stage1-best.safetensors").is_file() and (out / "stage2-best.safetensors").is_file()
+
+
+def test_continual_finetune_appends_classes(pretrained, tmp_path, capsys):
+    from PIL import Image
+    from conftest import synthetic_images
+    folder = tmp_path / "more"
+    x, y = synthetic_images(44, num_classes=11, seed=9)
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck", "zebra"]
+    for i, (img, label) in enumerate(zip(x, y)):
+        (folder / names[label]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img.transpose(1, 2, 0)).save(folder / names[label] / f"{i}.png")
+    out = tmp_path / "cont"
+    assert main(["finetune", "--weights", str(pretrained), "--data", str(folder), "--strategy", "linear-probe",
+                 "--out", str(out), "--no-progress", *FAST, "data.val_size=0", "optim.lr=1e-9"]) == 0
+    assert "kept 10 trained class rows, 1 new class rows" in capsys.readouterr().out
+    pre, pre_meta = read_checkpoint(pretrained)
+    new, meta = read_checkpoint(out / "linear-probe-best.safetensors")
+    assert meta["classes"][:10] == pre_meta["classes"] and meta["classes"][10] == "zebra"
+    assert torch.allclose(new["fc.weight"][:10], pre["fc.weight"], atol=1e-6)
+
+
+def test_finetune_bad_weights_file(image_folder, tmp_path, capsys):
+    bad = tmp_path / "x.safetensors"
+    bad.write_bytes(b"garbage")
+    assert main(["finetune", "--weights", str(bad), "--data", str(image_folder), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not a readable safetensors checkpoint" in err and "\n" not in err
+    assert not (tmp_path / "o").exists()

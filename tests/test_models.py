@@ -1,0 +1,106 @@
+import json
+
+import pytest
+import torch
+import torchvision
+
+import resnetlab
+from resnetlab import UserError
+from resnetlab.cli import main
+from resnetlab.evaluation.profile import count_macs, count_params
+from resnetlab.models import ZeroPadShortcut
+
+PARAMS_10 = {
+    ("resnet20", "A"): 269_722, ("resnet20", "B"): 272_474, ("resnet32", "A"): 464_154,
+    ("resnet44", "A"): 658_586, ("resnet56", "A"): 853_018, ("resnet110", "A"): 1_727_962,
+    ("resnet1202", "A"): 19_421_274,
+}
+PARAMS_1000 = {"resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032,
+               "resnet101": 44_549_160, "resnet152": 60_192_808}
+
+
+@pytest.mark.parametrize("name,option", list(PARAMS_10))
+def test_cifar_param_counts(name, option):
+    assert count_params(resnetlab.create_model(name, num_classes=10, option=option)) == PARAMS_10[(name, option)]
+
+
+@pytest.mark.parametrize("name", list(PARAMS_1000))
+def test_imagenet_param_counts(name):
+    assert count_params(resnetlab.create_model(name, num_classes=1000)) == PARAMS_1000[name]
+
+
+def test_resnet18_cifar_stem_params():
+    assert count_params(resnetlab.create_model("resnet18", num_classes=10, stem="cifar")) == 11_173_962
+
+
+@pytest.mark.parametrize("name", list(PARAMS_1000))
+def test_torchvision_compatible(name):
+    torch.manual_seed(0)
+    ref = getattr(torchvision.models, name)(weights=None).eval()
+    # Non-trivial BN statistics so the comparison exercises every tensor.
+    for m in ref.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+    ours = resnetlab.create_model(name, num_classes=1000).eval()
+    ref_sd, our_sd = ref.state_dict(), ours.state_dict()
+    assert list(ref_sd) == list(our_sd)
+    assert all(ref_sd[k].shape == our_sd[k].shape for k in ref_sd)
+    ours.load_state_dict(ref_sd, strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert (ours(x) - ref(x)).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("name,expected", [("resnet18", 1.814e9), ("resnet50", 4.089e9)])
+def test_macs_at_224(name, expected):
+    macs = count_macs(resnetlab.create_model(name, num_classes=1000), 224)
+    assert abs(macs - expected) / expected < 0.01
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+@pytest.mark.parametrize("name,kw,size", [
+    ("resnet20", {}, 32), ("resnet56", {"option": "B"}, 32), ("resnet18", {"stem": "cifar"}, 32),
+    ("resnet18", {}, 32), ("resnet50", {}, 224), ("resnet18", {}, 224), ("preact_resnet18", {}, 32),
+    ("resnet9", {}, 32),
+])
+def test_output_shapes(name, kw, size, batch):
+    model = resnetlab.create_model(name, num_classes=7, **kw).eval()
+    with torch.no_grad():
+        assert model(torch.randn(batch, 3, size, size)).shape == (batch, 7)
+
+
+def test_option_a_is_parameter_free():
+    model = resnetlab.create_model("resnet20", option="A")
+    shortcuts = [m for m in model.modules() if isinstance(m, ZeroPadShortcut)]
+    assert len(shortcuts) == 2
+    assert all(sum(p.numel() for p in s.parameters()) == 0 for s in shortcuts)
+    x = torch.randn(2, 16, 8, 8)
+    y = shortcuts[0](x)
+    assert y.shape == (2, 32, 4, 4)
+    assert torch.equal(y[:, 8:24], x[:, :, ::2, ::2]) and y[:, :8].abs().sum() == 0
+
+
+@pytest.mark.parametrize("name", ["resnet20", "resnet50", "preact_resnet18", "resnet18"])
+def test_zero_init_residual(name):
+    model = resnetlab.create_model(name, zero_init_residual=True)
+    lasts = [m.last_bn() for m in model.modules() if hasattr(m, "last_bn")]
+    assert lasts and all(bn.weight.abs().sum() == 0 for bn in lasts)
+    other = resnetlab.create_model(name)
+    assert all(m.last_bn().weight.abs().sum() > 0 for m in other.modules() if hasattr(m, "last_bn"))
+
+
+def test_unknown_model_lists_valid_names():
+    with pytest.raises(UserError, match="valid names: .*resnet20.*resnet1202"):
+        resnetlab.create_model("resnet21")
+
+
+def test_models_cli_json(capsys):
+    assert main(["models", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["resnet20"]["params"] == 269_722 and rows["resnet20"]["input"] == 32
+    assert rows["resnet18"]["input"] == 224 and abs(rows["resnet18"]["macs"] / 1.814e9 - 1) < 0.01
+    assert rows["resnet18"]["flops"] == 2 * rows["resnet18"]["macs"]
+    assert rows["resnet18 (stem=cifar)"]["params"] == 11_173_962
+    assert set(resnetlab.list_models()) <= {n.split(" ")[0] for n in rows}

@@ -1,0 +1,192 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from resnetlab import UserError
+from resnetlab.cli import main
+from resnetlab.training import checkpoint as ckpt_mod
+from resnetlab.training.checkpoint import read_full, save_checkpoint
+from resnetlab.training.config import ScheduleConfig, load_recipe
+from resnetlab.training.optim import lr_factor
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = ["model.name=resnet20", "train.batch_size=20", "train.eval_batch_size=40", "data.val_size=40",
+        "train.precision=fp32", "schedule.name=cosine", "optim.lr=0.05", "train.log_every=2"]
+
+
+def write_recipe(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "r.yaml"
+    p.write_text(text)
+    return p
+
+
+# ---------------------------------------------------------------- recipes
+def test_bad_recipe_keys_and_values(tmp_path):
+    with pytest.raises(UserError, match=r"unknown recipe key optim.lrr; allowed keys in optim: name, lr"):
+        load_recipe(None, ["optim.lrr=0.1"])
+    with pytest.raises(UserError, match="recipe key schedule.name: 'linear' is not allowed; choose one of "
+                                        "constant, multistep, cosine, onecycle"):
+        load_recipe(None, ["schedule.name=linear"])
+    with pytest.raises(UserError, match="train.epochs: expected an integer"):
+        load_recipe(write_recipe(tmp_path, "train: {epochs: ten}\n"))
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_recipe(write_recipe(tmp_path, "train: [\n"))
+    with pytest.raises(UserError, match="recipe file not found"):
+        load_recipe(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_bundled_recipes_parse(path):
+    r = load_recipe(path)
+    assert r.name == path.stem
+    text = path.read_text()
+    assert "#" in text  # every recipe names its sources in comments
+
+
+def test_paper_recipe_is_the_paper():
+    r = load_recipe(ROOT / "recipes" / "cifar10_resnet20_paper.yaml")
+    assert (r.model.name, r.model.kwargs["option"], r.train.batch_size, r.optim.lr) == ("resnet20", "A", 128, 0.1)
+    assert (r.optim.momentum, r.optim.weight_decay, r.train.max_steps) == (0.9, 1e-4, 64000)
+    assert r.schedule.milestones == [32000, 48000] and r.schedule.unit == "iter" and r.data.val_size == 5000
+
+
+def test_schedules():
+    ms = ScheduleConfig(name="multistep", unit="iter", milestones=[10, 20], gamma=0.1)
+    assert [lr_factor(s, 30, 5, ms) for s in (0, 9, 10, 19, 20)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
+    cos = ScheduleConfig(name="cosine", warmup=1, unit="epoch")
+    assert lr_factor(0, 100, 10, cos) == pytest.approx(0.1)
+    assert lr_factor(10, 100, 10, cos) == pytest.approx(1.0)
+    assert lr_factor(99, 100, 10, cos) < 0.01
+    oc = ScheduleConfig(name="onecycle", pct_start=0.25)
+    vals = [lr_factor(s, 100, 10, oc) for s in range(100)]
+    assert max(vals) == pytest.approx(1.0, abs=0.05) and vals.index(max(vals)) in range(23, 27) and vals[-1] < 0.02
+
+
+# ---------------------------------------------------------------- engine
+def test_tiny_training_learns_and_writes_run(tiny_cifar, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--recipe", str(ROOT / "recipes" / "cifar10_quick.yaml"), "--data-dir", str(tiny_cifar),
+                 "--out", str(out), "--no-progress", "data.verify=false", "train.epochs=6", "train.ema_decay=0.9",
+                 *TINY]) == 0
+    printed = capsys.readouterr().out
+    assert "test (best on validation" in printed
+    res = json.loads((out / "results.json").read_text())
+    assert res["test"]["top1"] > 0.5  # synthetic classes are easy; chance is 0.1
+    assert res["params"] == 269_722
+    for f in ("best.safetensors", "last.safetensors", "metrics.csv", "metrics.jsonl", "confusion.csv",
+              "confusion.png"):
+        assert (out / f).is_file(), f
+    weights, meta = ckpt_mod.read_checkpoint(out / "best.safetensors")
+    assert meta["arch"] == "resnet20" and meta["classes"][0] == "airplane" and meta["input_size"] == 32
+    assert meta["metrics"]["test"]["top1"] == res["test"]["top1"] and len(meta["mean"]) == 3
+    assert not any(k.startswith("_resume") for k in load_file(out / "best.safetensors"))
+
+    assert main(["eval", str(out / "best.safetensors"), "--data-dir", str(tiny_cifar), "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["top1"] == pytest.approx(res["test"]["top1"]) and len(ev["per_class"]) == 10
+    assert main(["eval", str(out / "best.safetensors"), "--data-dir", str(tiny_cifar), "--tta"]) == 0
+    assert "flip TTA" in capsys.readouterr().out
+
+    assert main(["report", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    assert "| run | model | top-1 | top-5 | params (M) | MACs (G) | training time (min) | img/s | device |" in report
+    assert (out / "curves.png").stat().st_size > 1000
+
+    assert main(["train", "--recipe", str(ROOT / "recipes" / "cifar10_quick.yaml"), "--out", str(out)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+
+def _train_cmd(data, out, extra=()):
+    return [sys.executable, "-m", "resnetlab.cli", "train", "--recipe", str(ROOT / "recipes" / "cifar10_quick.yaml"),
+            "--data-dir", str(data), "--out", str(out), "--no-progress", "data.verify=false", "train.epochs=4",
+            "train.batch_size=10", "data.val_size=20", "train.precision=fp32", "model.name=resnet20",
+            "train.eval_batch_size=40", "optim.lr=0.05", "train.ema_decay=0.8", "schedule.name=onecycle", *extra]
+
+
+def test_resume_after_sigkill_is_bit_identical(tiny_cifar, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    ref = tmp_path / "ref"
+    subprocess.run(_train_cmd(tiny_cifar, ref), check=True, env=env, capture_output=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(tiny_cifar, killed), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until epoch 1 is checkpointed, then kill during epoch 2
+        p = killed / "last.safetensors"
+        if p.exists():
+            try:
+                if read_full(p)[2]["trainer"]["epoch"] >= 1:
+                    break
+            except Exception:
+                pass
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = read_full(killed / "last.safetensors")[2]["trainer"]
+    assert state["epoch"] < 4, "the run finished before it could be killed"
+    subprocess.run([sys.executable, "-m", "resnetlab.cli", "train", "--resume", str(killed), "--data-dir",
+                    str(tiny_cifar), "--no-progress"], check=True, env=env, capture_output=True)
+    a, b = load_file(ref / "last.safetensors"), load_file(killed / "last.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert not list(killed.glob(".*.tmp"))
+
+
+def test_atomic_checkpoint_keeps_previous_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / "last.safetensors"
+    save_checkpoint(path, {"w": torch.ones(3)}, {"arch": "x"})
+
+    def broken(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt_mod, "save_file", broken)
+    with pytest.raises(OSError):
+        save_checkpoint(path, {"w": torch.zeros(3)}, {"arch": "x"})
+    w, meta = ckpt_mod.read_checkpoint(path)
+    assert torch.equal(w["w"], torch.ones(3)) and meta == {"arch": "x"}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.safetensors"]
+
+
+def test_early_stopping(tiny_cifar, tmp_path, capsys):
+    out = tmp_path / "es"
+    assert main(["train", "--data-dir", str(tiny_cifar), "--out", str(out), "--no-progress", "data.verify=false",
+                 *TINY, "train.epochs=10", "train.early_stopping.patience=2", "train.early_stopping.min_delta=2.0"]) == 0
+    assert "early stopping: val_top1 did not improve" in capsys.readouterr().out
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_cifar, tmp_path, capsys):
+    out = tmp_path / "nan"
+    code = main(["train", "--data-dir", str(tiny_cifar), "--out", str(out), "--no-progress", "data.verify=false",
+                 *TINY, "train.epochs=4", "schedule.name=multistep", "schedule.milestones=[1]", "schedule.unit=epoch",
+                 "schedule.gamma=1e30"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: loss became nan at epoch 2") and "\n" not in err
+    state = read_full(out / "last.safetensors")[2]["trainer"]
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in load_file(out / "last.safetensors").values() if v.is_floating_point())
+
+
+def test_resume_without_run_is_a_clear_error(tmp_path, capsys):
+    assert main(["train", "--resume", str(tmp_path / "none")]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_real_data_slice_end_to_end(real_data, tmp_path, capsys):
+    out = tmp_path / "real"
+    assert main(["train", "--recipe", str(ROOT / "recipes" / "cifar10_quick.yaml"), "--data-dir", str(real_data),
+                 "--out", str(out), "--no-progress", "data.subset=2000", "train.epochs=3", "data.val_size=100"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["test"]["n"] == 400 and res["test"]["top1"] > 0.2  # chance is 0.1
