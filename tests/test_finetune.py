@@ -134,3 +134,13 @@ def test_finetune_bad_weights_file(image_folder, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "not a readable safetensors checkpoint" in err and "\n" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_predict_cli(pretrained, image_folder, capsys):
+    assert main(["predict", str(pretrained), str(image_folder / "class_0"), "--top-k", "2", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 20 and all(len(r["top"]) == 2 for r in rows)
+    assert rows[0]["top"][0]["class"] in ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                                          "ship", "truck"]
+    assert main(["predict", str(pretrained), str(image_folder / "missing.png")]) == 2
+    assert "no such image file or folder" in capsys.readouterr().err

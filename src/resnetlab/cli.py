@@ -36,6 +36,16 @@ def cmd_models(args: argparse.Namespace) -> None:
           "counted with torch.utils.flop_counter.")
 
 
+def next_run_dir(base: Path) -> Path:
+    """runs/NAME, or runs/NAME-2, -3, … when taken (like YOLO's runs/train2): re-running never clobbers."""
+    if not base.exists():
+        return base
+    n = 2
+    while base.with_name(f"{base.name}-{n}").exists():
+        n += 1
+    return base.with_name(f"{base.name}-{n}")
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from .training.config import load_recipe
     from .training.runner import train_recipe
@@ -44,7 +54,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         recipe = None
     else:
         recipe = load_recipe(args.recipe, args.overrides)
-        out = Path(args.out) if args.out else Path("runs") / recipe.name
+        out = Path(args.out) if args.out else next_run_dir(Path("runs") / recipe.name)
     train_recipe(recipe, out, args.data_dir, resume=bool(args.resume), progress=not args.no_progress)
     print(f"run folder: {out}")
 

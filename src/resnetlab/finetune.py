@@ -285,7 +285,8 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     if args.image_size:
         overrides.append(f"data.image_size={args.image_size}")
     recipe = load_recipe(args.recipe, overrides)
-    out = Path(args.out) if args.out else Path("runs") / f"finetune-{recipe.finetune.strategy}"
+    from .cli import next_run_dir
+    out = Path(args.out) if args.out else next_run_dir(Path("runs") / f"finetune-{recipe.finetune.strategy}")
     run_finetune(args.weights, recipe, out, args.data_dir, args.arch, progress=not args.no_progress)
     print(f"run folder: {out}")
 

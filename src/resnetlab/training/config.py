@@ -88,7 +88,7 @@ class TrainConfig:
     channels_last: str = "auto"     # auto | true | false
     compile: bool = False
     device: str = "auto"            # auto | cpu | cuda | cuda:N | mps
-    tta: bool = False               # horizontal-flip test-time augmentation in evaluation
+    tta: bool = False               # flip TTA for the final test (per-epoch validation stays plain: cheaper)
     log_every: int = 50
     early_stopping: EarlyStopConfig = field(default_factory=EarlyStopConfig)
 

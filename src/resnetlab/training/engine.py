@@ -246,7 +246,7 @@ class Trainer:
             train_loss = (loss_sum / max(seen, 1)).item()
             self._check_finite(train_loss, epoch)
             train_time = time.perf_counter() - t0
-            val = evaluate(self.eval_model, self.val_loader, self.num_classes, tta=t.tta,
+            val = evaluate(self.eval_model, self.val_loader, self.num_classes, tta=False,
                            amp_dtype=self.amp_dtype)
             if not math.isfinite(val.loss):
                 self._check_finite(val.loss, epoch)

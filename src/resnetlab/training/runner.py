@@ -214,7 +214,7 @@ def write_confusion(result: EvalResult, classes: list[str], base: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(1 + 0.6 * len(classes), 1 + 0.5 * len(classes)))
-    norm = cm.float() / cm.sum(1, keepdim=True).clamp_min(1)
+    norm = (cm.float() / cm.sum(1, keepdim=True).clamp_min(1)).numpy()
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
     ax.set_yticks(range(len(classes)), classes)
