@@ -75,7 +75,7 @@ def test_schedules():
 def test_tiny_training_learns_and_writes_run(tiny_cifar, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--recipe", str(ROOT / "recipes" / "cifar10_quick.yaml"), "--data-dir", str(tiny_cifar),
-                 "--out", str(out), "--no-progress", "data.verify=false", "train.epochs=6", "train.ema_decay=0.9",
+                 "--out", str(out), "--no-progress", "--no-verify", "train.epochs=6", "train.ema_decay=0.9",
                  *TINY]) == 0
     printed = capsys.readouterr().out
     assert "test (best on validation" in printed
@@ -190,3 +190,11 @@ def test_real_data_slice_end_to_end(real_data, tmp_path, capsys):
                  "--out", str(out), "--no-progress", "data.subset=2000", "train.epochs=3", "data.val_size=100"]) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["test"]["n"] == 400 and res["test"]["top1"] > 0.2  # chance is 0.1
+
+
+def test_checksum_failure_is_one_line_and_writes_nothing(tiny_cifar, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--data-dir", str(tiny_cifar), "--out", str(out), "--no-progress", *TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "SHA-256 of data_batch_1.bin does not match the official digest" in err and "--no-verify" in err
+    assert "\n" not in err and not out.exists()

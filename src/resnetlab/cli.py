@@ -46,6 +46,24 @@ def next_run_dir(base: Path) -> Path:
     return base.with_name(f"{base.name}-{n}")
 
 
+def flag_overrides(args: argparse.Namespace) -> list[str]:
+    """Convenience flags are recipe overrides, so the recipe stays the single source of truth."""
+    out = []
+    if getattr(args, "no_verify", False):
+        out.append("data.verify=false")
+    if getattr(args, "strict", False):
+        out.append("data.strict=true")
+    if getattr(args, "device", None):
+        out.append(f"train.device={args.device}")
+    return out
+
+
+def add_data_flags(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--no-verify", action="store_true", help="skip CIFAR checksum verification")
+    s.add_argument("--strict", action="store_true", help="fail on unreadable images instead of skipping them")
+    s.add_argument("--device", default=None, help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from .training.config import load_recipe
     from .training.runner import train_recipe
@@ -53,7 +71,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         out = Path(args.resume)
         recipe = None
     else:
-        recipe = load_recipe(args.recipe, args.overrides)
+        recipe = load_recipe(args.recipe, list(args.overrides) + flag_overrides(args))
         out = Path(args.out) if args.out else next_run_dir(Path("runs") / recipe.name)
     train_recipe(recipe, out, args.data_dir, resume=bool(args.resume), progress=not args.no_progress)
     print(f"run folder: {out}")
@@ -71,6 +89,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     data_dir = args.data_dir or ref.get("data_dir")
     recipe.train.device = args.device or recipe.train.device
     recipe.train.tta = args.tta
+    recipe.data.verify = recipe.data.verify and not args.no_verify
     device, amp, cl = setup_runtime(recipe)
     splits = load_splits(recipe.data, data_dir, progress=False, mean_std=(meta["mean"], meta["std"]))
     _, _, test_l = make_loaders(recipe, splits, device, cl, meta["input_size"])
@@ -118,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None, help="run folder (default: runs/<recipe name>)")
     s.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue an interrupted run exactly")
     s.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    add_data_flags(s)
     s.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.epochs=5 optim.lr=0.05")
     s.set_defaults(func=cmd_train)
 
@@ -126,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-dir", default=None)
     s.add_argument("--device", default=None)
     s.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
+    s.add_argument("--no-verify", action="store_true", help="skip CIFAR checksum verification")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_eval)
 

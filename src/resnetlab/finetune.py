@@ -284,8 +284,8 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         overrides.append(f"finetune.unfreeze_stages={args.unfreeze_stages}")
     if args.image_size:
         overrides.append(f"data.image_size={args.image_size}")
-    recipe = load_recipe(args.recipe, overrides)
-    from .cli import next_run_dir
+    from .cli import flag_overrides, next_run_dir
+    recipe = load_recipe(args.recipe, overrides + flag_overrides(args))
     out = Path(args.out) if args.out else next_run_dir(Path("runs") / f"finetune-{recipe.finetune.strategy}")
     run_finetune(args.weights, recipe, out, args.data_dir, args.arch, progress=not args.no_progress)
     print(f"run folder: {out}")
@@ -303,5 +303,7 @@ def add_finetune_parser(sub) -> None:
     s.add_argument("--data-dir", default=None)
     s.add_argument("--out", default=None)
     s.add_argument("--no-progress", action="store_true")
+    from .cli import add_data_flags
+    add_data_flags(s)
     s.add_argument("overrides", nargs="*", metavar="key=value")
     s.set_defaults(func=cmd_finetune)
