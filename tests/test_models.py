@@ -104,3 +104,18 @@ def test_models_cli_json(capsys):
     assert rows["resnet18"]["flops"] == 2 * rows["resnet18"]["macs"]
     assert rows["resnet18 (stem=cifar)"]["params"] == 11_173_962
     assert set(resnetlab.list_models()) <= {n.split(" ")[0] for n in rows}
+
+
+def test_resnet9_whitening_layer_decorrelates_patches():
+    torch.manual_seed(0)
+    mix = torch.tensor([[1.0, 0.8, 0.6], [0.0, 0.6, 0.5], [0.0, 0.0, 0.4]])
+    x = torch.einsum("ij,njhw->nihw", mix, torch.randn(200, 3, 16, 16))  # correlated channels
+    model = resnetlab.create_model("resnet9", widths=(8, 8, 8, 8), whiten=True)
+    assert not model.whiten.weight.requires_grad
+    model.init_whitening(x, eps=1e-4)
+    y = model.whiten(x)[:, :, 1:-1, 1:-1]  # interior: no zero padding
+    c = y.permute(1, 0, 2, 3).reshape(27, -1)
+    c = c - c.mean(1, keepdim=True)
+    cov = c @ c.T / c.shape[1]
+    assert torch.allclose(cov, torch.eye(27), atol=0.05)
+    assert model(x[:2]).shape == (2, 10)

@@ -26,10 +26,19 @@ class ResNet9(nn.Module):
     """prep conv → [conv+pool, BasicBlock] → conv+pool → [conv+pool, BasicBlock] → max-pool → linear."""
 
     def __init__(self, num_classes: int = 10, widths: Sequence[int] = (64, 128, 256, 512),
-                 in_channels: int = 3, head_scale: float = 0.125) -> None:
+                 in_channels: int = 3, head_scale: float = 0.125, whiten: bool = False) -> None:
         super().__init__()
         w0, w1, w2, w3 = widths
-        self.prep = conv_bn(in_channels, w0)
+        # Optional fixed patch-whitening conv (PCA of 3x3 input patches, Page 2018 / airbench): decorrelated
+        # inputs make the first epochs far more productive. Filled by init_whitening() from training data.
+        self.whiten = None
+        if whiten:
+            self.whiten = nn.Conv2d(in_channels, in_channels * 9, 3, padding=1, bias=False)
+            self.whiten.weight.requires_grad_(False)
+            self.prep = nn.Sequential(nn.Conv2d(in_channels * 9, w0, 1, bias=False), nn.BatchNorm2d(w0),
+                                      nn.ReLU(inplace=True))
+        else:
+            self.prep = conv_bn(in_channels, w0)
         self.layer1 = nn.Sequential(conv_bn(w0, w1, pool=True), BasicBlock(w1, w1))
         self.layer2 = conv_bn(w1, w2, pool=True)
         self.layer3 = nn.Sequential(conv_bn(w2, w3, pool=True), BasicBlock(w3, w3))
@@ -40,13 +49,31 @@ class ResNet9(nn.Module):
         # Scaling the logits keeps the softmax from saturating early (the Myrtle recipe uses 0.125).
         self.head_scale = head_scale
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
+            if isinstance(m, nn.Conv2d) and m is not self.whiten:
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        if self.whiten is not None:
+            nn.init.dirac_(self.whiten.weight[: in_channels])  # until init_whitening: pass-through
+            nn.init.zeros_(self.whiten.weight[in_channels:])
+
+    @torch.no_grad()
+    def init_whitening(self, x: torch.Tensor, eps: float = 1e-2) -> None:
+        """Set the whitening filters from normalised training images x (N, C, H, W): the eigenvectors of
+        the 3x3-patch covariance, scaled by 1/sqrt(eigenvalue + eps)."""
+        if self.whiten is None:
+            return
+        patches = torch.nn.functional.unfold(x.float(), 3).transpose(1, 2).reshape(-1, x.shape[1] * 9)
+        patches = patches - patches.mean(0)
+        cov = patches.T @ patches / len(patches)
+        evals, evecs = torch.linalg.eigh(cov.double())
+        filters = (evecs.T / (evals + eps).sqrt()[:, None]).float()
+        self.whiten.weight.copy_(filters.view(-1, x.shape[1], 3, 3).flip(0))
 
     def stages(self) -> list[nn.Module]:
         return [self.layer1, self.layer2, self.layer3]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.whiten is not None:
+            x = self.whiten(x)
         x = self.layer3(self.layer2(self.layer1(self.prep(x))))
         return torch.flatten(self.pool(x), 1)
 

@@ -147,6 +147,12 @@ def train_recipe(recipe: Recipe, out: str | Path, data_dir: str | None = None, r
     if recipe.data.dataset != "folder" and recipe.data.image_size is None:
         input_size = 32
     train_l, val_l, test_l = make_loaders(recipe, splits, device, cl, input_size)
+    if hasattr(model, "init_whitening") and not resume:
+        # data-dependent init of a fixed whitening layer, from (unaugmented) training images
+        sample = splits.train.images[torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(
+            recipe.train.seed))[:5000]]
+        from ..data.augment import normalize
+        model.init_whitening(normalize(sample, torch.tensor(splits.mean), torch.tensor(splits.std)))
     meta = model_meta(m.name, m.kwargs, splits.classes, splits.mean, splits.std, input_size, recipe,
                       dataset=_data_ref(recipe.data, data_dir))
     log(f"model: {m.name} {m.kwargs or ''} {count_params(model):,} params; device {describe_device(device, amp)}"

@@ -1,0 +1,90 @@
+"""In-memory batches: the whole split as one uint8 tensor on the device, sampled with a seeded
+generator, augmented and normalised per batch (airbench style).
+
+Every epoch's order and augmentation come from a generator seeded by (seed, epoch), so an epoch can
+be replayed exactly after a resume, and shards for distributed ranks are disjoint slices of one
+permutation.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import torch
+
+from .augment import AugmentConfig, crop_flip, cutout, normalize
+from .cifar import ImageSet
+
+
+def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean/std in [0, 1] units, in chunks so no float copy of the whole set is made."""
+    c = images.shape[1]
+    total = torch.zeros(c, dtype=torch.float64)
+    total_sq = torch.zeros(c, dtype=torch.float64)
+    for i in range(0, len(images), chunk):
+        x = images[i:i + chunk].to(torch.float64).div_(255.0)
+        total += x.sum(dim=(0, 2, 3))
+        total_sq += (x * x).sum(dim=(0, 2, 3))
+    n = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / n
+    std = (total_sq / n - mean**2).clamp_min(0).sqrt()
+    return tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std)
+
+
+class BatchLoader:
+    """Iterates (inputs, labels) batches from an ImageSet held on `device`."""
+
+    def __init__(self, data: ImageSet, batch_size: int, mean: tuple[float, ...], std: tuple[float, ...],
+                 train: bool = False, augment: AugmentConfig | None = None, device: str | torch.device = "cpu",
+                 seed: int = 0, drop_last: bool | None = None, channels_last: bool = False,
+                 dtype: torch.dtype = torch.float32, rank: int = 0, world_size: int = 1,
+                 image_size: int | None = None) -> None:
+        self.device = torch.device(device)
+        self.images = data.images.to(self.device)
+        self.labels = data.labels.to(self.device)
+        self.batch_size = batch_size
+        self.train = train
+        self.augment = augment if train else None
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device)
+        self.std = torch.tensor(std, dtype=torch.float32, device=self.device)
+        self.seed = seed
+        self.epoch = 0
+        self.drop_last = train if drop_last is None else drop_last
+        self.channels_last = channels_last
+        self.dtype = dtype
+        self.rank, self.world_size = rank, world_size
+        self.image_size = image_size  # resize on the fly (e.g. 32 → 64 for pretrained nets)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _indices(self) -> torch.Tensor:
+        n = len(self.labels)
+        if self.train:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(n, generator=g)
+        else:
+            order = torch.arange(n)
+        return order[self.rank::self.world_size]
+
+    def __len__(self) -> int:
+        n = math.ceil((len(self.labels) - self.rank) / self.world_size)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self._indices()
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch + 7_919)
+        for b in range(len(self)):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size].to(self.device)
+            x = self.images[idx]
+            if self.augment is not None and (self.augment.crop_padding or self.augment.flip):
+                x = crop_flip(x, self.augment, g)
+            x = normalize(x, self.mean, self.std, self.dtype)
+            if self.augment is not None and self.augment.cutout:
+                x = cutout(x, self.augment.cutout, g)
+            if self.image_size and x.shape[-1] != self.image_size:
+                x = torch.nn.functional.interpolate(x, size=(self.image_size, self.image_size),
+                                                    mode="bilinear", align_corners=False)
+            x = x.contiguous(memory_format=torch.channels_last if self.channels_last
+                             else torch.contiguous_format)
+            yield x, self.labels[idx]
