@@ -144,3 +144,9 @@ def test_predict_cli(pretrained, image_folder, capsys):
                                           "ship", "truck"]
     assert main(["predict", str(pretrained), str(image_folder / "missing.png")]) == 2
     assert "no such image file or folder" in capsys.readouterr().err
+
+
+def test_full_strategy_keeps_fixed_whitening_frozen():
+    model = resnetlab.create_model("resnet9", widths=(8, 8, 8, 8), whiten=True)
+    apply_strategy(model, "full", 1, freeze_bn_stats=False)
+    assert not model.whiten.weight.requires_grad and model.prep[0].weight.requires_grad

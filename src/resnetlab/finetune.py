@@ -155,12 +155,14 @@ def apply_strategy(model: nn.Module, strategy: str, unfreeze_stages: int, freeze
             trainable.append(final_bn)
     else:
         trainable = [model]
+    # Layers that are fixed by design (ResNet-9's whitening filters) never train, whatever the strategy.
+    fixed = {id(p) for p in model.whiten.parameters()} if getattr(model, "whiten", None) is not None else set()
     for p in model.parameters():
         p.requires_grad_(False)
     for m in trainable:
         for p in m.parameters():
-            p.requires_grad_(True)
-    trainable_ids = {id(p) for m in trainable for p in m.parameters()}
+            p.requires_grad_(id(p) not in fixed)
+    trainable_ids = {id(p) for m in trainable for p in m.parameters() if id(p) not in fixed}
 
     def frozen_bn(m: nn.Module) -> None:
         for mod in m.modules():
