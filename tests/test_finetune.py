@@ -150,3 +150,30 @@ def test_full_strategy_keeps_fixed_whitening_frozen():
     model = resnetlab.create_model("resnet9", widths=(8, 8, 8, 8), whiten=True)
     apply_strategy(model, "full", 1, freeze_bn_stats=False)
     assert not model.whiten.weight.requires_grad and model.prep[0].weight.requires_grad
+
+
+def test_discriminative_learning_rates():
+    from resnetlab.finetune import layer_lr_scales
+    from resnetlab.training.config import OptimConfig
+    from resnetlab.training.optim import param_groups
+    model = resnetlab.create_model("resnet20")
+    scales = layer_lr_scales(model, 0.5)
+    assert scales == {"conv1.": 0.0625, "bn1.": 0.0625, "layer1.": 0.125, "layer2.": 0.25, "layer3.": 0.5}
+    groups = param_groups(model, OptimConfig(lr=0.1), scales)
+    by_scale = {g["lr_scale"]: g for g in groups}
+    assert max(by_scale) == 1.0 and min(by_scale) < 0.1
+    fc = model.fc.weight
+    assert any(fc is p for p in by_scale[1.0]["params"])
+    assert layer_lr_scales(model, 1.0) is None
+
+
+def test_torchvision_pth_finetune_resizes_and_uses_imagenet_normalisation(image_folder, tmp_path, capsys):
+    path = tmp_path / "tv18.pth"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    out = tmp_path / "tv"
+    assert main(["finetune", "--weights", str(path), "--arch", "resnet18", "--data", str(image_folder),
+                 "--strategy", "linear-probe", "--image-size", "40", "--out", str(out), "--no-progress", *FAST]) == 0
+    _, meta = read_checkpoint(out / "linear-probe-best.safetensors")
+    assert meta["input_size"] == 40 and meta["mean"] == [0.485, 0.456, 0.406] and meta["arch"] == "resnet18"
+    assert "loaded 120 tensors" in capsys.readouterr().out

@@ -134,12 +134,6 @@ def map_head(model: nn.Module, sd: dict[str, torch.Tensor], old: list[str] | Non
     log(f"head: kept {len(keep)} trained class rows, {len(new) - len(keep)} new class rows")
 
 
-def backbone_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(name, module) for stem and each stage, in order; the head is not included."""
-    names = [n for n, _ in model.named_children() if n not in ("fc", "avgpool", "pool")]
-    return [(n, getattr(model, n)) for n in names]
-
-
 def apply_strategy(model: nn.Module, strategy: str, unfreeze_stages: int, freeze_bn_stats: bool):
     """Set requires_grad per strategy; returns a callable that puts frozen parts' BN in eval mode
     (so a linear probe keeps the pretrained statistics), to be re-applied after model.train()."""
@@ -174,12 +168,18 @@ def apply_strategy(model: nn.Module, strategy: str, unfreeze_stages: int, freeze
 
 
 def layer_lr_scales(model: nn.Module, decay: float) -> dict[str, float] | None:
-    """Discriminative learning rates: head 1, last stage decay, …, stem decay**(K+1)."""
+    """Discriminative learning rates: head 1, last stage decay, …, first stage decay**K, stem decay**(K+1)."""
     if decay >= 1.0:
         return None
-    parts = backbone_modules(model)
-    k = len(parts)
-    return {name + ".": decay ** (k - i) for i, (name, _) in enumerate(parts)}
+    stage_ids = {id(m): i for i, m in enumerate(model.stages())}
+    k = len(stage_ids)
+    scales = {}
+    for name, child in model.named_children():
+        if name == "fc" or not any(True for _ in child.parameters()):
+            continue
+        i = stage_ids.get(id(child))
+        scales[name + "."] = decay ** (k - i) if i is not None else decay ** (k + 1)
+    return scales
 
 
 def run_finetune(weights: str, recipe, out: str | Path, data_dir: str | None = None, arch: str | None = None,
