@@ -126,6 +126,7 @@ class Trainer:
         self.scaler = (torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 and device.type == "cuda"
                        else None)
         self.ema = EMA(self.model, recipe.train.ema_decay) if recipe.train.ema_decay > 0 else None
+        self.last_val: EvalResult | None = None  # latest validation, reused when it equals the final test
         self.state: dict[str, Any] = {"epoch": 0, "step": 0, "best": None, "best_epoch": None,
                                       "bad_epochs": 0, "elapsed": 0.0, "history": [], "stopped": None}
 
@@ -250,6 +251,7 @@ class Trainer:
                            amp_dtype=self.amp_dtype)
             if not math.isfinite(val.loss):
                 self._check_finite(val.loss, epoch)
+            self.last_val = val
             self.state["epoch"] = epoch + 1
             self.state["elapsed"] += time.perf_counter() - t0
             row = {"epoch": epoch + 1, "step": self.state["step"], "lr": base_lr * f,

@@ -174,8 +174,11 @@ def finish_run(trainer: Trainer, splits: Splits, test_loader, state: dict, log=p
         chosen = f"best on validation (epoch {state['best_epoch']})"
     else:
         chosen = "final"
-    test = evaluate(trainer.eval_model, test_loader, trainer.num_classes, tta=trainer.recipe.train.tta,
-                    amp_dtype=trainer.amp_dtype)
+    if chosen == "final" and splits.val is None and not trainer.recipe.train.tta and trainer.last_val is not None:
+        test = trainer.last_val  # the last epoch already evaluated these weights on the test split
+    else:
+        test = evaluate(trainer.eval_model, test_loader, trainer.num_classes, tta=trainer.recipe.train.tta,
+                        amp_dtype=trainer.amp_dtype)
     hist = state["history"]
     speeds = [h["img_per_s"] for h in hist[1:]] or [h["img_per_s"] for h in hist]
     model = trainer.eval_model
