@@ -198,3 +198,18 @@ def test_checksum_failure_is_one_line_and_writes_nothing(tiny_cifar, tmp_path, c
     err = capsys.readouterr().err.strip()
     assert "SHA-256 of data_batch_1.bin does not match the official digest" in err and "--no-verify" in err
     assert "\n" not in err and not out.exists()
+
+
+def test_precision_auto_uses_bf16_only_with_native_support(monkeypatch):
+    from resnetlab.training import engine
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(engine, "cpu_has_fast_bf16", lambda: False)
+    assert engine.select_precision("auto", cpu) is None  # fp32 fallback (AVX2-only CPUs emulate bf16)
+    monkeypatch.setattr(engine, "cpu_has_fast_bf16", lambda: True)
+    assert engine.select_precision("auto", cpu) == torch.bfloat16
+    assert engine.select_precision("fp32", cpu) is None
+    with pytest.raises(UserError, match="fp16 is for CUDA"):
+        engine.select_precision("fp16", cpu)
+    with pytest.raises(UserError, match="CUDA is not available") if not torch.cuda.is_available() else \
+            pytest.raises(UserError, match="unknown device"):
+        engine.select_device("cuda" if not torch.cuda.is_available() else "tpu")

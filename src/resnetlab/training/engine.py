@@ -140,7 +140,8 @@ class Trainer:
         if self.ema is not None:
             tensors.update({f"ema/{k}": v for k, v in self.ema.module.state_dict().items()})
         tensors.update(_rng_state())
-        return {"trainer": self.state, "optimizer": info}, tensors
+        scaler = self.scaler.state_dict() if self.scaler is not None else None
+        return {"trainer": self.state, "optimizer": info, "grad_scaler": scaler}, tensors
 
     def save(self, name: str, weights: nn.Module, with_resume: bool, metrics: dict) -> Path:
         path = self.run_dir / f"{self.prefix}{name}.safetensors"
@@ -163,6 +164,8 @@ class Trainer:
             raise UserError(f"{path}: does not match this recipe's model/optimizer ({e})") from None
         if self.ema is not None:
             self.ema.module.load_state_dict({k[4:]: v for k, v in extra.items() if k.startswith("ema/")})
+        if self.scaler is not None and resume.get("grad_scaler"):
+            self.scaler.load_state_dict(resume["grad_scaler"])
         torch.set_rng_state(extra["rng/torch"])
         self.state = resume["trainer"]
 
