@@ -1,5 +1,4 @@
 import hashlib
-import io
 import os
 import pickle
 import tarfile
@@ -15,13 +14,13 @@ from PIL import Image
 
 from resnetlab import UserError
 from resnetlab.cli import main
-from resnetlab.data import (AugmentConfig, BatchLoader, ImageSet, channel_stats, cifar10, download,
+from resnetlab.data import (AugmentConfig, BatchLoader, channel_stats, cifar10, download,
                             load_cifar, load_image_folder, resolve_data_root)
 from resnetlab.data import cifar as cifar_mod
 from resnetlab.data.augment import crop_flip
 from resnetlab.data.cifar import _parse_binary
 
-from conftest import synthetic_images, write_cifar10_bin
+from conftest import synthetic_images
 
 
 # ---------------------------------------------------------------- CIFAR binary

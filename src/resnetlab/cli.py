@@ -80,7 +80,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from .evaluation.metrics import evaluate
-    from .training.config import recipe_from_dict, DataConfig
+    from .training.config import recipe_from_dict
     from .training.runner import load_splits, make_loaders, model_from_checkpoint, setup_runtime, write_confusion
     model, meta = model_from_checkpoint(args.checkpoint)
     recipe = recipe_from_dict(meta["recipe"]) if meta.get("recipe") else None

@@ -6,7 +6,6 @@ accuracies accumulate in device tensors and are read only at logging points.
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import math
