@@ -185,7 +185,7 @@ def layer_lr_scales(model: nn.Module, decay: float) -> dict[str, float] | None:
 def run_finetune(weights: str, recipe, out: str | Path, data_dir: str | None = None, arch: str | None = None,
                  progress: bool = True, log=print) -> dict[str, Any]:
     from .training.engine import Trainer
-    from .training.runner import finish_run, load_splits, make_loaders, model_meta, setup_runtime
+    from .training.runner import data_ref, finish_run, load_splits, make_loaders, model_meta, setup_runtime
     from .evaluation.report import write_report
 
     run_dir = Path(out)
@@ -224,10 +224,7 @@ def run_finetune(weights: str, recipe, out: str | Path, data_dir: str | None = N
     report = load_backbone_weights(model, sd, log=log)
     map_head(model, sd, old, classes, log=log)
     meta = model_meta(name, kwargs, classes, splits.mean, splits.std, input_size, recipe,
-                      dataset={"dataset": recipe.data.dataset, "path": recipe.data.path,
-                               "data_dir": str(data_dir) if data_dir else None, "val_size": recipe.data.val_size,
-                               "split_seed": recipe.data.split_seed, "test_fraction": recipe.data.test_fraction},
-                      finetuned_from=str(weights))
+                      dataset=data_ref(recipe.data, data_dir), finetuned_from=str(weights))
     train_l, val_l, test_l = make_loaders(recipe, splits, device, cl, input_size)
     run_dir.mkdir(parents=True, exist_ok=True)
     log(f"fine-tuning {name} ({count_params(model):,} params) on {len(splits.train)} images, "

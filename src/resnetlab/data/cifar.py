@@ -189,7 +189,7 @@ class _Reader:
                 raise UserError(f"{self.path}: archive has no {self.folder}/{name}")
             try:
                 data = self._tar.extractfile(member).read()  # type: ignore[union-attr]
-            except (tarfile.TarError, EOFError, OSError, Exception) as e:  # zlib errors too
+            except Exception as e:  # noqa: BLE001 - tar, EOF, OS and zlib errors all mean a broken archive
                 raise UserError(f"{self.path}: truncated or corrupt archive while reading {name} "
                                 f"({e})") from None
         if self.verify and self.dataset == "cifar10" and name in CIFAR10_BIN_SHA256:

@@ -154,7 +154,7 @@ def train_recipe(recipe: Recipe, out: str | Path, data_dir: str | None = None, r
         from ..data.augment import normalize
         model.init_whitening(normalize(sample, torch.tensor(splits.mean), torch.tensor(splits.std)))
     meta = model_meta(m.name, m.kwargs, splits.classes, splits.mean, splits.std, input_size, recipe,
-                      dataset=_data_ref(recipe.data, data_dir))
+                      dataset=data_ref(recipe.data, data_dir))
     log(f"model: {m.name} {m.kwargs or ''} {count_params(model):,} params; device {describe_device(device, amp)}"
         f"{', channels_last' if cl else ''}")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -205,7 +205,7 @@ def _cpu_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).float().cpu().to(memory_format=torch.contiguous_format)
 
 
-def _data_ref(cfg: DataConfig, data_dir: str | None) -> dict:
+def data_ref(cfg: DataConfig, data_dir: str | None) -> dict:
     return {"dataset": cfg.dataset, "path": cfg.path, "data_dir": str(data_dir) if data_dir else None,
             "val_size": cfg.val_size, "split_seed": cfg.split_seed, "test_fraction": cfg.test_fraction}
 
