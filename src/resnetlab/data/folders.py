@@ -148,4 +148,4 @@ class StreamingFolder(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[i]
-        return torch.from_numpy(decode_image(path, self.size)), label
+        return torch.from_numpy(decode_image(path, self.size).copy()), label

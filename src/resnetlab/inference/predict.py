@@ -40,7 +40,7 @@ def predict(checkpoint: str, paths: list[str], top_k: int = 3, batch_size: int =
         imgs = []
         for f in chunk:
             try:
-                imgs.append(torch.from_numpy(decode_image(f, size)))
+                imgs.append(torch.from_numpy(decode_image(f, size).copy()))
             except Exception as e:  # noqa: BLE001 - any decoding failure is the user's file
                 raise UserError(f"{f}: cannot decode image ({e})") from None
         probs = model(normalize(torch.stack(imgs), mean, std)).softmax(1)
