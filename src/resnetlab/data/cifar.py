@@ -148,7 +148,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _unpickle_official(raw: bytes, key: str, name: str, verify: bool = True) -> dict:
+def _unpickle_official(raw: bytes, key: str, name: str) -> dict:
     """Unpickle only bytes whose MD5 is the official digest for `key` (never arbitrary pickles)."""
     expected = PYTHON_MD5.get(key)
     actual = hashlib.md5(raw).hexdigest()
@@ -204,15 +204,15 @@ class _Reader:
         return str(self.path)
 
 
-def load_cifar(root: str | os.PathLike | None = None, dataset: str = "cifar10", split: str = "train",
-               verify: bool = True) -> ImageSet:
-    """Load one split ('train' or 'test') of CIFAR-10/100 as an ImageSet of uint8 (N, 3, 32, 32)."""
+def _open(root: str | os.PathLike | None, dataset: str, verify: bool) -> _Reader:
     if dataset not in _LAYOUT:
         raise UserError(f"unknown dataset {dataset!r}; use cifar10 or cifar100")
-    if split not in ("train", "test"):
-        raise UserError(f"unknown split {split!r}; use train or test")
     fmt, path = _find_source(resolve_data_root(root), dataset)
-    reader = _Reader(fmt, path, dataset, verify)
+    return _Reader(fmt, path, dataset, verify)
+
+
+def _read_split(reader: _Reader, split: str) -> ImageSet:
+    fmt, path, dataset = reader.fmt, reader.path, reader.dataset
     folder, train_files, test_files, label_bytes = _LAYOUT[dataset]["py" if fmt.startswith("py") else "bin"]
     files = train_files if split == "train" else test_files
     pixels, labels, coarse = [], [], []
@@ -241,6 +241,21 @@ def load_cifar(root: str | os.PathLike | None = None, dataset: str = "cifar10", 
     return ImageSet(images, y, classes, source=f"{dataset}:{path}", extra=extra)
 
 
+def load_cifar(root: str | os.PathLike | None = None, dataset: str = "cifar10", split: str = "train",
+               verify: bool = True) -> ImageSet:
+    """Load one split ('train' or 'test') of CIFAR-10/100 as an ImageSet of uint8 (N, 3, 32, 32)."""
+    if split not in ("train", "test"):
+        raise UserError(f"unknown split {split!r}; use train or test")
+    return _read_split(_open(root, dataset, verify), split)
+
+
+def load_cifar_splits(root: str | os.PathLike | None = None, dataset: str = "cifar10",
+                      verify: bool = True) -> tuple[ImageSet, ImageSet]:
+    """(train, test) through one reader, so an archive is opened and indexed once."""
+    reader = _open(root, dataset, verify)
+    return _read_split(reader, "train"), _read_split(reader, "test")
+
+
 def _class_names(reader: _Reader, fmt: str, dataset: str, folder: str) -> list[str]:
     try:
         if fmt.startswith("py"):
@@ -259,11 +274,11 @@ def _class_names(reader: _Reader, fmt: str, dataset: str, folder: str) -> list[s
 
 def cifar10(root: str | os.PathLike | None = None, verify: bool = True) -> tuple[ImageSet, ImageSet]:
     """(train, test) of CIFAR-10 from root (see resolve_data_root)."""
-    return load_cifar(root, "cifar10", "train", verify), load_cifar(root, "cifar10", "test", verify)
+    return load_cifar_splits(root, "cifar10", verify)
 
 
 def cifar100(root: str | os.PathLike | None = None, verify: bool = True) -> tuple[ImageSet, ImageSet]:
-    return load_cifar(root, "cifar100", "train", verify), load_cifar(root, "cifar100", "test", verify)
+    return load_cifar_splits(root, "cifar100", verify)
 
 
 def download(name: str, root: str | os.PathLike, url: str | None = None, md5: str | None = None,

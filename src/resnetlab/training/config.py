@@ -237,7 +237,8 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
     keys = [item.split("=", 1)[0].strip() for item in overrides]
     if "model.name" in keys and not any(k.startswith("model.kwargs") for k in keys):
         # kwargs belong to the recipe's model (e.g. resnet9 widths); a new model starts from its defaults
-        data.get("model", {}).pop("kwargs", None) if isinstance(data.get("model"), dict) else None
+        if isinstance(data.get("model"), dict):
+            data["model"].pop("kwargs", None)
     for item in overrides:
         if "=" not in item:
             raise UserError(f"override {item!r}: expected key=value, e.g. optim.lr=0.05")

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import AugmentConfig, BatchLoader, ImageSet, channel_stats, load_cifar, load_image_folder
+from ..data import AugmentConfig, BatchLoader, ImageSet, channel_stats, load_cifar_splits, load_image_folder
 from ..data.folders import stratified_split, subset
 from ..errors import UserError
 from ..evaluation.metrics import EvalResult, evaluate
@@ -46,8 +46,7 @@ def load_splits(cfg: DataConfig, data_dir: str | None, progress: bool = True,
         train, test = load_image_folder(cfg.path, size=cfg.image_size or 32, split=cfg.test_fraction,
                                         seed=cfg.split_seed, strict=cfg.strict, progress=progress)
     else:
-        train = load_cifar(data_dir, cfg.dataset, "train", cfg.verify)
-        test = load_cifar(data_dir, cfg.dataset, "test", cfg.verify)
+        train, test = load_cifar_splits(data_dir, cfg.dataset, cfg.verify)
     if cfg.subset:
         train = _slice(train, cfg.subset, cfg.split_seed)
         test = _slice(test, max(cfg.subset // 5, len(test.classes)), cfg.split_seed)
