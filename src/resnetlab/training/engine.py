@@ -263,6 +263,9 @@ class Trainer:
                    "elapsed_s": self.state["elapsed"]}
             self.state["history"].append(row)
             improved = self._early_stopping(row)
+            finished = epoch + 1 == t.epochs or self.state["step"] >= total
+            if finished and not self.state["stopped"]:
+                self.state["stopped"] = "completed"  # recorded in this epoch's `last`, written once
             if self.is_main:
                 if improved:
                     self.save("best", self.eval_model, False, {"val": val.summary()})
@@ -272,11 +275,9 @@ class Trainer:
                          f"train {row['train_acc']:.4f}  val {val.top1:.4f} (top5 {val.top5:.4f})  "
                          f"{row['img_per_s']:.0f} img/s  {row['epoch_time_s']:.1f}s")
             if self.state["stopped"]:
-                self.log(self.state["stopped"])
+                if self.state["stopped"] != "completed":
+                    self.log(self.state["stopped"])
                 break
-        if self.is_main and not self.state["stopped"]:
-            self.state["stopped"] = "completed"
-            self.save("last", self.model, True, {"val": self.state["history"][-1] if self.state["history"] else {}})
         if writer is not None:
             writer.close()
         return self.state
