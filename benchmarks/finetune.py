@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from resnetlab.finetune import run_finetune
-from resnetlab.training.checkpoint import read_checkpoint
+from resnetlab.weights import read_checkpoint
 from resnetlab.training.config import load_recipe
 from resnetlab.training.runner import train_recipe
 

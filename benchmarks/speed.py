@@ -100,7 +100,7 @@ def run_worker(model: str, kw: dict, path: str, args) -> dict:
 
 def inference(name: str, kw: dict) -> list[dict]:
     from resnetlab.models import create_model
-    from resnetlab.training.engine import cpu_has_fast_bf16
+    from resnetlab.runtime import cpu_has_fast_bf16
     rows = []
     variants = [("eager fp32", {}), ("channels_last fp32", {"cl": True}), ("bf16 autocast", {"bf16": True, "cl": True})]
     if os.environ.get("SPEED_COMPILE", "1") == "1":
@@ -148,7 +148,7 @@ def main() -> None:
         print(json.dumps(worker_train(args)))
         return
     report: dict = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "threads": torch.get_num_threads()}
-    from resnetlab.training.runner import describe_device
+    from resnetlab.runtime import describe_device
     report["device"] = describe_device(torch.device("cpu"), None)
     rows = []
     for name, kw in MODELS:

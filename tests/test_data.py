@@ -2,7 +2,6 @@ import hashlib
 import os
 import pickle
 import tarfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -195,15 +194,12 @@ def test_download_cli_offline_one_line(tmp_path, capsys):
 
 # ---------------------------------------------------------------- real data
 def test_bundled_cifar10_verified_and_statistics(real_data):
-    t0 = time.perf_counter()
     train, test = cifar10(real_data, verify=True)
-    load_s = time.perf_counter() - t0
     assert train.images.shape == (50000, 3, 32, 32) and test.images.shape == (10000, 3, 32, 32)
     assert torch.bincount(train.labels).tolist() == [5000] * 10
     mean, std = channel_stats(train.images)
     assert mean == (0.4914, 0.4822, 0.4465)
     assert std == (0.247, 0.2435, 0.2616)
-    assert load_s < 20  # generous bound for a loaded CI machine; the benchmark reports the real figure
 
 
 # ---------------------------------------------------------------- image folders
@@ -301,11 +297,16 @@ def test_loader_deterministic_and_eval_in_order(tiny_cifar):
     assert torch.allclose(x0, (test.images[:16].float() / 255 - 0.5) / 0.25, atol=1e-5)
 
 
-def test_loader_shards_are_disjoint(tiny_cifar):
-    train, _ = cifar10(tiny_cifar, verify=False)
-    idx = [BatchLoader(train, 10, (0.5,) * 3, (0.25,) * 3, train=True, rank=r, world_size=2)._indices()
-           for r in (0, 1)]
-    assert set(idx[0].tolist()).isdisjoint(idx[1].tolist()) and len(idx[0]) + len(idx[1]) == 200
+def test_multi_process_launch_is_refused_not_half_done(tiny_cifar, tmp_path, monkeypatch, capsys):
+    # Distributed training is not built: under torchrun (WORLD_SIZE > 1) every rank would train its own
+    # model. The launch must stop with one line before any work, writing nothing.
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    out = tmp_path / "run"
+    assert main(["train", "--data-dir", str(tiny_cifar), "--out", str(out), "--no-verify", "train.epochs=1"]) == 2
+    err = capsys.readouterr().err
+    assert "distributed training is not supported" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
 
 
 def test_loader_channels_last_output(tiny_cifar):

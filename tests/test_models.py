@@ -119,3 +119,41 @@ def test_resnet9_whitening_layer_decorrelates_patches():
     cov = c @ c.T / c.shape[1]
     assert torch.allclose(cov, torch.eye(27), atol=0.05)
     assert model(x[:2]).shape == (2, 10)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnet20", "preact_resnet18", "resnet9"])
+def test_classifier_api(name):
+    """timm's get_classifier / reset_classifier: callers never need to know the head is called fc."""
+    model = resnetlab.create_model(name, num_classes=10)
+    head = model.get_classifier()
+    assert isinstance(head, torch.nn.Linear) and head.out_features == 10
+    backbone = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("fc.")}
+    model.reset_classifier(37)
+    assert model.get_classifier() is not head and model.get_classifier().out_features == 37
+    size = 64 if resnetlab.models.get_spec(name).family == "imagenet" else 32
+    assert model.eval()(torch.zeros(2, 3, size, size)).shape == (2, 37)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in backbone.items())
+
+
+def test_public_factories_match_the_registry():
+    from resnetlab import models
+    for name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet20", "resnet32", "resnet44",
+                 "resnet56", "resnet110", "resnet1202", "preact_resnet18"):
+        factory = getattr(models, name)
+        assert factory.__name__ == name
+        a, b = factory(num_classes=10), resnetlab.create_model(name, num_classes=10)
+        assert [(k, v.shape) for k, v in a.state_dict().items()] == [(k, v.shape) for k, v in b.state_dict().items()]
+    assert models.resnet18().fc.out_features == 1000 and models.resnet20().fc.out_features == 10
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"stem": "foo"}, r"stem='foo': expected one of imagenet, cifar"),
+    ({"widths": [1, 2]}, r"widths=\[1, 2\]: expected a list of 4 positive integers"),
+    ({"widths": [64, 128, 256, 0]}, r"expected a list of 4 positive integers"),
+    ({"pretrained": "/etc/passwd"}, r"resnet18 has no argument 'pretrained'"),
+    ({"zero_init_residual": "yes"}, r"expected true or false"),
+])
+def test_model_arguments_are_validated(kwargs, message):
+    from resnetlab.models import build_model
+    with pytest.raises(UserError, match=message):
+        build_model("resnet18", 10, kwargs)

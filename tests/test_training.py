@@ -10,10 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import resnetlab
 from resnetlab import UserError
 from resnetlab.cli import main
-from resnetlab.training import checkpoint as ckpt_mod
-from resnetlab.training.checkpoint import read_full, save_checkpoint
+from resnetlab import weights as ckpt_mod
+from resnetlab.weights import read_full, save_checkpoint
 from resnetlab.training.config import ScheduleConfig, load_recipe
 from resnetlab.training.optim import lr_factor
 
@@ -45,18 +46,23 @@ def test_bad_recipe_keys_and_values(tmp_path):
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.name)
-def test_bundled_recipes_parse(path):
+def test_bundled_recipes_build_their_model(path):
+    from resnetlab.models import build_model
     r = load_recipe(path)
-    assert r.name == path.stem
-    text = path.read_text()
-    assert "#" in text  # every recipe names its sources in comments
+    model = build_model(r.model.name, 10, r.model.kwargs)
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 
 
-def test_paper_recipe_is_the_paper():
+def test_paper_recipe_runs_the_papers_schedule():
+    """He et al. 2015: 45k/5k split, batch 128, lr 0.1 divided by 10 at 32k and 48k iterations, stop at 64k."""
     r = load_recipe(ROOT / "recipes" / "cifar10_resnet20_paper.yaml")
-    assert (r.model.name, r.model.kwargs["option"], r.train.batch_size, r.optim.lr) == ("resnet20", "A", 128, 0.1)
-    assert (r.optim.momentum, r.optim.weight_decay, r.train.max_steps) == (0.9, 1e-4, 64000)
-    assert r.schedule.milestones == [32000, 48000] and r.schedule.unit == "iter" and r.data.val_size == 5000
+    steps_per_epoch = (50000 - int(r.data.val_size)) // r.train.batch_size
+    total = min(r.train.epochs * steps_per_epoch, r.train.max_steps or 10**9)
+    assert total == 64000  # enough epochs to reach the paper's 64k iterations, and no more
+    lrs = [r.optim.lr * lr_factor(s, total, steps_per_epoch, r.schedule) for s in (0, 31999, 32000, 47999, 48000, 63999)]
+    assert lrs == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    model = resnetlab.create_model(r.model.name, 10, **r.model.kwargs)
+    assert sum(p.numel() for p in model.parameters()) == 269_722  # option A, as in the paper
 
 
 def test_schedules():
@@ -106,7 +112,7 @@ def test_tiny_training_learns_and_writes_run(tiny_cifar, tmp_path, capsys):
 
 
 def _train_cmd(data, out, extra=()):
-    return [sys.executable, "-m", "resnetlab.cli", "train", "--recipe", str(ROOT / "recipes" / "cifar10_quick.yaml"),
+    return [sys.executable, "-m", "resnetlab", "train", "--recipe", str(ROOT / "recipes" / "cifar10_quick.yaml"),
             "--data-dir", str(data), "--out", str(out), "--no-progress", "data.verify=false", "train.epochs=4",
             "train.batch_size=10", "data.val_size=20", "train.precision=fp32", "model.name=resnet20",
             "train.eval_batch_size=40", "optim.lr=0.05", "train.ema_decay=0.8", "schedule.name=onecycle", *extra]
@@ -134,7 +140,7 @@ def test_resume_after_sigkill_is_bit_identical(tiny_cifar, tmp_path):
     proc.wait()
     state = read_full(killed / "last.safetensors")[2]["trainer"]
     assert state["epoch"] < 4, "the run finished before it could be killed"
-    subprocess.run([sys.executable, "-m", "resnetlab.cli", "train", "--resume", str(killed), "--data-dir",
+    subprocess.run([sys.executable, "-m", "resnetlab", "train", "--resume", str(killed), "--data-dir",
                     str(tiny_cifar), "--no-progress"], check=True, env=env, capture_output=True)
     a, b = load_file(ref / "last.safetensors"), load_file(killed / "last.safetensors")
     assert a.keys() == b.keys()
@@ -201,7 +207,7 @@ def test_checksum_failure_is_one_line_and_writes_nothing(tiny_cifar, tmp_path, c
 
 
 def test_precision_auto_uses_bf16_only_with_native_support(monkeypatch):
-    from resnetlab.training import engine
+    from resnetlab import runtime as engine
     cpu = torch.device("cpu")
     monkeypatch.setattr(engine, "cpu_has_fast_bf16", lambda: False)
     assert engine.select_precision("auto", cpu) is None  # fp32 fallback (AVX2-only CPUs emulate bf16)

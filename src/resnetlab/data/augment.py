@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..preprocessing import normalize  # noqa: F401  (re-exported: the batch pipeline's normalisation)
+
 
 @dataclass
 class AugmentConfig:
@@ -75,11 +77,3 @@ def cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tens
     in_x = (xs >= (cx - size // 2)[:, None]) & (xs < (cx - size // 2 + size)[:, None])
     mask = ~(in_y[:, :, None] & in_x[:, None, :])
     return x * mask[:, None].to(x.dtype)
-
-
-def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-              dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 → float, (x/255 - mean)/std, folded into one multiply-add per pixel."""
-    scale = (1.0 / (255.0 * std)).view(1, -1, 1, 1)
-    shift = (-mean / std).view(1, -1, 1, 1)
-    return (images.to(dtype) * scale.to(dtype) + shift.to(dtype))

@@ -14,14 +14,13 @@ import pickle
 import shutil
 import tarfile
 import tempfile
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..download import fetch, file_digest  # noqa: F401  (file_digest: public helper of this module)
 from ..errors import UserError
 
 IMAGE_BYTES = 3072  # 3 channel planes of 32x32
@@ -85,14 +84,6 @@ class ImageSet:
 
     def __len__(self) -> int:
         return len(self.labels)
-
-
-def file_digest(path: Path | str, algo: str = "sha256") -> str:
-    h = hashlib.new(algo)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def resolve_data_root(data_dir: str | os.PathLike | None) -> Path:
@@ -282,7 +273,7 @@ def cifar100(root: str | os.PathLike | None = None, verify: bool = True) -> tupl
 
 
 def download(name: str, root: str | os.PathLike, url: str | None = None, md5: str | None = None,
-             timeout: float = 30.0) -> Path:
+             timeout: float = 30.0, verify: bool = True) -> Path:
     """Fetch an official archive into root and extract it atomically; returns the extracted folder.
 
     A partial download is kept as `<archive>.part` and continued with an HTTP Range request; the
@@ -298,8 +289,8 @@ def download(name: str, root: str | os.PathLike, url: str | None = None, md5: st
     if target.is_dir():
         return target
     archive = root / default_url.rsplit("/", 1)[1]
-    if not (archive.is_file() and file_digest(archive, "md5") == md5):
-        _fetch(url, archive, md5, timeout)
+    hint = f"put {archive.name} (or its extracted folder) in {archive.parent} and run again"
+    fetch(url, archive, digest=md5 if verify else None, algo="md5", timeout=timeout, offline_hint=hint)
     tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=root))
     try:
         with tarfile.open(archive, "r:gz") as tar:
@@ -312,23 +303,3 @@ def download(name: str, root: str | os.PathLike, url: str | None = None, md5: st
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-def _fetch(url: str, archive: Path, md5: str, timeout: float) -> None:
-    part = archive.with_name(archive.name + ".part")
-    offset = part.stat().st_size if part.exists() else 0
-    req = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            resumed = offset and getattr(resp, "status", 200) == 206
-            with open(part, "ab" if resumed else "wb") as out:
-                shutil.copyfileobj(resp, out, 1 << 20)
-    except (urllib.error.URLError, OSError, TimeoutError) as e:
-        reason = getattr(e, "reason", e)
-        raise UserError(f"cannot download {url} ({reason}); offline? put {archive.name} (or its extracted "
-                        f"folder) in {archive.parent} and run again") from None
-    digest = file_digest(part, "md5")
-    if digest != md5:
-        part.unlink()
-        raise UserError(f"{url}: downloaded file has MD5 {digest}, expected {md5}; removed it, try again")
-    os.replace(part, archive)

@@ -11,54 +11,39 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from ..errors import UserError
+from ..preprocessing import EXTENSIONS, ImageDecodeError, ResizePolicy, load_uint8
 from .cifar import ImageSet
 
-EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-# Above this many decoded bytes we stream from disk with a DataLoader instead of holding everything.
+# The whole set is decoded into memory once (the batch pipeline's design); above this many decoded
+# bytes we refuse rather than swap. Streaming from disk is not implemented.
 IN_MEMORY_LIMIT = 8 * 1024**3
 
 
 def scan_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     if not root.is_dir():
         raise UserError(f"{root}: image folder does not exist")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    samples = [(p, i) for i, c in enumerate(classes) for p in sorted((root / c).iterdir())
-               if p.suffix.lower() in EXTENSIONS]
+    folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    files = {c: [p for p in sorted((root / c).iterdir()) if p.is_file() and p.suffix.lower() in EXTENSIONS]
+             for c in folders}
+    empty = [c for c in folders if not files[c]]
+    if empty and len(empty) < len(folders):
+        warnings.warn(f"{root}: ignored {len(empty)} class folder(s) without images: {', '.join(empty[:5])}"
+                      f"{' …' if len(empty) > 5 else ''}", stacklevel=2)
+    classes = [c for c in folders if files[c]]
+    samples = [(p, i) for i, c in enumerate(classes) for p in files[c]]
     if not samples:
         raise UserError(f"{root}: no images found (expected {root}/<class>/*.png|jpg|jpeg|bmp|webp)")
-    present = {label for _, label in samples}
-    if len(present) < 2:
-        raise UserError(f"{root}: only {len(present)} class with images; a classifier needs at least 2 "
-                        f"class folders")
+    if len(classes) < 2:
+        raise UserError(f"{root}: only {len(classes)} class folder with images; a classifier needs at least 2")
     return classes, samples
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit grayscale: scale to 8 bits instead of clipping.
-        arr = np.asarray(img, dtype=np.uint32)
-        peak = 65535 if arr.max() > 255 else 255
-        img = Image.fromarray((arr * 255 // peak).astype(np.uint8), "L")
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA"):
-        background = Image.new("RGB", img.size, (0, 0, 0))
-        background.paste(img.convert("RGBA"), mask=img.convert("RGBA").split()[-1])
-        return background
-    return img.convert("RGB")
-
-
-def decode_image(path: Path, size: int) -> np.ndarray:
-    with Image.open(path) as img:
-        img.load()
-        rgb = _to_rgb(img)
-    if rgb.size != (size, size):
-        rgb = rgb.resize((size, size), Image.BILINEAR)
-    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
+def decode_image(path: Path, size: int, mode: str = "squash") -> np.ndarray:
+    """(3, size, size) uint8 pixels of one file, through the shared preprocessing."""
+    return load_uint8(path, ResizePolicy(size, mode))
 
 
 def decode_samples(samples: list[tuple[Path, int]], size: int, strict: bool,
@@ -69,7 +54,7 @@ def decode_samples(samples: list[tuple[Path, int]], size: int, strict: bool,
     for path, label in tqdm(samples, desc=desc, disable=not progress, unit="img", leave=False):
         try:
             images[kept] = decode_image(path, size)
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        except ImageDecodeError as e:
             if strict:
                 raise UserError(f"{path}: cannot decode image ({e}); remove it or drop --strict") from None
             bad.append(path)
@@ -126,6 +111,9 @@ def load_image_folder(root: str | Path, size: int = 32, split: float = 0.2, seed
     x, y = decode_samples(samples, size, strict, progress)
     full = ImageSet(x, y, classes, str(root))
     keep, held = stratified_split(y, split, seed)
+    if len(held) == 0:
+        raise UserError(f"{root}: too few images per class to hold out a test split ({len(y)} images, "
+                        f"{len(classes)} classes); add images, or provide train/ and test/ sub-folders")
     return subset(full, keep), subset(full, held)
 
 
@@ -133,19 +121,4 @@ def _check_memory(n: int, size: int, root: Path) -> None:
     need = n * 3 * size * size
     if need > IN_MEMORY_LIMIT:
         raise UserError(f"{root}: {n} images at {size}px need {need / 1e9:.1f} GB decoded; use a smaller "
-                        f"--image-size or stream with resnetlab.data.folders.StreamingFolder")
-
-
-class StreamingFolder(torch.utils.data.Dataset):
-    """For folders too large to hold decoded: decode per item, to be used with a DataLoader + workers."""
-
-    def __init__(self, root: str | Path, size: int = 224) -> None:
-        self.classes, self.samples = scan_folder(Path(root))
-        self.size = size
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        path, label = self.samples[i]
-        return torch.from_numpy(decode_image(path, self.size).copy()), label
+                        f"--image-size, or a subset of the folder")

@@ -2,8 +2,7 @@
 generator, augmented and normalised per batch (airbench style).
 
 Every epoch's order and augmentation come from a generator seeded by (seed, epoch), so an epoch can
-be replayed exactly after a resume, and shards for distributed ranks are disjoint slices of one
-permutation.
+be replayed exactly after a resume.
 """
 from __future__ import annotations
 
@@ -37,8 +36,7 @@ class BatchLoader:
     def __init__(self, data: ImageSet, batch_size: int, mean: tuple[float, ...], std: tuple[float, ...],
                  train: bool = False, augment: AugmentConfig | None = None, device: str | torch.device = "cpu",
                  seed: int = 0, drop_last: bool | None = None, channels_last: bool = False,
-                 dtype: torch.dtype = torch.float32, rank: int = 0, world_size: int = 1,
-                 image_size: int | None = None) -> None:
+                 dtype: torch.dtype = torch.float32, image_size: int | None = None) -> None:
         self.device = torch.device(device)
         self.images = data.images.to(self.device)
         self.labels = data.labels.to(self.device)
@@ -52,7 +50,6 @@ class BatchLoader:
         self.drop_last = train if drop_last is None else drop_last
         self.channels_last = channels_last
         self.dtype = dtype
-        self.rank, self.world_size = rank, world_size
         self.image_size = image_size  # resize on the fly (e.g. 32 → 64 for pretrained nets)
 
     def set_epoch(self, epoch: int) -> None:
@@ -65,10 +62,10 @@ class BatchLoader:
             order = torch.randperm(n, generator=g)
         else:
             order = torch.arange(n)
-        return order[self.rank::self.world_size]
+        return order
 
     def __len__(self) -> int:
-        n = math.ceil((len(self.labels) - self.rank) / self.world_size)
+        n = len(self.labels)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -1,12 +1,13 @@
 """Top-k accuracy, loss, per-class accuracy and confusion matrix over a whole loader."""
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..runtime import autocast_for
 
 
 @dataclass
@@ -23,12 +24,6 @@ class EvalResult:
 
     def summary(self) -> dict:
         return {"top1": self.top1, "top5": self.top5, "loss": self.loss, "n": self.n}
-
-
-def autocast_for(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None or dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 @torch.no_grad()

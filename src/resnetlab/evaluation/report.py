@@ -1,10 +1,40 @@
-"""report.md for a run folder: loss/accuracy curves (PNG) and the tutorials' results table."""
+"""Figures and tables of a run: confusion matrix (CSV + PNG), loss/accuracy curves, report.md."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 from ..errors import UserError
+from ..files import atomic_write_text
+from .metrics import EvalResult
+
+
+def write_confusion(result: EvalResult, classes: list[str], base: Path) -> None:
+    """confusion.csv (rows true, columns predicted) and a PNG heatmap with class names."""
+    cm = result.confusion
+    rows = ["true\\pred," + ",".join(classes)]
+    rows += [name + "," + ",".join(map(str, row)) for name, row in zip(classes, cm.tolist())]
+    atomic_write_text(base.with_suffix(".csv"), "\n".join(rows) + "\n")
+    if len(classes) > 40:
+        return  # a 100x100 heatmap with names is unreadable; the CSV has it all
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(1 + 0.6 * len(classes), 1 + 0.5 * len(classes)))
+    norm = (cm.float() / cm.sum(1, keepdim=True).clamp_min(1)).numpy()
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"confusion matrix (top-1 {result.top1:.4f})")
+    fig.tight_layout()
+    fig.savefig(base.with_suffix(".png"), dpi=100)
+    plt.close(fig)
 
 
 def _load_history(run: Path, prefix: str) -> list[dict]:
@@ -58,5 +88,5 @@ def write_report(run_dir: str | Path) -> Path:
               "measured during training (img/s averaged over epochs after the first).", ""]
     lines += [f"![{f}]({f})" for f in figures]
     out = run / "report.md"
-    out.write_text("\n".join(lines) + "\n")
+    atomic_write_text(out, "\n".join(lines) + "\n")
     return out

@@ -1,0 +1,1 @@
+"""Using trained models: prediction from a checkpoint."""

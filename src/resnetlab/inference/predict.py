@@ -1,23 +1,21 @@
-"""`resnetlab predict CKPT images/folders…`: top-k classes per image, from the checkpoint alone
-(architecture, class names, normalisation and input size all come from its metadata)."""
+"""Top-k classes for image files, from a checkpoint alone: architecture, class names, normalisation
+and input size all come from its metadata. The Python API behind `resnetlab predict`."""
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 import torch
 
-from ..data.augment import normalize
-from ..data.folders import EXTENSIONS, decode_image
 from ..errors import UserError
+from ..models import load_model
+from ..preprocessing import EXTENSIONS, ImageDecodeError, ResizePolicy, load_uint8, normalize
 
 
 def collect_images(paths: list[str]) -> list[Path]:
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in EXTENSIONS)
+            files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in EXTENSIONS)
         elif p.is_file():
             files.append(p)
         else:
@@ -29,10 +27,11 @@ def collect_images(paths: list[str]) -> list[Path]:
 
 @torch.no_grad()
 def predict(checkpoint: str, paths: list[str], top_k: int = 3, batch_size: int = 256) -> list[dict]:
-    from ..training.runner import model_from_checkpoint
-    model, meta = model_from_checkpoint(checkpoint)
-    size, classes = meta["input_size"], meta["classes"]
-    mean, std = torch.tensor(meta["mean"]), torch.tensor(meta["std"])
+    if not isinstance(top_k, int) or top_k < 1:
+        raise UserError(f"top-k must be a positive integer, got {top_k!r}")
+    model, meta = load_model(checkpoint)
+    classes = meta["classes"]
+    policy = ResizePolicy(meta["input_size"], (meta.get("resize") or {}).get("mode", "squash"))
     files = collect_images(paths)
     out = []
     for i in range(0, len(files), batch_size):
@@ -40,29 +39,11 @@ def predict(checkpoint: str, paths: list[str], top_k: int = 3, batch_size: int =
         imgs = []
         for f in chunk:
             try:
-                imgs.append(torch.from_numpy(decode_image(f, size).copy()))
-            except Exception as e:  # noqa: BLE001 - any decoding failure is the user's file
+                imgs.append(torch.from_numpy(load_uint8(f, policy).copy()))
+            except ImageDecodeError as e:
                 raise UserError(f"{f}: cannot decode image ({e})") from None
-        probs = model(normalize(torch.stack(imgs), mean, std)).softmax(1)
+        probs = model(normalize(torch.stack(imgs), meta["mean"], meta["std"])).softmax(1)
         top = probs.topk(min(top_k, len(classes)), dim=1)
         for f, p, idx in zip(chunk, top.values.tolist(), top.indices.tolist()):
             out.append({"file": str(f), "top": [{"class": classes[j], "prob": round(q, 4)} for q, j in zip(p, idx)]})
     return out
-
-
-def cmd_predict(args: argparse.Namespace) -> None:
-    results = predict(args.checkpoint, args.images, args.top_k)
-    if args.json:
-        print(json.dumps(results, indent=2))
-        return
-    for r in results:
-        print(r["file"] + "  " + "  ".join(f"{t['class']} {t['prob']:.3f}" for t in r["top"]))
-
-
-def add_predict_parser(sub) -> None:
-    s = sub.add_parser("predict", help="classify images with a checkpoint")
-    s.add_argument("checkpoint")
-    s.add_argument("images", nargs="+", help="image files and/or folders")
-    s.add_argument("--top-k", type=int, default=3)
-    s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_predict)

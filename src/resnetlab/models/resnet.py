@@ -6,7 +6,8 @@ ImageNet weights load with strict=True.
 """
 from __future__ import annotations
 
-from typing import Sequence, Type
+from dataclasses import dataclass
+from typing import Any, Sequence, Type
 
 import torch
 from torch import nn
@@ -96,62 +97,63 @@ class ResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.forward_features(x))
 
+    def get_classifier(self) -> nn.Linear:
+        return self.fc
 
-# ImageNet-style ResNets (He et al. 2015, Table 1); stem="cifar" adapts them to 32x32 inputs.
-def resnet18(num_classes: int = 1000, **kw) -> ResNet:
-    return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, **kw)
-
-
-def resnet34(num_classes: int = 1000, **kw) -> ResNet:
-    return ResNet(BasicBlock, [3, 4, 6, 3], num_classes, **kw)
+    def reset_classifier(self, num_classes: int) -> None:
+        """A freshly initialised head for num_classes (as timm's reset_classifier)."""
+        self.fc = nn.Linear(self.num_features, num_classes).to(self.fc.weight.device)
 
 
-def resnet50(num_classes: int = 1000, **kw) -> ResNet:
-    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, **kw)
+# One table, one builder. Depths from He et al. 2015 (Table 1 for ImageNet, Sec. 4.2 for CIFAR: 6n+2
+# layers in three stages of 16/32/64 channels, option A shortcuts); pre-activation from He et al. 2016.
+@dataclass(frozen=True)
+class Arch:
+    block: Block
+    layers: tuple[int, ...]
+    family: str                      # "imagenet" (224 px, 7x7 stem) or "cifar" (32 px, 3x3 stem)
+    defaults: tuple[tuple[str, Any], ...] = ()
 
 
-def resnet101(num_classes: int = 1000, **kw) -> ResNet:
-    return ResNet(Bottleneck, [3, 4, 23, 3], num_classes, **kw)
-
-
-def resnet152(num_classes: int = 1000, **kw) -> ResNet:
-    return ResNet(Bottleneck, [3, 8, 36, 3], num_classes, **kw)
-
-
-def cifar_resnet(depth: int, num_classes: int = 10, option: str = "A", **kw) -> ResNet:
-    """He et al. 2015 Sec. 4.2: 6n+2 layers, three stages of 16/32/64 channels on 32x32 inputs."""
-    if (depth - 2) % 6 != 0:
-        raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+def _cifar(depth: int) -> Arch:
     n = (depth - 2) // 6
-    kw.setdefault("stem", "cifar")
-    return ResNet(BasicBlock, [n, n, n], num_classes, widths=(16, 32, 64), shortcut=option, **kw)
+    return Arch(BasicBlock, (n, n, n), "cifar", (("widths", (16, 32, 64)), ("stem", "cifar"), ("shortcut", "A")))
 
 
-def resnet20(num_classes: int = 10, **kw) -> ResNet:
-    return cifar_resnet(20, num_classes, **kw)
+ARCHS: dict[str, Arch] = {
+    "resnet18": Arch(BasicBlock, (2, 2, 2, 2), "imagenet"),
+    "resnet34": Arch(BasicBlock, (3, 4, 6, 3), "imagenet"),
+    "resnet50": Arch(Bottleneck, (3, 4, 6, 3), "imagenet"),
+    "resnet101": Arch(Bottleneck, (3, 4, 23, 3), "imagenet"),
+    "resnet152": Arch(Bottleneck, (3, 8, 36, 3), "imagenet"),
+    **{f"resnet{d}": _cifar(d) for d in (20, 32, 44, 56, 110, 1202)},
+    "preact_resnet18": Arch(PreActBlock, (2, 2, 2, 2), "cifar", (("stem", "cifar"),)),
+}
 
 
-def resnet32(num_classes: int = 10, **kw) -> ResNet:
-    return cifar_resnet(32, num_classes, **kw)
+def build_resnet(name: str, num_classes: int | None = None, **kwargs: Any) -> ResNet:
+    """The ResNet called `name` in ARCHS; kwargs override the table's defaults (e.g. stem="cifar").
+    `option` is the paper's name for the shortcut type of the CIFAR nets ("A" or "B")."""
+    arch = ARCHS[name]
+    if "option" in kwargs:
+        kwargs["shortcut"] = kwargs.pop("option")
+    merged = dict(arch.defaults)
+    merged.update(kwargs)
+    if num_classes is None:
+        num_classes = 1000 if arch.family == "imagenet" else 10
+    return ResNet(arch.block, arch.layers, num_classes, **merged)
 
 
-def resnet44(num_classes: int = 10, **kw) -> ResNet:
-    return cifar_resnet(44, num_classes, **kw)
+def _factory(name: str):
+    def factory(num_classes: int | None = None, **kwargs: Any) -> ResNet:
+        return build_resnet(name, num_classes, **kwargs)
+    factory.__name__ = factory.__qualname__ = name
+    factory.__doc__ = f"{name}: {ARCHS[name].block.__name__} x {list(ARCHS[name].layers)} ({ARCHS[name].family} family)."
+    return factory
 
 
-def resnet56(num_classes: int = 10, **kw) -> ResNet:
-    return cifar_resnet(56, num_classes, **kw)
-
-
-def resnet110(num_classes: int = 10, **kw) -> ResNet:
-    return cifar_resnet(110, num_classes, **kw)
-
-
-def resnet1202(num_classes: int = 10, **kw) -> ResNet:
-    return cifar_resnet(1202, num_classes, **kw)
-
-
-def preact_resnet18(num_classes: int = 10, **kw) -> ResNet:
-    """Pre-activation ResNet-18 (He et al. 2016); CIFAR stem by default, as it is mostly used there."""
-    kw.setdefault("stem", "cifar")
-    return ResNet(PreActBlock, [2, 2, 2, 2], num_classes, **kw)
+resnet18, resnet34, resnet50 = _factory("resnet18"), _factory("resnet34"), _factory("resnet50")
+resnet101, resnet152 = _factory("resnet101"), _factory("resnet152")
+resnet20, resnet32, resnet44 = _factory("resnet20"), _factory("resnet32"), _factory("resnet44")
+resnet56, resnet110, resnet1202 = _factory("resnet56"), _factory("resnet110"), _factory("resnet1202")
+preact_resnet18 = _factory("preact_resnet18")

@@ -220,8 +220,13 @@ def validate(r: Recipe) -> None:
             raise UserError(f"recipe key {key}: {msg}")
 
 
-def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
-    """Read a YAML recipe (or defaults when path is None) and apply dotted key=value overrides."""
+def load_recipe(path: str | Path | None, overrides: list[str] = (), literal: dict[str, Any] | None = None
+                ) -> Recipe:
+    """Read a YAML recipe (or defaults when path is None) and apply dotted key=value overrides.
+
+    Override values are YAML (`optim.lr=1e-3`, `model.kwargs.widths=[32,64]`); `literal` values are taken
+    as they are, for command-line options whose value is a path or a name (`imgs #2` stays `imgs #2`).
+    """
     data: dict = {}
     if path is not None:
         p = Path(path)
@@ -239,6 +244,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
         # kwargs belong to the recipe's model (e.g. resnet9 widths); a new model starts from its defaults
         if isinstance(data.get("model"), dict):
             data["model"].pop("kwargs", None)
+    pairs: list[tuple[str, Any]] = []
     for item in overrides:
         if "=" not in item:
             raise UserError(f"override {item!r}: expected key=value, e.g. optim.lr=0.05")
@@ -247,8 +253,11 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
             value = yaml.safe_load(raw)
         except yaml.YAMLError:
             value = raw
+        pairs.append((key.strip(), value))
+    pairs += list((literal or {}).items())
+    for key, value in pairs:
         node = data
-        parts = key.strip().split(".")
+        parts = key.split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):

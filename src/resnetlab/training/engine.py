@@ -1,15 +1,15 @@
 """THE training loop. `resnetlab train` and `resnetlab finetune` both run `Trainer.fit`.
 
-Read top to bottom: device/precision choice → Trainer (optimizer, EMA, resume) → fit (epochs of
-steps, validation, checkpoints, early stopping) → results. No per-step host syncs: losses and
-accuracies accumulate in device tensors and are read only at logging points.
+Read top to bottom: Trainer (optimizer, EMA, resume) → fit (epochs of steps, validation, checkpoints,
+early stopping) → results. Losses and accuracies accumulate in device tensors and are read only at
+logging points (on CUDA the loader's host-to-device copy of each batch's indices still syncs).
 """
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -20,73 +20,16 @@ from torch import nn
 from tqdm import tqdm
 
 from ..errors import UserError
-from ..evaluation.metrics import EvalResult, autocast_for, evaluate
-from .checkpoint import optimizer_from_flat, optimizer_to_flat, read_full, save_checkpoint
+from ..evaluation.metrics import EvalResult, evaluate
+from ..files import atomic_write_text
+from ..runtime import autocast_for
+from ..weights import optimizer_from_flat, optimizer_to_flat, read_full, save_checkpoint
 from .config import Recipe
 from .optim import EMA, build_optimizer, lr_factor, param_groups
 
 
 class TrainingDiverged(UserError):
     """Loss became NaN/inf; the last good checkpoint is kept."""
-
-
-def select_device(name: str = "auto") -> torch.device:
-    """cuda > mps > cpu for 'auto'; an explicit name must be available."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} requested but CUDA is not available; use --device cpu")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UserError(f"device {name!r} requested but MPS is not available; use --device cpu")
-    return dev
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True when the CPU computes bf16 natively (AMX or AVX512-BF16). Elsewhere oneDNN emulates
-    bf16 and it is much slower than fp32 (measured 11x slower on an AVX2-only AMD EPYC)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def select_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype (None = fp32). 'auto': bf16 on CUDA with bf16 support (else fp16) and on CPUs
-    with native bf16; fp32 elsewhere."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        if device.type == "cpu":
-            raise UserError("train.precision fp16 is for CUDA/MPS; on a CPU use bf16 or fp32")
-        return torch.float16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and cpu_has_fast_bf16():
-        return torch.bfloat16
-    return None
-
-
-def use_channels_last(setting: str, device: torch.device) -> bool:
-    # channels_last measured faster or equal for our nets in fp32 and bf16 on CPU, and on CUDA tensor cores.
-    if setting == "auto":
-        return device.type in ("cpu", "cuda")
-    return setting == "true"
-
-
-def dist_info() -> tuple[int, int]:
-    """(rank, world_size) from torchrun's environment; (0, 1) otherwise."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 def _rng_state() -> dict[str, torch.Tensor]:
@@ -118,8 +61,7 @@ class Trainer:
         self.progress = progress
         self.log = log
         self.prefix = prefix  # checkpoint name prefix for multi-stage runs ("stage1-")
-        self.rank, self.world = dist_info()
-        self.is_main = self.rank == 0
+        self.is_main = True  # one process; distributed training is refused by the runtime, not half-done
         self.num_classes = meta["num_classes"]
         self.optimizer = build_optimizer(param_groups(self.model, recipe.optim, lr_scales), recipe.optim)
         self.scaler = (torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 and device.type == "cuda"
@@ -259,7 +201,7 @@ class Trainer:
             row = {"epoch": epoch + 1, "step": self.state["step"], "lr": base_lr * f,
                    "train_loss": train_loss, "train_acc": correct.item() / max(seen, 1),
                    "val_loss": val.loss, "val_top1": val.top1, "val_top5": val.top5,
-                   "img_per_s": seen * self.world / train_time, "epoch_time_s": time.perf_counter() - t0,
+                   "img_per_s": seen / train_time, "epoch_time_s": time.perf_counter() - t0,
                    "elapsed_s": self.state["elapsed"]}
             self.state["history"].append(row)
             improved = self._early_stopping(row)
@@ -307,12 +249,12 @@ class Trainer:
     def _write_metrics(self, writer, row: dict) -> None:
         hist = self.state["history"]
         base = self.run_dir / f"{self.prefix}metrics"
-        with open(base.with_suffix(".csv"), "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(hist[0]))
-            w.writeheader()
-            w.writerows(hist)
-        with open(base.with_suffix(".jsonl"), "w") as f:
-            f.writelines(json.dumps(h) + "\n" for h in hist)
+        buf = io.StringIO(newline="")
+        w = csv.DictWriter(buf, fieldnames=list(hist[0]))
+        w.writeheader()
+        w.writerows(hist)
+        atomic_write_text(base.with_suffix(".csv"), buf.getvalue())
+        atomic_write_text(base.with_suffix(".jsonl"), "".join(json.dumps(h) + "\n" for h in hist))
         if writer is not None:
             for k, v in row.items():
                 if k != "epoch":

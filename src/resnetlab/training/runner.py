@@ -1,11 +1,10 @@
 """From a recipe to a finished run: data → model → Trainer.fit → test evaluation → results.json.
 
-Also rebuilds a model and its data from a checkpoint's metadata (for eval / predict / finetune).
+Also rebuilds the data of a checkpoint from its metadata (for `eval` and fine-tuning).
 """
 from __future__ import annotations
 
 import json
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,12 +16,17 @@ from torch import nn
 from ..data import AugmentConfig, BatchLoader, ImageSet, channel_stats, load_cifar_splits, load_image_folder
 from ..data.folders import stratified_split, subset
 from ..errors import UserError
-from ..evaluation.metrics import EvalResult, evaluate
+from ..evaluation.metrics import evaluate
 from ..evaluation.profile import count_macs, count_params
-from ..models import create_model, natural_input_size
-from .checkpoint import read_checkpoint, save_checkpoint
+from ..evaluation.report import write_confusion
+from ..files import atomic_write_text
+from ..models import build_model, natural_input_size
+from ..preprocessing import normalize
+from ..runtime import (describe_device, refuse_distributed_launch, seed_and_backends, select_device,
+                       select_precision, use_channels_last)
+from ..weights import read_checkpoint, save_checkpoint
 from .config import DataConfig, Recipe
-from .engine import Trainer, select_device, select_precision, use_channels_last
+from .engine import Trainer
 
 
 @dataclass
@@ -77,10 +81,7 @@ def make_loaders(recipe: Recipe, splits: Splits, device: torch.device, channels_
     resize = input_size if input_size and input_size != splits.train.images.shape[-1] else None
     common = dict(mean=splits.mean, std=splits.std, device=device, channels_last=channels_last,
                   image_size=resize)
-    from .engine import dist_info
-    rank, world = dist_info()
-    train = BatchLoader(splits.train, t.batch_size, train=True, augment=aug, seed=t.seed, rank=rank,
-                        world_size=world, **common)
+    train = BatchLoader(splits.train, t.batch_size, train=True, augment=aug, seed=t.seed, **common)
     test = BatchLoader(splits.test, t.eval_batch_size, **common)
     val = BatchLoader(splits.val, t.eval_batch_size, **common) if splits.val is not None else test
     return train, val, test
@@ -94,31 +95,12 @@ def model_meta(name: str, kwargs: dict, classes: list[str], mean, std, input_siz
 
 
 def setup_runtime(recipe: Recipe) -> tuple[torch.device, torch.dtype | None, bool]:
+    """(device, autocast dtype or None, channels_last) for a recipe; seeds torch."""
+    refuse_distributed_launch()
     t = recipe.train
     device = select_device(t.device)
-    torch.manual_seed(t.seed)
-    if t.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    elif device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    seed_and_backends(t.seed, device, t.deterministic)
     return device, select_precision(t.precision, device), use_channels_last(t.channels_last, device)
-
-
-def describe_device(device: torch.device, amp: torch.dtype | None) -> str:
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = platform.processor() or platform.machine()
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-        except OSError:
-            pass
-        name = f"{name}, {torch.get_num_threads()} threads"
-    return f"{device.type} ({name}), {'fp32' if amp is None else str(amp).replace('torch.', '')}"
 
 
 def train_recipe(recipe: Recipe, out: str | Path, data_dir: str | None = None, resume: bool = False,
@@ -141,7 +123,7 @@ def train_recipe(recipe: Recipe, out: str | Path, data_dir: str | None = None, r
         f"{splits.std} ({time.perf_counter() - t_load:.1f}s)")
     m = recipe.model
     torch.manual_seed(recipe.train.seed)
-    model = create_model(m.name, num_classes=len(splits.classes), **m.kwargs)
+    model = build_model(m.name, len(splits.classes), m.kwargs)
     input_size = recipe.data.image_size or natural_input_size(m.name, **m.kwargs)
     if recipe.data.dataset != "folder" and recipe.data.image_size is None:
         input_size = 32
@@ -150,7 +132,6 @@ def train_recipe(recipe: Recipe, out: str | Path, data_dir: str | None = None, r
         # data-dependent init of a fixed whitening layer, from (unaugmented) training images
         sample = splits.train.images[torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(
             recipe.train.seed))[:5000]]
-        from ..data.augment import normalize
         model.init_whitening(normalize(sample, torch.tensor(splits.mean), torch.tensor(splits.std)))
     meta = model_meta(m.name, m.kwargs, splits.classes, splits.mean, splits.std, input_size, recipe,
                       dataset=data_ref(recipe.data, data_dir))
@@ -162,8 +143,7 @@ def train_recipe(recipe: Recipe, out: str | Path, data_dir: str | None = None, r
     return finish_run(trainer, splits, test_l, state, log)
 
 
-def finish_run(trainer: Trainer, splits: Splits, test_loader, state: dict, log=print,
-               name: str = "best") -> dict[str, Any]:
+def finish_run(trainer: Trainer, splits: Splits, test_loader, state: dict, log=print) -> dict[str, Any]:
     """Test the chosen weights and record results: best-on-validation when a validation split exists
     (choosing on test would be cheating), else the final weights."""
     run_dir, prefix = trainer.run_dir, trainer.prefix
@@ -192,7 +172,7 @@ def finish_run(trainer: Trainer, splits: Splits, test_loader, state: dict, log=p
         meta = dict(trainer.meta, metrics={"test": test.summary(), "val_best": state["best"]},
                     epoch=state["epoch"], step=state["step"])
         save_checkpoint(run_dir / f"{prefix}best.safetensors", model.state_dict(), meta)
-        (run_dir / f"{prefix}results.json").write_text(json.dumps(results, indent=2))
+        atomic_write_text(run_dir / f"{prefix}results.json", json.dumps(results, indent=2))
         write_confusion(test, splits.classes, run_dir / f"{prefix}confusion")
         log(f"test ({chosen} weights): top-1 {test.top1:.4f}  top-5 {test.top5:.4f}  loss {test.loss:.4f}  "
             f"[{state['elapsed'] / 60:.1f} min training]")
@@ -207,44 +187,3 @@ def _cpu_copy(model: nn.Module) -> nn.Module:
 def data_ref(cfg: DataConfig, data_dir: str | None) -> dict:
     return {"dataset": cfg.dataset, "path": cfg.path, "data_dir": str(data_dir) if data_dir else None,
             "val_size": cfg.val_size, "split_seed": cfg.split_seed, "test_fraction": cfg.test_fraction}
-
-
-def write_confusion(result: EvalResult, classes: list[str], base: Path) -> None:
-    """confusion.csv (rows true, columns predicted) and a PNG heatmap with class names."""
-    cm = result.confusion
-    with open(base.with_suffix(".csv"), "w") as f:
-        f.write("true\\pred," + ",".join(classes) + "\n")
-        for name, row in zip(classes, cm.tolist()):
-            f.write(name + "," + ",".join(map(str, row)) + "\n")
-    if len(classes) > 40:
-        return  # a 100x100 heatmap with names is unreadable; the CSV has it all
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(1 + 0.6 * len(classes), 1 + 0.5 * len(classes)))
-    norm = (cm.float() / cm.sum(1, keepdim=True).clamp_min(1)).numpy()
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
-    for i in range(len(classes)):
-        for j in range(len(classes)):
-            ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=7,
-                    color="white" if norm[i, j] > 0.5 else "black")
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(f"confusion matrix (top-1 {result.top1:.4f})")
-    fig.tight_layout()
-    fig.savefig(base.with_suffix(".png"), dpi=100)
-    plt.close(fig)
-
-
-def model_from_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
-    weights, meta = read_checkpoint(path)
-    if "arch" not in meta:
-        raise UserError(f"{path}: not a resnetlab checkpoint (no architecture metadata)")
-    model = create_model(meta["arch"], num_classes=meta["num_classes"], **meta.get("kwargs", {}))
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as e:
-        raise UserError(f"{path}: weights do not match {meta['arch']} ({str(e).splitlines()[0]})") from None
-    return model.to(device).eval(), meta

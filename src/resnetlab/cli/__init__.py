@@ -1,0 +1,49 @@
+"""Command line: one small module per command. Each parses, calls a workflow, and user errors
+become one line on stderr and exit status 2 (no stack trace)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ..errors import UserError
+from . import download, evaluate, finetune, models, predict, report, train
+
+COMMANDS = (models, train, evaluate, report, download, finetune, predict)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="resnetlab", description="ResNets from scratch: build, train, "
+                                "evaluate, fine-tune, serve.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for command in COMMANDS:
+        command.add_parser(sub)
+    return p
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """Options and key=value overrides in any order (`--out X train.epochs=1 --no-progress` works)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+        if stray:
+            parser.error(f"unrecognized arguments: {' '.join(stray)}")
+        args.overrides = list(args.overrides) + extra
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    try:
+        args.func(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `resnetlab models | head`
+        sys.stderr = open(os.devnull, "w")
+        return 0
+    return 0

@@ -1,0 +1,27 @@
+"""Flags shared by several commands. Convenience flags become recipe overrides, so the recipe stays
+the single source of truth."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_data_flags(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--no-verify", action="store_true", help="skip CIFAR checksum verification")
+    s.add_argument("--strict", action="store_true", help="fail on unreadable images instead of skipping them")
+    s.add_argument("--device", default=None, help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
+
+
+def flag_overrides(args: argparse.Namespace) -> list[str]:
+    out = []
+    if getattr(args, "no_verify", False):
+        out.append("data.verify=false")
+    if getattr(args, "strict", False):
+        out.append("data.strict=true")
+    if getattr(args, "device", None):
+        out.append(f"train.device={args.device}")
+    return out
+
+
+def add_overrides(s: argparse.ArgumentParser) -> None:
+    s.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. train.epochs=5 "
+                   "optim.lr=0.05 (may come before or after the options)")

@@ -1,0 +1,55 @@
+"""`resnetlab eval CKPT`: test accuracy, per-class accuracy and confusion matrix of a checkpoint."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..errors import UserError
+from ..evaluation.metrics import evaluate
+from ..evaluation.report import write_confusion
+from ..models import load_model
+from ..training.config import recipe_from_dict
+from ..training.runner import load_splits, make_loaders, setup_runtime
+from ..weights import resolve_checkpoint
+
+
+def add_parser(sub) -> None:
+    s = sub.add_parser("eval", help="evaluate a checkpoint on its test split")
+    s.add_argument("checkpoint", help="a .safetensors checkpoint or a run folder (its best checkpoint)")
+    s.add_argument("--data-dir", default=None)
+    s.add_argument("--device", default=None)
+    s.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
+    s.add_argument("--no-verify", action="store_true", help="skip CIFAR checksum verification")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    path = resolve_checkpoint(args.checkpoint)
+    model, meta = load_model(path)
+    if not meta.get("recipe"):
+        raise UserError(f"{path}: checkpoint has no recipe; cannot tell which data it was trained on")
+    recipe = recipe_from_dict(meta["recipe"])
+    ref = meta.get("dataset") or {}
+    data_dir = args.data_dir or ref.get("data_dir")
+    recipe.train.device = args.device or recipe.train.device
+    recipe.train.tta = args.tta
+    recipe.data.verify = recipe.data.verify and not args.no_verify
+    device, amp, cl = setup_runtime(recipe)
+    splits = load_splits(recipe.data, data_dir, progress=False, mean_std=(meta["mean"], meta["std"]))
+    _, _, test_l = make_loaders(recipe, splits, device, cl, meta["input_size"])
+    model = model.to(device)
+    res = evaluate(model, test_l, meta["num_classes"], tta=args.tta, amp_dtype=amp)
+    out = path.parent / "eval"  # inside the run folder the checkpoint belongs to
+    out.mkdir(parents=True, exist_ok=True)
+    write_confusion(res, meta["classes"], out / "confusion")
+    summary = dict(res.summary(), tta=args.tta, per_class=dict(zip(meta["classes"], res.per_class())),
+                   confusion_csv=str(out / "confusion.csv"))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return
+    print(f"{meta['arch']} on {recipe.data.dataset} test ({res.n} images{', flip TTA' if args.tta else ''}): "
+          f"top-1 {res.top1:.4f}  top-5 {res.top5:.4f}  loss {res.loss:.4f}")
+    for name, acc in zip(meta["classes"], res.per_class()):
+        print(f"  {name:<16}{acc:.4f}")
+    print(f"confusion matrix: {out / 'confusion.csv'}")

@@ -1,0 +1,46 @@
+"""`resnetlab finetune --weights W --data D`: pretrained weights → a fine-tuned run folder."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..finetune import run_finetune
+from ..training.config import load_recipe
+from ..training.rundir import next_run_dir
+from .common import add_data_flags, add_overrides, flag_overrides
+
+
+def add_parser(sub) -> None:
+    s = sub.add_parser("finetune", help="fine-tune pretrained weights on new data")
+    s.add_argument("--weights", required=True, help="resnetlab .safetensors, torchvision .pth, or torchvision:NAME")
+    s.add_argument("--data", required=True, help="image folder, or cifar10 / cifar100")
+    s.add_argument("--recipe", default="recipes/finetune_cifar100_subset.yaml")
+    s.add_argument("--strategy", choices=["linear-probe", "partial", "full", "two-stage"], default=None)
+    s.add_argument("--unfreeze-stages", type=int, default=None)
+    s.add_argument("--image-size", type=int, default=None)
+    s.add_argument("--arch", default=None, help="architecture of a .pth state_dict (default: recipe model)")
+    s.add_argument("--data-dir", default=None)
+    s.add_argument("--out", default=None)
+    s.add_argument("--no-progress", action="store_true")
+    add_data_flags(s)
+    add_overrides(s)
+    s.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    overrides = list(args.overrides)
+    literal: dict[str, object] = {}  # values taken as given (a path is a string, never YAML)
+    if args.data in ("cifar10", "cifar100"):
+        literal["data.dataset"] = args.data
+    else:
+        literal.update({"data.dataset": "folder", "data.path": args.data})
+    if args.strategy:
+        literal["finetune.strategy"] = args.strategy
+    if args.unfreeze_stages is not None:
+        literal["finetune.unfreeze_stages"] = args.unfreeze_stages
+    if args.image_size is not None:
+        literal["data.image_size"] = args.image_size
+    recipe = load_recipe(args.recipe, overrides + flag_overrides(args), literal=literal)
+    out = Path(args.out) if args.out else next_run_dir(Path("runs") / f"finetune-{recipe.finetune.strategy}")
+    run_finetune(args.weights, recipe, out, args.data_dir, args.arch, progress=not args.no_progress)
+    print(f"run folder: {out}")

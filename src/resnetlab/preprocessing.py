@@ -1,0 +1,100 @@
+"""From an image file to the tensor a model sees: decode, orient, convert to RGB, resize, normalise.
+
+One module so that training data, `eval`, `predict` and every later consumer turn the same file into
+the same pixels: a skew between two hand-written decoders is a silent accuracy loss.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+RESIZE_MODES = ("squash", "center-crop")
+
+
+class ImageDecodeError(ValueError):
+    """A file that is not a readable image (the message names why)."""
+
+
+@dataclass(frozen=True)
+class ResizePolicy:
+    """How a decoded image becomes input_size x input_size.
+
+    squash: resize both sides to input_size (aspect ratio not kept; what CIFAR-style folders need).
+    center-crop: resize the shorter side to input_size, then cut the centre square (ImageNet style).
+    """
+
+    input_size: int
+    mode: str = "squash"
+
+    def __post_init__(self) -> None:
+        if self.mode not in RESIZE_MODES:
+            raise ValueError(f"resize mode must be one of {', '.join(RESIZE_MODES)}, got {self.mode!r}")
+        if self.input_size < 1:
+            raise ValueError(f"input size must be positive, got {self.input_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"input_size": self.input_size, "mode": self.mode}
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Palette, grayscale, 16-bit, RGBA (composited on black) and CMYK images → 8-bit RGB."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit grayscale: scale to 8 bits instead of clipping.
+        arr = np.asarray(img, dtype=np.uint32)
+        peak = 65535 if arr.max() > 255 else 255
+        img = Image.fromarray((arr * 255 // peak).astype(np.uint8), "L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA"):
+        background = Image.new("RGB", img.size, (0, 0, 0))
+        background.paste(img.convert("RGBA"), mask=img.convert("RGBA").split()[-1])
+        return background
+    return img.convert("RGB")
+
+
+def open_rgb(source: str | Path | Image.Image) -> Image.Image:
+    """Decode a file (or take a PIL image), apply its EXIF orientation, convert to RGB."""
+    if isinstance(source, Image.Image):
+        return to_rgb(ImageOps.exif_transpose(source))
+    try:
+        with Image.open(source) as img:
+            img.load()
+            return to_rgb(ImageOps.exif_transpose(img))
+    except Image.DecompressionBombError as e:
+        raise ImageDecodeError(f"refused as a decompression bomb ({e})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ImageDecodeError(str(e) or type(e).__name__) from None
+
+
+def resize(img: Image.Image, policy: ResizePolicy) -> Image.Image:
+    s = policy.input_size
+    if policy.mode == "squash":
+        return img if img.size == (s, s) else img.resize((s, s), Image.BILINEAR)
+    w, h = img.size
+    scale = s / min(w, h)
+    if (w, h) != (s, s):
+        img = img.resize((max(s, round(w * scale)), max(s, round(h * scale))), Image.BILINEAR)
+    w, h = img.size
+    left, top = (w - s) // 2, (h - s) // 2
+    return img.crop((left, top, left + s, top + s))
+
+
+def load_uint8(source: str | Path | Image.Image, policy: ResizePolicy) -> np.ndarray:
+    """(3, S, S) uint8 pixels of one image, by the policy."""
+    return np.asarray(resize(open_rgb(source), policy), dtype=np.uint8).transpose(2, 0, 1)
+
+
+def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+              dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 (N, C, H, W) → float, (x/255 - mean)/std, folded into one multiply-add per pixel."""
+    mean = torch.as_tensor(mean, dtype=torch.float32, device=images.device)
+    std = torch.as_tensor(std, dtype=torch.float32, device=images.device)
+    scale = (1.0 / (255.0 * std)).view(1, -1, 1, 1)
+    shift = (-mean / std).view(1, -1, 1, 1)
+    return images.to(dtype) * scale.to(dtype) + shift.to(dtype)
