@@ -22,7 +22,9 @@ from .files import atomic_write_text
 from .models import apply_strategy, build_model, natural_input_size, stage_lr_scales
 from .training.config import Recipe
 from .training.engine import Trainer
-from .training.runner import data_ref, finish_run, load_splits, make_loaders, model_meta, setup_runtime
+from .training.rundir import claim
+from .training.runner import (check_out_dir, data_ref, finish_run, load_splits, make_loaders, model_meta,
+                               setup_runtime)
 from .weights import IMAGENET_MEAN, IMAGENET_STD, load_backbone_weights, map_head, read_weights
 
 
@@ -30,8 +32,9 @@ def run_finetune(weights: str, recipe: Recipe, out: str | Path, data_dir: str | 
                  arch: str | None = None, progress: bool = True, log=print) -> dict[str, Any]:
 
     run_dir = Path(out)
-    if (run_dir / "summary.json").exists():
-        raise UserError(f"{run_dir}: already holds a fine-tuning run; choose another --out")
+    if (run_dir / "summary.json").exists() or (run_dir / "last.safetensors").exists():
+        raise UserError(f"{run_dir}: already holds a run; choose another --out")
+    check_out_dir(run_dir)
     sd, src_meta = read_weights(weights)
     name = src_meta.get("arch") or arch or recipe.model.name
     kwargs = src_meta.get("kwargs") or dict(recipe.model.kwargs)
@@ -67,9 +70,6 @@ def run_finetune(weights: str, recipe: Recipe, out: str | Path, data_dir: str | 
     meta = model_meta(name, kwargs, classes, splits.mean, splits.std, input_size, recipe,
                       dataset=data_ref(recipe.data, data_dir), finetuned_from=str(weights))
     train_l, val_l, test_l = make_loaders(recipe, splits, device, cl, input_size)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    log(f"fine-tuning {name} ({count_params(model):,} params) on {len(splits.train)} images, "
-        f"{len(classes)} classes, input {input_size}px, strategy {f.strategy}")
 
     def stage(m: nn.Module, strategy: str, prefix: str, lr_mult: float = 1.0, epochs: int | None = None,
               freeze_stats: bool = False) -> dict:
@@ -80,30 +80,34 @@ def run_finetune(weights: str, recipe: Recipe, out: str | Path, data_dir: str | 
         frozen = apply_strategy(m, strategy, f.unfreeze_stages, freeze_stats)
         scales = stage_lr_scales(m, f.layer_decay) if strategy != "linear-probe" else None
         tr = Trainer(m, r, train_l, val_l, run_dir, meta, device, amp, cl, lr_scales=scales,
-                     frozen_bn=frozen, progress=progress, log=log, prefix=prefix)
+                     frozen_bn=frozen, progress=progress, log=log, prefix=prefix, monitor_only=splits.val is None)
         log(f"[{prefix.rstrip('-')}] {strategy}: {count_params(m, trainable_only=True):,} trainable params")
         state = tr.fit()
         res = finish_run(tr, splits, test_l, state, log=log)
         res["strategy"] = strategy
         return res
 
-    results: dict[str, Any] = {"loaded": len(report["loaded"]), "new": report["new"]}
-    if f.strategy == "two-stage":
-        r1 = stage(model, "linear-probe", "stage1-", epochs=f.stage1_epochs)
-        r2 = stage(model, "full", "stage2-", lr_mult=f.stage2_lr_mult, freeze_stats=f.freeze_bn_stats)
-        results.update(before=r1, after=r2)
-    else:
-        after = stage(model, f.strategy, f"{f.strategy}-", freeze_stats=f.freeze_bn_stats)
-        before = after if f.strategy == "linear-probe" else (
-            stage(fresh_model(), "linear-probe", "probe-") if f.compare else None)
-        results.update(before=before, after=after)
-    b, a = results["before"], results["after"]
-    summary = {"weights": str(weights), "strategy": f.strategy, "classes": classes,
-               "before_linear_probe": b["test"] if b else None, "after": a["test"],
-               "time_min": sum(x["train_time_min"] for x in {id(b): b, id(a): a}.values() if x)}
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
-    write_report(run_dir)
-    if b:
-        log(f"before (linear probe of pretrained net): top-1 {b['test']['top1']:.4f}  top-5 {b['test']['top5']:.4f}")
-    log(f"after ({f.strategy}): top-1 {a['test']['top1']:.4f}  top-5 {a['test']['top5']:.4f}")
-    return summary
+    log(f"fine-tuning {name} ({count_params(model):,} params) on {len(splits.train)} images, "
+        f"{len(classes)} classes, input {input_size}px, strategy {f.strategy}")
+
+    with claim(run_dir, log):
+        results: dict[str, Any] = {"loaded": len(report["loaded"]), "new": report["new"]}
+        if f.strategy == "two-stage":
+            r1 = stage(model, "linear-probe", "stage1-", epochs=f.stage1_epochs)
+            r2 = stage(model, "full", "stage2-", lr_mult=f.stage2_lr_mult, freeze_stats=f.freeze_bn_stats)
+            results.update(before=r1, after=r2)
+        else:
+            after = stage(model, f.strategy, f"{f.strategy}-", freeze_stats=f.freeze_bn_stats)
+            before = after if f.strategy == "linear-probe" else (
+                stage(fresh_model(), "linear-probe", "probe-") if f.compare else None)
+            results.update(before=before, after=after)
+        b, a = results["before"], results["after"]
+        summary = {"weights": str(weights), "strategy": f.strategy, "classes": classes,
+                   "before_linear_probe": b["test"] if b else None, "after": a["test"],
+                   "time_min": sum(x["train_time_min"] for x in {id(b): b, id(a): a}.values() if x)}
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+        write_report(run_dir)
+        if b:
+            log(f"before (linear probe of pretrained net): top-1 {b['test']['top1']:.4f}  top-5 {b['test']['top5']:.4f}")
+        log(f"after ({f.strategy}): top-1 {a['test']['top1']:.4f}  top-5 {a['test']['top5']:.4f}")
+        return summary

@@ -23,11 +23,14 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    overrides = list(args.overrides) + flag_overrides(args)
     if args.resume:
+        # the run's own recipe and data root; --device, --data-dir, --no-verify and safe key=value apply
         out = Path(args.resume)
         recipe = None
     else:
-        recipe = load_recipe(args.recipe, list(args.overrides) + flag_overrides(args))
+        recipe = load_recipe(args.recipe, overrides)
         out = Path(args.out) if args.out else next_run_dir(Path("runs") / recipe.name)
-    train_recipe(recipe, out, args.data_dir, resume=bool(args.resume), progress=not args.no_progress)
+    train_recipe(recipe, out, args.data_dir, resume=bool(args.resume), progress=not args.no_progress,
+                 overrides=overrides if args.resume else ())
     print(f"run folder: {out}")

@@ -50,10 +50,18 @@ class BatchLoader:
         self.drop_last = train if drop_last is None else drop_last
         self.channels_last = channels_last
         self.dtype = dtype
-        self.image_size = image_size  # resize on the fly (e.g. 32 → 64 for pretrained nets)
+        self.image_size = image_size
+        self._start: tuple[int, torch.Tensor | None] = (0, None)
+        self._gen: torch.Generator | None = None  # resize on the fly (e.g. 32 → 64 for pretrained nets)
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start_batch: int = 0, aug_state: torch.Tensor | None = None) -> None:
+        """Select the epoch to iterate; start_batch/aug_state continue it mid-way exactly (resume)."""
         self.epoch = epoch
+        self._start = (start_batch, aug_state)
+
+    def aug_state(self) -> torch.Tensor | None:
+        """State of the augmentation generator after the batches yielded so far in this epoch."""
+        return self._gen.get_state() if self._gen is not None else None
 
     def _indices(self) -> torch.Tensor:
         n = len(self.labels)
@@ -71,7 +79,12 @@ class BatchLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self._indices()
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch + 7_919)
-        for b in range(len(self)):
+        start, state = self._start
+        self._start = (0, None)
+        if state is not None:
+            g.set_state(state)
+        self._gen = g
+        for b in range(start, len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size].to(self.device)
             x = self.images[idx]
             if self.augment is not None and (self.augment.crop_padding or self.augment.flip):

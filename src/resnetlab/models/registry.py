@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..preprocessing import RESIZE_MODES
 from ..weights import load_backbone_weights, read_checkpoint
 from . import myrtle, resnet
 from .resnet import ARCHS, STEMS
@@ -139,7 +140,10 @@ def build_model(name: str, num_classes: int, kwargs: dict[str, Any] | None = Non
     spec = get_spec(name)
     kwargs = validate_model_args(name, kwargs or {}, where)
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
-    return spec.factory(num_classes=_check_num_classes(num_classes), **kwargs)
+    try:
+        return spec.factory(num_classes=_check_num_classes(num_classes), **kwargs)
+    except (ValueError, TypeError) as e:  # a combination the architecture cannot build
+        raise UserError(f"{where}: {name} cannot be built with {kwargs} ({e})") from None
 
 
 def create_model(name: str, num_classes: int = 10, pretrained: str | Path | None = None,
@@ -178,6 +182,10 @@ def validate_meta(meta: dict[str, Any], path: str | Path) -> dict[str, Any]:
             raise UserError(f"{path}: metadata {key!r} must be a list of 3 numbers")
     if any(x <= 0 for x in meta["std"]):
         raise UserError(f"{path}: metadata 'std' must be positive")
+    resize = meta.get("resize")
+    if resize is not None and not (isinstance(resize, dict) and set(resize) <= {"input_size", "mode"}
+                                   and resize.get("mode", "squash") in RESIZE_MODES):
+        raise UserError(f"{path}: metadata 'resize' must be {{mode: {' | '.join(RESIZE_MODES)}}}")
     size = meta.get("input_size")
     if not (isinstance(size, int) and not isinstance(size, bool) and 8 <= size <= 4096):
         raise UserError(f"{path}: metadata 'input_size' must be an integer between 8 and 4096")

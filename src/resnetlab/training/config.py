@@ -5,7 +5,10 @@ silently falls back to a default.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +17,7 @@ from typing import Any
 import yaml
 
 from ..errors import UserError
+from ..models import validate_model_args
 
 
 @dataclass
@@ -90,6 +94,7 @@ class TrainConfig:
     device: str = "auto"            # auto | cpu | cuda | cuda:N | mps
     tta: bool = False               # flip TTA for the final test (per-epoch validation stays plain: cheaper)
     log_every: int = 50
+    checkpoint_every_min: float = 0  # also write last.safetensors every N minutes mid-epoch (exact resume); 0 = off
     early_stopping: EarlyStopConfig = field(default_factory=EarlyStopConfig)
 
 
@@ -202,40 +207,106 @@ def recipe_from_dict(data: dict) -> Recipe:
     return recipe
 
 
+# (low, high, low inclusive, high inclusive) of every numeric key; None = unbounded on that side.
+RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    "data.val_size": (0, None, True, True),
+    "data.split_seed": (0, None, True, True),
+    "data.test_fraction": (0, 1, False, False),
+    "data.image_size": (8, 4096, True, True),
+    "data.subset": (0, None, True, True),
+    "data.augment.crop_padding": (0, 64, True, True),
+    "data.augment.cutout": (0, 4096, True, True),
+    "optim.lr": (0, None, False, True),
+    "optim.momentum": (0, 1, True, False),
+    "optim.weight_decay": (0, None, True, True),
+    "schedule.gamma": (0, None, False, True),
+    "schedule.warmup": (0, None, True, True),
+    "schedule.pct_start": (0, 1, True, False),
+    "schedule.final_lr_frac": (0, 1, True, True),
+    "train.epochs": (1, None, True, True),
+    "train.max_steps": (0, None, True, True),
+    "train.batch_size": (1, None, True, True),
+    "train.eval_batch_size": (1, None, True, True),
+    "train.label_smoothing": (0, 1, True, False),
+    "train.ema_decay": (0, 1, True, False),
+    "train.grad_clip": (0, None, True, True),
+    "train.seed": (0, 2**63 - 1, True, True),
+    "train.log_every": (1, None, True, True),
+    "train.checkpoint_every_min": (0, None, True, True),
+    "train.early_stopping.patience": (0, None, True, True),
+    "train.early_stopping.min_delta": (0, None, True, True),
+    "finetune.unfreeze_stages": (1, None, True, True),
+    "finetune.stage1_epochs": (1, None, True, True),
+    "finetune.stage2_lr_mult": (0, None, False, True),
+    "finetune.layer_decay": (0, 1, False, True),
+}
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def _get(r: Recipe, key: str) -> Any:
+    node: Any = r
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _range_text(lo, hi, lo_inc, hi_inc) -> str:
+    if hi is None:
+        return f"must be {'>=' if lo_inc else '>'} {lo}"
+    return f"must be in {'[' if lo_inc else '('}{lo}, {hi}{']' if hi_inc else ')'}"
+
+
 def validate(r: Recipe) -> None:
-    checks = [
-        (r.train.epochs >= 1, "train.epochs", "must be at least 1"),
-        (r.train.batch_size >= 1, "train.batch_size", "must be at least 1"),
-        (r.optim.lr > 0, "optim.lr", "must be positive"),
-        (0 <= r.train.ema_decay < 1, "train.ema_decay", "must be in [0, 1)"),
-        (0 <= r.train.label_smoothing < 1, "train.label_smoothing", "must be in [0, 1)"),
-        (r.data.val_size >= 0, "data.val_size", "must be >= 0 (images, or a fraction below 1)"),
-        (r.data.augment.crop_padding >= 0, "data.augment.crop_padding", "must be >= 0"),
-        (r.schedule.name != "multistep" or bool(r.schedule.milestones), "schedule.milestones",
-         "multistep needs a non-empty list of milestones"),
-        (r.data.dataset != "folder" or bool(r.data.path), "data.path", "dataset 'folder' needs data.path"),
-    ]
-    for ok, key, msg in checks:
+    """Every value in range (list elements too), and the combinations that cannot work refused, so a
+    bad recipe fails in a second rather than after an epoch."""
+    for key, (lo, hi, lo_inc, hi_inc) in RANGES.items():
+        v = _get(r, key)
+        if v is None:
+            continue
+        ok = math.isfinite(v) and (lo is None or (v >= lo if lo_inc else v > lo)) and (
+            hi is None or (v <= hi if hi_inc else v < hi))
         if not ok:
-            raise UserError(f"recipe key {key}: {msg}")
+            raise UserError(f"recipe key {key}: {_range_text(lo, hi, lo_inc, hi_inc)}, got {v!r}")
+    if not NAME_PATTERN.fullmatch(r.name) or r.name in (".", ".."):
+        raise UserError(f"recipe key name: {r.name!r} is not a plain run name (letters, digits, '-', '_', '.'; "
+                        f"at most 100); choose another place with --out instead")
+    ms = r.schedule.milestones
+    if not all(isinstance(m, (int, float)) and not isinstance(m, bool) and math.isfinite(m) and m >= 0 for m in ms) \
+            or list(ms) != sorted(ms):
+        raise UserError(f"recipe key schedule.milestones: expected increasing non-negative numbers, got {ms!r}")
+    if r.schedule.name == "multistep" and not ms:
+        raise UserError("recipe key schedule.milestones: multistep needs a non-empty list of milestones")
+    b = r.optim.betas
+    if not (len(b) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < 1 for x in b)):
+        raise UserError(f"recipe key optim.betas: expected two numbers in [0, 1), got {b!r}")
+    if r.data.dataset == "folder" and not r.data.path:
+        raise UserError("recipe key data.path: dataset 'folder' needs data.path")
+    if r.train.early_stopping.patience and not r.data.val_size:
+        raise UserError("recipe key train.early_stopping.patience: early stopping needs a validation split "
+                        "(data.val_size > 0); it never stops on the test split")
+    validate_model_args(r.model.name, r.model.kwargs, where="recipe key model.kwargs")
 
 
-def load_recipe(path: str | Path | None, overrides: list[str] = (), literal: dict[str, Any] | None = None
-                ) -> Recipe:
-    """Read a YAML recipe (or defaults when path is None) and apply dotted key=value overrides.
+def load_recipe(path: str | Path | None, overrides: list[str] = (), literal: dict[str, Any] | None = None,
+                base: dict | None = None) -> Recipe:
+    """Read a YAML recipe (or `base`, or defaults when both are None) and apply dotted key=value overrides.
 
     Override values are YAML (`optim.lr=1e-3`, `model.kwargs.widths=[32,64]`); `literal` values are taken
     as they are, for command-line options whose value is a path or a name (`imgs #2` stays `imgs #2`).
     """
-    data: dict = {}
+    data: dict = copy.deepcopy(base) if base else {}
     if path is not None:
         p = Path(path)
         if not p.is_file():
             raise UserError(f"{p}: recipe file not found (see recipes/ for the bundled ones)")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
             raise UserError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+        except UnicodeDecodeError:
+            raise UserError(f"{p}: not a text file (a recipe is UTF-8 YAML)") from None
+        except OSError as e:
+            raise UserError(f"{p}: cannot read recipe ({e.strerror})") from None
         if not isinstance(data, dict):
             raise UserError(f"{p}: a recipe must be a YAML mapping")
         data.setdefault("name", p.stem)

@@ -47,8 +47,11 @@ class Trainer:
                  meta: dict[str, Any], device: torch.device, amp_dtype: torch.dtype | None,
                  channels_last: bool = False, lr_scales: dict[str, float] | None = None,
                  frozen_bn: Callable[[nn.Module], None] | None = None, progress: bool = True,
-                 log: Callable[[str], None] = print, prefix: str = "") -> None:
+                 log: Callable[[str], None] = print, prefix: str = "", monitor_only: bool = False) -> None:
         self.recipe = recipe
+        # monitor_only: the per-epoch evaluation runs on the test split (no validation split exists), so
+        # it is shown but never used to pick a checkpoint or to stop.
+        self.monitor_only = monitor_only
         self.model = model.to(device)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -69,26 +72,31 @@ class Trainer:
         self.ema = EMA(self.model, recipe.train.ema_decay) if recipe.train.ema_decay > 0 else None
         self.last_val: EvalResult | None = None  # latest validation, reused when it equals the final test
         self.state: dict[str, Any] = {"epoch": 0, "step": 0, "best": None, "best_epoch": None,
-                                      "bad_epochs": 0, "elapsed": 0.0, "history": [], "stopped": None}
+                                      "bad_epochs": 0, "elapsed": 0.0, "history": [], "stopped": None,
+                                      "partial": None}
+        self._resume_aug: torch.Tensor | None = None
 
     # ----------------------------------------------------------------------------------------------
     @property
     def eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
 
-    def _resume_tensors(self) -> tuple[dict, dict[str, torch.Tensor]]:
+    def _resume_tensors(self, aug_state: torch.Tensor | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
         info, tensors = optimizer_to_flat(self.optimizer)
+        if aug_state is not None:
+            tensors["rng/augment"] = aug_state
         if self.ema is not None:
             tensors.update({f"ema/{k}": v for k, v in self.ema.module.state_dict().items()})
         tensors.update(_rng_state())
         scaler = self.scaler.state_dict() if self.scaler is not None else None
         return {"trainer": self.state, "optimizer": info, "grad_scaler": scaler}, tensors
 
-    def save(self, name: str, weights: nn.Module, with_resume: bool, metrics: dict) -> Path:
+    def save(self, name: str, weights: nn.Module, with_resume: bool, metrics: dict,
+             aug_state: torch.Tensor | None = None) -> Path:
         path = self.run_dir / f"{self.prefix}{name}.safetensors"
         meta = dict(self.meta, metrics=metrics, epoch=self.state["epoch"], step=self.state["step"])
         if with_resume:
-            resume, tensors = self._resume_tensors()
+            resume, tensors = self._resume_tensors(aug_state)
             save_checkpoint(path, weights.state_dict(), meta, resume, tensors)
         else:
             save_checkpoint(path, weights.state_dict(), meta)
@@ -108,7 +116,12 @@ class Trainer:
         if self.scaler is not None and resume.get("grad_scaler"):
             self.scaler.load_state_dict(resume["grad_scaler"])
         torch.set_rng_state(extra["rng/torch"])
+        cuda_states = [extra[k] for k in sorted(extra) if k.startswith("rng/cuda")]
+        if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
         self.state = resume["trainer"]
+        self.state.setdefault("partial", None)
+        self._resume_aug = extra.get("rng/augment")
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimisation step (forward under autocast, backward, clip, step, EMA); no host sync."""
@@ -148,26 +161,38 @@ class Trainer:
             if not last_path.is_file():
                 raise UserError(f"{last_path}: nothing to resume (no last checkpoint in {self.run_dir})")
             self.load_resume(last_path)
-            self.log(f"resumed {last_path} at epoch {self.state['epoch']}, step {self.state['step']}")
+            partial = self.state["partial"]
+            where = f", {partial['epoch_step']} steps into epoch {self.state['epoch'] + 1}" if partial else ""
+            self.log(f"resumed {last_path} at epoch {self.state['epoch']}, step {self.state['step']}{where}")
+            if self.state["stopped"] == "completed" and self.state["step"] < total and \
+                    self.state["epoch"] < t.epochs:
+                self.state["stopped"] = None  # train.epochs / max_steps were raised: extend the run
         if self.state["stopped"]:
             self.log(f"run already finished ({self.state['stopped']})")
             return self.state
         base_lr = r.optim.lr
+        every_s = t.checkpoint_every_min * 60
         writer = _tensorboard(self.run_dir) if self.is_main else None
         for epoch in range(self.state["epoch"], t.epochs):
             if self.state["step"] >= total:
                 break
-            t0 = time.perf_counter()
-            self.train_loader.set_epoch(epoch)
+            partial = self.state["partial"] or {}
+            start = partial.get("epoch_step", 0)
+            self.train_loader.set_epoch(epoch, start, self._resume_aug if start else None)
+            self._resume_aug = None
+            t0 = time.perf_counter() - partial.get("time", 0.0)
+            last_save = time.perf_counter()
             self.model.train()
             if self.frozen_bn:
                 self.frozen_bn(self.model)
-            loss_sum = torch.zeros((), device=self.device)
-            correct = torch.zeros((), dtype=torch.long, device=self.device)
-            seen = 0
-            bar = tqdm(total=min(steps_per_epoch, total - self.state["step"]), disable=not (
-                self.progress and self.is_main), desc=f"{self.prefix}epoch {epoch + 1}/{t.epochs}",
-                leave=False, unit="step")
+            loss_sum = torch.full((), partial.get("loss_sum", 0.0), device=self.device)
+            correct = torch.full((), partial.get("correct", 0), dtype=torch.long, device=self.device)
+            seen = partial.get("seen", 0)
+            epoch_step = start
+            bar = tqdm(total=min(steps_per_epoch, total - self.state["step"] + start), initial=start,
+                       disable=not (self.progress and self.is_main), leave=False, unit="step",
+                       desc=f"{self.prefix}epoch {epoch + 1}/{t.epochs}")
+            f = lr_factor(self.state["step"], total, steps_per_epoch, r.schedule)
             for x, y in self.train_loader:
                 step = self.state["step"]
                 if step >= total:
@@ -179,14 +204,27 @@ class Trainer:
                 loss_sum += loss.detach() * len(y)
                 correct += (out.detach().argmax(1) == y).sum()
                 seen += len(y)
+                epoch_step += 1
                 self.state["step"] = step + 1
                 bar.update(1)
                 if self.state["step"] % t.log_every == 0:
-                    avg = (loss_sum / seen).item()  # the only host sync, at logging points
+                    avg = (loss_sum / seen).item()  # a host sync, at logging points only
                     self._check_finite(avg, epoch)
                     dt = time.perf_counter() - t0
                     bar.set_postfix(loss=f"{avg:.3f}", acc=f"{correct.item() / seen:.3f}",
                                     img_s=f"{seen / dt:.0f}", lr=f"{base_lr * f:.4f}")
+                if every_s and time.perf_counter() - last_save >= every_s and epoch_step < steps_per_epoch \
+                        and self.state["step"] < total:
+                    # Mid-epoch checkpoint: the data order is a function of (seed, epoch) and the augmentation
+                    # generator's state is saved, so a resume from here continues this very epoch exactly.
+                    self._check_finite((loss_sum / seen).item(), epoch)
+                    self.state["partial"] = {"epoch_step": epoch_step, "loss_sum": loss_sum.item(),
+                                             "correct": int(correct.item()), "seen": seen,
+                                             "time": time.perf_counter() - t0}
+                    if self.is_main:
+                        self.save("last", self.model, True, {}, aug_state=self.train_loader.aug_state())
+                    self.state["partial"] = None
+                    last_save = time.perf_counter()
             bar.close()
             train_loss = (loss_sum / max(seen, 1)).item()
             self._check_finite(train_loss, epoch)
@@ -197,14 +235,16 @@ class Trainer:
                 self._check_finite(val.loss, epoch)
             self.last_val = val
             self.state["epoch"] = epoch + 1
+            self.state["partial"] = None
             self.state["elapsed"] += time.perf_counter() - t0
             row = {"epoch": epoch + 1, "step": self.state["step"], "lr": base_lr * f,
                    "train_loss": train_loss, "train_acc": correct.item() / max(seen, 1),
+                   "eval_split": "test" if self.monitor_only else "val",
                    "val_loss": val.loss, "val_top1": val.top1, "val_top5": val.top5,
-                   "img_per_s": seen / train_time, "epoch_time_s": time.perf_counter() - t0,
-                   "elapsed_s": self.state["elapsed"]}
+                   "img_per_s": (seen - partial.get("seen", 0)) / max(train_time - partial.get("time", 0.0), 1e-9),
+                   "epoch_time_s": time.perf_counter() - t0, "elapsed_s": self.state["elapsed"]}
             self.state["history"].append(row)
-            improved = self._early_stopping(row)
+            improved = False if self.monitor_only else self._early_stopping(row)
             finished = epoch + 1 == t.epochs or self.state["step"] >= total
             if finished and not self.state["stopped"]:
                 self.state["stopped"] = "completed"  # recorded in this epoch's `last`, written once
@@ -213,8 +253,9 @@ class Trainer:
                     self.save("best", self.eval_model, False, {"val": val.summary()})
                 self.save("last", self.model, True, {"val": val.summary()})
                 self._write_metrics(writer, row)
+                label = "test (monitoring)" if self.monitor_only else "val"
                 self.log(f"{self.prefix}epoch {epoch + 1}/{t.epochs}  loss {train_loss:.4f}  "
-                         f"train {row['train_acc']:.4f}  val {val.top1:.4f} (top5 {val.top5:.4f})  "
+                         f"train {row['train_acc']:.4f}  {label} {val.top1:.4f} (top5 {val.top5:.4f})  "
                          f"{row['img_per_s']:.0f} img/s  {row['epoch_time_s']:.1f}s")
             if self.state["stopped"]:
                 if self.state["stopped"] != "completed":
@@ -226,9 +267,11 @@ class Trainer:
 
     def _check_finite(self, value: float, epoch: int) -> None:
         if not math.isfinite(value):
-            raise TrainingDiverged(
-                f"loss became {value} at epoch {epoch + 1}, step {self.state['step']}; stopped. The last good "
-                f"checkpoint is kept in {self.run_dir}; lower optim.lr or set train.grad_clip")
+            last = self.run_dir / f"{self.prefix}last.safetensors"
+            kept = (f"the last good checkpoint is kept ({last}, step {self.state['step'] - 1} or earlier)"
+                    if last.is_file() else "no checkpoint had been written yet")
+            raise TrainingDiverged(f"loss became {value} at epoch {epoch + 1}, step {self.state['step']}; "
+                                   f"stopped; {kept}; lower optim.lr (allowed on --resume) or set train.grad_clip")
 
     def _early_stopping(self, row: dict) -> bool:
         es = self.recipe.train.early_stopping
@@ -257,7 +300,7 @@ class Trainer:
         atomic_write_text(base.with_suffix(".jsonl"), "".join(json.dumps(h) + "\n" for h in hist))
         if writer is not None:
             for k, v in row.items():
-                if k != "epoch":
+                if k != "epoch" and isinstance(v, (int, float)):
                     writer.add_scalar(f"{self.prefix}{k}", v, row["epoch"])
 
 

@@ -5,6 +5,7 @@ Also rebuilds the data of a checkpoint from its metadata (for `eval` and fine-tu
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import AugmentConfig, BatchLoader, ImageSet, channel_stats, load_cifar_splits, load_image_folder
+from ..data import (AugmentConfig, BatchLoader, ImageSet, channel_stats, load_cifar_splits, load_image_folder,
+                    resolve_data_root)
 from ..data.folders import stratified_split, subset
 from ..errors import UserError
 from ..evaluation.metrics import evaluate
@@ -25,8 +27,9 @@ from ..preprocessing import normalize
 from ..runtime import (describe_device, refuse_distributed_launch, seed_and_backends, select_device,
                        select_precision, use_channels_last)
 from ..weights import read_checkpoint, save_checkpoint
-from .config import DataConfig, Recipe
+from .config import DataConfig, Recipe, load_recipe, recipe_from_dict
 from .engine import Trainer
+from .rundir import claim
 
 
 @dataclass
@@ -103,25 +106,68 @@ def setup_runtime(recipe: Recipe) -> tuple[torch.device, torch.dtype | None, boo
     return device, select_precision(t.precision, device), use_channels_last(t.channels_last, device)
 
 
-def train_recipe(recipe: Recipe, out: str | Path, data_dir: str | None = None, resume: bool = False,
-                 progress: bool = True, log=print) -> dict[str, Any]:
-    """Run a whole training recipe; returns the results dict also written to results.json."""
+# Keys a resumed run may change: they extend or rescue a run without making it a different experiment
+# (e.g. train.epochs to train longer, optim.lr after a divergence, the device it runs on).
+RESUME_SAFE = ("train.epochs", "train.max_steps", "optim.lr", "train.device", "train.log_every",
+               "train.checkpoint_every_min", "train.tta", "train.eval_batch_size", "train.grad_clip",
+               "data.verify", "data.strict", "train.early_stopping.patience", "train.early_stopping.min_delta")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "kwargs":
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def resume_plan(run_dir: Path, data_dir: str | None, overrides: list[str]) -> tuple[Recipe, str | None]:
+    """The recipe and data root to continue run_dir with: the stored ones, with safe overrides applied
+    and any other change refused with one line."""
+    last = run_dir / "last.safetensors"
+    if not last.is_file():
+        raise UserError(f"{run_dir}: nothing to resume (no last.safetensors)")
+    _w, meta = read_checkpoint(last)
+    if not meta.get("recipe"):
+        raise UserError(f"{last}: has no recipe; not a resnetlab run")
+    stored = recipe_from_dict(meta["recipe"])
+    recipe = load_recipe(None, list(overrides), base=stored.to_dict()) if overrides else stored
+    before, after = _flatten(stored.to_dict()), _flatten(recipe.to_dict())
+    changed = [k for k in after if after[k] != before.get(k)]
+    refused = [k for k in changed if k not in RESUME_SAFE]
+    if refused:
+        raise UserError(f"recipe key {refused[0]} cannot change when resuming (it would make a different "
+                        f"experiment); allowed on --resume: {', '.join(RESUME_SAFE)}")
+    stored_root = (meta.get("dataset") or {}).get("data_dir")
+    return recipe, data_dir or stored_root
+
+
+def train_recipe(recipe: Recipe | None, out: str | Path, data_dir: str | None = None, resume: bool = False,
+                 progress: bool = True, log=print, overrides: list[str] = ()) -> dict[str, Any]:
+    """Run a whole training recipe; returns the results dict also written to results.json.
+
+    Order matters for users: everything that can be refused (recipe, model, device, run folder) is
+    checked before data is loaded, and the run folder is created only once the data is there."""
     run_dir = Path(out)
     if resume:
-        if not (run_dir / "last.safetensors").is_file():
-            raise UserError(f"{run_dir}: nothing to resume (no last.safetensors)")
-        _w, meta = read_checkpoint(run_dir / "last.safetensors")
-        from .config import recipe_from_dict
-        recipe = recipe_from_dict(meta["recipe"])
+        recipe, data_dir = resume_plan(run_dir, data_dir, list(overrides))
     elif (run_dir / "last.safetensors").exists():
         raise UserError(f"{run_dir}: already holds a run; use --resume {run_dir} or another --out")
+    assert recipe is not None
+    check_out_dir(run_dir)
     device, amp, cl = setup_runtime(recipe)
+    m = recipe.model
+    build_model(m.name, 2, m.kwargs)  # fail in a second on a model that cannot be built, before any data work
     t_load = time.perf_counter()
     splits = load_splits(recipe.data, data_dir, progress)
     log(f"data: {len(splits.train)} train / {len(splits.val) if splits.val else 0} val / "
         f"{len(splits.test)} test images, {len(splits.classes)} classes, mean {splits.mean} std "
         f"{splits.std} ({time.perf_counter() - t_load:.1f}s)")
-    m = recipe.model
+    if splits.val is None:
+        log("no validation split (data.val_size=0): per-epoch figures are on the test split, for monitoring "
+            "only; nothing is selected or stopped on them")
     torch.manual_seed(recipe.train.seed)
     model = build_model(m.name, len(splits.classes), m.kwargs)
     input_size = recipe.data.image_size or natural_input_size(m.name, **m.kwargs)
@@ -137,10 +183,26 @@ def train_recipe(recipe: Recipe, out: str | Path, data_dir: str | None = None, r
                       dataset=data_ref(recipe.data, data_dir))
     log(f"model: {m.name} {m.kwargs or ''} {count_params(model):,} params; device {describe_device(device, amp)}"
         f"{', channels_last' if cl else ''}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(model, recipe, train_l, val_l, run_dir, meta, device, amp, cl, progress=progress, log=log)
-    state = trainer.fit(resume=resume)
-    return finish_run(trainer, splits, test_l, state, log)
+    with claim(run_dir, log):
+        if not resume and (run_dir / "last.safetensors").exists():  # another run finished here meanwhile
+            raise UserError(f"{run_dir}: already holds a run; use --resume {run_dir} or another --out")
+        trainer = Trainer(model, recipe, train_l, val_l, run_dir, meta, device, amp, cl, progress=progress,
+                          log=log, monitor_only=splits.val is None)
+        state = trainer.fit(resume=resume)
+        return finish_run(trainer, splits, test_l, state, log)
+
+
+def check_out_dir(run_dir: Path) -> None:
+    """Refuse, before any work, an output folder that cannot be created: under a file, or not writable."""
+    p = run_dir
+    while not p.exists():
+        if p.parent == p:
+            break
+        p = p.parent
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{run_dir}: {p} is a file, so the run folder cannot be created there; choose another --out")
+    if p.exists() and not os.access(p, os.W_OK | os.X_OK):
+        raise UserError(f"{run_dir}: {p} is not writable; choose another --out")
 
 
 def finish_run(trainer: Trainer, splits: Splits, test_loader, state: dict, log=print) -> dict[str, Any]:
@@ -185,5 +247,9 @@ def _cpu_copy(model: nn.Module) -> nn.Module:
 
 
 def data_ref(cfg: DataConfig, data_dir: str | None) -> dict:
-    return {"dataset": cfg.dataset, "path": cfg.path, "data_dir": str(data_dir) if data_dir else None,
+    """Where the data came from, so eval and resume find it again (absolute paths; the data root as
+    resolved at the time: --data-dir, $RESNETLAB_DATA or ./data)."""
+    root = str(resolve_data_root(data_dir).resolve()) if cfg.dataset != "folder" else None
+    path = str(Path(cfg.path).resolve()) if cfg.path else None
+    return {"dataset": cfg.dataset, "path": path, "data_dir": root,
             "val_size": cfg.val_size, "split_seed": cfg.split_seed, "test_fraction": cfg.test_fraction}
