@@ -63,3 +63,66 @@ def real_data() -> Path:
             pytest.fail(f"RESNETLAB_DATA={env} has no cifar-10-batches-bin")
         pytest.skip("bundled CIFAR-10 not found; set RESNETLAB_DATA")
     return path
+
+
+class RangeServer:
+    """A loopback HTTP server for download tests: serves files with Range support (206 / 416), and can
+    announce a Content-Length it does not deliver (a transfer that ends early)."""
+
+    def __init__(self, files: dict[str, bytes], cut_after: int | None = None) -> None:
+        import http.server
+        import threading
+        server_self = self
+        self.files, self.cut_after, self.requests = files, cut_after, []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def do_GET(self):
+                server_self.requests.append((self.path, self.headers.get("Range")))
+                body = server_self.files.get(self.path.lstrip("/"))
+                if body is None:
+                    self.send_error(404)
+                    return
+                start = 0
+                rng = self.headers.get("Range")
+                if rng:
+                    start = int(rng.split("=")[1].split("-")[0])
+                    if start >= len(body):
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(body)}")
+                        self.end_headers()
+                        return
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                else:
+                    self.send_response(200)
+                part = body[start:]
+                self.send_header("Content-Length", str(len(part)))
+                self.end_headers()
+                if server_self.cut_after is not None:
+                    part = part[: server_self.cut_after]
+                self.wfile.write(part)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def serve_files():
+    servers = []
+
+    def start(files: dict[str, bytes], cut_after: int | None = None) -> RangeServer:
+        s = RangeServer(files, cut_after)
+        servers.append(s)
+        return s
+    yield start
+    for s in servers:
+        s.close()

@@ -10,6 +10,7 @@ import hashlib
 import http.client
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -36,6 +37,10 @@ def fetch(url: str, target: Path, digest: str | None = None, algo: str = "sha256
           progress: bool = True, offline_hint: str = "") -> Path:
     """Download url to target (atomically) unless target already exists with the right digest."""
     target = Path(target)
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https", "file") or (parsed.scheme != "file" and not parsed.netloc) \
+            or any(c.isspace() for c in url):
+        raise UserError(f"{url!r} is not a valid URL; use http://, https:// or file://")
     if target.is_file() and _digest_ok(target, digest, algo):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

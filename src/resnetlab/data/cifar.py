@@ -94,11 +94,21 @@ def resolve_data_root(data_dir: str | os.PathLike | None) -> Path:
     return Path(env).expanduser() if env else Path("data")
 
 
+class DataMissing(UserError):
+    """The data root holds no copy of the data set (a download can fix this)."""
+
+
+def mirror_url(default: str) -> str:
+    """The official URL, or the same file name under $RESNETLAB_CIFAR_MIRROR (a local or company mirror)."""
+    base = os.environ.get("RESNETLAB_CIFAR_MIRROR")
+    return base.rstrip("/") + "/" + default.rsplit("/", 1)[1] if base else default
+
+
 def _find_source(root: Path, dataset: str) -> tuple[str, Path]:
     """Locate (format, path) for a dataset under root: extracted folder (bin or py) or archive."""
     if not root.exists():
-        raise UserError(f"{root}: data directory does not exist; pass --data-dir, set RESNETLAB_DATA, "
-                        f"or run `resnetlab download {dataset} --data-dir DIR`")
+        raise DataMissing(f"{root}: data directory does not exist; pass --data-dir, set RESNETLAB_DATA, "
+                          f"or run `resnetlab download {dataset} --data-dir DIR`")
     for fmt, (folder, *_rest) in _LAYOUT[dataset].items():
         if root.name == folder and root.is_dir():
             return fmt, root
@@ -112,7 +122,7 @@ def _find_source(root: Path, dataset: str) -> tuple[str, Path]:
     if root.is_file() and root.name.endswith((".tar.gz", ".tgz")):
         return ("py" if "python" in root.name else "bin") + "-archive", root
     folders = " or ".join(v[0] for v in _LAYOUT[dataset].values())
-    raise UserError(f"{root}: no {dataset} data found (expected {folders}, or the official .tar.gz "
+    raise DataMissing(f"{root}: no {dataset} data found (expected {folders}, or the official .tar.gz "
                     f"archive); run `resnetlab download {dataset} --data-dir {root}` with internet, "
                     f"or copy the files there")
 
@@ -241,9 +251,21 @@ def load_cifar(root: str | os.PathLike | None = None, dataset: str = "cifar10", 
 
 
 def load_cifar_splits(root: str | os.PathLike | None = None, dataset: str = "cifar10",
-                      verify: bool = True) -> tuple[ImageSet, ImageSet]:
-    """(train, test) through one reader, so an archive is opened and indexed once."""
-    reader = _open(root, dataset, verify)
+                      verify: bool = True, download_missing: bool = False,
+                      log=print) -> tuple[ImageSet, ImageSet]:
+    """(train, test) through one reader, so an archive is opened and indexed once.
+
+    download_missing: when the data root has no copy, fetch the official binary archive into it first
+    (progress bar, checksum, atomic), as torchvision's `download=True` does; offline, one clear line."""
+    try:
+        reader = _open(root, dataset, verify)
+    except DataMissing:
+        if not download_missing:
+            raise
+        target = resolve_data_root(root)
+        log(f"{dataset} not found in {target}; downloading the official binary archive (about 160 MB)")
+        download(f"{dataset}-bin", target, verify=verify)
+        reader = _open(root, dataset, verify)
     return _read_split(reader, "train"), _read_split(reader, "test")
 
 
@@ -282,7 +304,7 @@ def download(name: str, root: str | os.PathLike, url: str | None = None, md5: st
     if name not in ARCHIVES:
         raise UserError(f"unknown archive {name!r}; choose one of {', '.join(ARCHIVES)}")
     default_url, default_md5, folder = ARCHIVES[name]
-    url, md5 = url or default_url, md5 or default_md5
+    url, md5 = url or mirror_url(default_url), md5 or default_md5
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     target = root / folder

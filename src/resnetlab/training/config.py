@@ -311,10 +311,10 @@ def load_recipe(path: str | Path | None, overrides: list[str] = (), literal: dic
             raise UserError(f"{p}: a recipe must be a YAML mapping")
         data.setdefault("name", p.stem)
     keys = [item.split("=", 1)[0].strip() for item in overrides]
-    if "model.name" in keys and not any(k.startswith("model.kwargs") for k in keys):
-        # kwargs belong to the recipe's model (e.g. resnet9 widths); a new model starts from its defaults
-        if isinstance(data.get("model"), dict):
-            data["model"].pop("kwargs", None)
+    if "model.name" in keys and isinstance(data.get("model"), dict):
+        # kwargs belong to the recipe's model (e.g. resnet9 widths); a new model starts from its defaults,
+        # plus the model.kwargs.* given beside it
+        data["model"].pop("kwargs", None)
     pairs: list[tuple[str, Any]] = []
     for item in overrides:
         if "=" not in item:

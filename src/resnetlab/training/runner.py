@@ -46,14 +46,14 @@ class Splits:
 
 
 def load_splits(cfg: DataConfig, data_dir: str | None, progress: bool = True,
-                mean_std: tuple | None = None) -> Splits:
+                mean_std: tuple | None = None, log=print) -> Splits:
     """Train / validation / test ImageSets for a data config; mean/std from the training split
     unless given (pretrained weights bring their own normalisation)."""
     if cfg.dataset == "folder":
         train, test = load_image_folder(cfg.path, size=cfg.image_size or 32, split=cfg.test_fraction,
                                         seed=cfg.split_seed, strict=cfg.strict, progress=progress)
     else:
-        train, test = load_cifar_splits(data_dir, cfg.dataset, cfg.verify)
+        train, test = load_cifar_splits(data_dir, cfg.dataset, cfg.verify, download_missing=True, log=log)
     if cfg.subset:
         train = _slice(train, cfg.subset, cfg.split_seed)
         test = _slice(test, max(cfg.subset // 5, len(test.classes)), cfg.split_seed)
@@ -161,7 +161,7 @@ def train_recipe(recipe: Recipe | None, out: str | Path, data_dir: str | None = 
     m = recipe.model
     build_model(m.name, 2, m.kwargs)  # fail in a second on a model that cannot be built, before any data work
     t_load = time.perf_counter()
-    splits = load_splits(recipe.data, data_dir, progress)
+    splits = load_splits(recipe.data, data_dir, progress, log=log)
     log(f"data: {len(splits.train)} train / {len(splits.val) if splits.val else 0} val / "
         f"{len(splits.test)} test images, {len(splits.classes)} classes, mean {splits.mean} std "
         f"{splits.std} ({time.perf_counter() - t_load:.1f}s)")
