@@ -4,8 +4,10 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from PIL import Image
 
 import resnetlab
+import resnetlab.inference.predict
 from resnetlab import UserError
 from resnetlab.cli import main
 from resnetlab.models import apply_strategy
@@ -193,3 +195,40 @@ def test_torchvision_pth_finetune_resizes_and_uses_imagenet_normalisation(image_
     _, meta = read_checkpoint(out / "linear-probe-best.safetensors")
     assert meta["input_size"] == 40 and meta["mean"] == [0.485, 0.456, 0.406] and meta["arch"] == "resnet18"
     assert "loaded 120 tensors" in capsys.readouterr().out
+
+
+def _trained(real_data: Path, out: Path, *extra: str) -> Path:
+    assert main(["train", "--data-dir", str(real_data), "--out", str(out), "--no-progress", "data.subset=2500",
+                 "data.val_size=0", "train.epochs=1", "train.max_steps=3", "train.batch_size=50",
+                 "schedule.name=constant", "optim.lr=0.01", "train.precision=fp32", *extra]) == 0
+    return out / "best.safetensors"
+
+
+@pytest.mark.parametrize("extra", [("model.name=resnet20",),
+                                   ("model.name=resnet18", "data.image_size=64")],
+                         ids=["cifar-stem", "imagenet-stem-64px"])
+def test_predict_on_png_files_equals_eval(real_data, tmp_path, extra):
+    """500 CIFAR-10 test images written as PNG files: `predict` gives exactly eval's predictions."""
+    from resnetlab.training.config import recipe_from_dict
+    from resnetlab.training.runner import load_splits, make_loaders
+    ckpt = _trained(real_data, tmp_path / "run", *extra)
+    model, meta = resnetlab.load_model(ckpt)
+    recipe = recipe_from_dict(meta["recipe"])
+    splits = load_splits(recipe.data, str(real_data), progress=False, mean_std=(meta["mean"], meta["std"]))
+    _, _, test_l = make_loaders(recipe, splits, torch.device("cpu"), False, meta["input_size"])
+    with torch.no_grad():
+        eval_pred = torch.cat([model(x).argmax(1) for x, _ in test_l])
+    assert len(eval_pred) == 500
+    folder = tmp_path / "png"
+    folder.mkdir()
+    for i, img in enumerate(splits.test.images):
+        Image.fromarray(img.permute(1, 2, 0).numpy()).save(folder / f"{i:04d}.png")
+    rows = resnetlab.inference.predict.predict(ckpt, [str(folder)], top_k=1)
+    names = [r["top"][0]["class"] for r in rows]
+    assert names == [meta["classes"][j] for j in eval_pred.tolist()]  # 100 % agreement
+    # the Python API takes the same images as arrays, PIL images and a uint8 batch, with the same answer
+    clf = resnetlab.load(ckpt, device="cpu")
+    some = splits.test.images[:8]
+    as_np = [x.permute(1, 2, 0).numpy() for x in some]
+    for batch in (as_np, [Image.fromarray(a) for a in as_np], some):
+        assert [r["top"][0]["class"] for r in clf.predict(batch, top_k=3)] == names[:8]

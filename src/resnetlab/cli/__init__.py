@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as e:  # disk full, permission denied, read-only file system…: the user's environment
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-        print(f"error: {where}{e.strerror or e} (checkpoints already written are intact)", file=sys.stderr)
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

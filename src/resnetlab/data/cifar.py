@@ -260,9 +260,9 @@ def load_cifar_splits(root: str | os.PathLike | None = None, dataset: str = "cif
     try:
         reader = _open(root, dataset, verify)
     except DataMissing:
-        if not download_missing:
-            raise
         target = resolve_data_root(root)
+        if not download_missing or (target.exists() and not target.is_dir()):
+            raise
         log(f"{dataset} not found in {target}; downloading the official binary archive (about 160 MB)")
         download(f"{dataset}-bin", target, verify=verify)
         reader = _open(root, dataset, verify)
@@ -306,6 +306,8 @@ def download(name: str, root: str | os.PathLike, url: str | None = None, md5: st
     default_url, default_md5, folder = ARCHIVES[name]
     url, md5 = url or mirror_url(default_url), md5 or default_md5
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise UserError(f"{root}: is a file, not a data folder; pass a folder with --data-dir")
     root.mkdir(parents=True, exist_ok=True)
     target = root / folder
     if target.is_dir():

@@ -11,6 +11,7 @@ from typing import Iterator
 
 import torch
 
+from ..preprocessing import resize_batch
 from .augment import AugmentConfig, crop_flip, cutout, normalize
 from .cifar import ImageSet
 
@@ -92,9 +93,8 @@ class BatchLoader:
             x = normalize(x, self.mean, self.std, self.dtype)
             if self.augment is not None and self.augment.cutout:
                 x = cutout(x, self.augment.cutout, g)
-            if self.image_size and x.shape[-1] != self.image_size:
-                x = torch.nn.functional.interpolate(x, size=(self.image_size, self.image_size),
-                                                    mode="bilinear", align_corners=False)
+            if self.image_size:
+                x = resize_batch(x, self.image_size)
             x = x.contiguous(memory_format=torch.channels_last if self.channels_last
                              else torch.contiguous_format)
             yield x, self.labels[idx]

@@ -1,1 +1,1 @@
-"""Using trained models: prediction from a checkpoint."""
+"""Using trained models: the Python API for applications (Classifier, load) and `predict`."""

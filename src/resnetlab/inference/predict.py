@@ -1,18 +1,32 @@
-"""Top-k classes for image files, from a checkpoint alone: architecture, class names, normalisation
-and input size all come from its metadata. The Python API behind `resnetlab predict`."""
+"""Using a trained model from an application: `resnetlab.load(CKPT).predict(images)`.
+
+Everything comes from the checkpoint (architecture, class names, normalisation, input size and the
+resize policy), and images go through resnetlab.preprocessing exactly as the model's test images did in
+training, so a file gives the prediction `eval` gives for the same pixels. `resnetlab predict` is a thin
+layer over this.
+"""
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+from typing import Any, Iterable, Sequence
 
+import numpy as np
 import torch
+from PIL import Image
 
 from ..errors import UserError
 from ..models import load_model
-from ..preprocessing import EXTENSIONS, ImageDecodeError, ResizePolicy, load_uint8, normalize
+from ..preprocessing import EXTENSIONS, ImageDecodeError, ResizePolicy, load_uint8, model_input, to_rgb
+from ..runtime import select_device
+from ..weights import resolve_checkpoint
+
+ImageLike = str | Path | Image.Image | np.ndarray
 
 
-def collect_images(paths: list[str]) -> list[Path]:
+def collect_images(paths: Iterable[str | Path]) -> list[Path]:
     files: list[Path] = []
+    paths = list(paths)
     for p in map(Path, paths):
         if p.is_dir():
             files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in EXTENSIONS)
@@ -21,29 +35,98 @@ def collect_images(paths: list[str]) -> list[Path]:
         else:
             raise UserError(f"{p}: no such image file or folder")
     if not files:
-        raise UserError(f"no images found in {', '.join(paths)} (looked for {', '.join(EXTENSIONS)})")
+        raise UserError(f"no images found in {', '.join(map(str, paths))} (looked for {', '.join(EXTENSIONS)})")
     return files
 
 
-@torch.no_grad()
-def predict(checkpoint: str, paths: list[str], top_k: int = 3, batch_size: int = 256) -> list[dict]:
+class Classifier:
+    """A checkpoint ready for inference. Thread-safe: forward passes are serialised by a lock, so one
+    Classifier can serve several threads (a web server's workers)."""
+
+    def __init__(self, checkpoint: str | Path, device: str = "auto", batch_size: int = 64) -> None:
+        self.path = resolve_checkpoint(checkpoint)
+        self.device = select_device(device)
+        self.model, self.metadata = load_model(self.path, self.device)
+        self.classes: list[str] = list(self.metadata["classes"])
+        self.input_size: int = self.metadata["input_size"]
+        resize = self.metadata.get("resize") or {}
+        self.policy = ResizePolicy(resize.get("decode_size", self.input_size), resize.get("mode", "squash"))
+        self.batch_size = batch_size
+        self._lock = threading.Lock()
+
+    def pixels(self, image: ImageLike) -> torch.Tensor:
+        """One image as the uint8 (3, S, S) tensor the model's preprocessing starts from."""
+        if isinstance(image, np.ndarray):
+            if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
+                raise UserError(f"numpy image must be uint8 HxW or HxWxC (C = 1, 3 or 4), got {image.dtype} "
+                                f"{image.shape}")
+            image = Image.fromarray(image[:, :, 0] if image.ndim == 3 and image.shape[2] == 1 else image)
+        if isinstance(image, Image.Image):
+            return torch.from_numpy(load_uint8(to_rgb(image), self.policy).copy())
+        try:
+            return torch.from_numpy(load_uint8(image, self.policy).copy())
+        except ImageDecodeError as e:
+            raise UserError(f"{image}: cannot decode image ({e})") from None
+        except OSError as e:
+            raise UserError(f"{image}: cannot read ({e.strerror or e})") from None
+
+    @torch.no_grad()
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """Logits for a uint8 (N, 3, H, W) batch of decoded pixels."""
+        x = model_input(batch.to(self.device), self.metadata["mean"], self.metadata["std"], self.input_size)
+        with self._lock:
+            return self.model(x).float().cpu()
+
+    def predict(self, images: ImageLike | Sequence[ImageLike] | torch.Tensor, top_k: int = 5) -> list[dict[str, Any]]:
+        """Top-k classes and probabilities per image.
+
+        images: a path, PIL image or HxWxC uint8 numpy array, a list of them, or a tensor batch of pixels
+        (N, 3, H, W), uint8 0-255 or float 0-1 (resized by the checkpoint's policy when H, W differ).
+        """
+        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+            raise UserError(f"top-k must be a positive integer, got {top_k!r}")
+        k = min(top_k, len(self.classes))
+        if isinstance(images, torch.Tensor):
+            batch = self._tensor_pixels(images)
+            items = [batch[i] for i in range(len(batch))]
+        else:
+            seq = [images] if isinstance(images, (str, Path, Image.Image, np.ndarray)) else list(images)
+            items = [self.pixels(im) for im in seq]
+        out = []
+        for i in range(0, len(items), self.batch_size):
+            probs = self.logits(torch.stack(items[i:i + self.batch_size])).softmax(1)
+            top = probs.topk(k, dim=1)
+            for p, idx in zip(top.values.tolist(), top.indices.tolist()):
+                out.append({"top": [{"class": self.classes[j], "prob": q} for q, j in zip(p, idx)]})
+        return out
+
+    def _tensor_pixels(self, t: torch.Tensor) -> torch.Tensor:
+        if t.ndim != 4 or t.shape[1] != 3:
+            raise UserError(f"a tensor batch must be (N, 3, H, W), got {tuple(t.shape)}")
+        if t.dtype != torch.uint8:
+            t = (t.float().clamp(0, 1) * 255).round().to(torch.uint8)
+        s = self.policy.input_size
+        if t.shape[-2:] != (s, s):
+            t = torch.stack([torch.from_numpy(load_uint8(Image.fromarray(x.permute(1, 2, 0).numpy()), self.policy).copy())
+                             for x in t.cpu()])
+        return t
+
+
+def load(checkpoint: str | Path, device: str = "auto", batch_size: int = 64) -> Classifier:
+    """`clf = resnetlab.load("runs/x/best.safetensors")`; then `clf.predict(images, top_k=5)`."""
+    return Classifier(checkpoint, device, batch_size)
+
+
+def predict(checkpoint: str | Path, paths: list[str], top_k: int = 3, batch_size: int = 256,
+            device: str = "cpu") -> list[dict]:
+    """`resnetlab predict`: files and folders → [{"file", "top": [{"class", "prob"}]}]."""
     if not isinstance(top_k, int) or top_k < 1:
         raise UserError(f"top-k must be a positive integer, got {top_k!r}")
-    model, meta = load_model(checkpoint)
-    classes = meta["classes"]
-    policy = ResizePolicy(meta["input_size"], (meta.get("resize") or {}).get("mode", "squash"))
+    clf = Classifier(checkpoint, device, batch_size)
     files = collect_images(paths)
     out = []
     for i in range(0, len(files), batch_size):
         chunk = files[i:i + batch_size]
-        imgs = []
-        for f in chunk:
-            try:
-                imgs.append(torch.from_numpy(load_uint8(f, policy).copy()))
-            except ImageDecodeError as e:
-                raise UserError(f"{f}: cannot decode image ({e})") from None
-        probs = model(normalize(torch.stack(imgs), meta["mean"], meta["std"])).softmax(1)
-        top = probs.topk(min(top_k, len(classes)), dim=1)
-        for f, p, idx in zip(chunk, top.values.tolist(), top.indices.tolist()):
-            out.append({"file": str(f), "top": [{"class": classes[j], "prob": round(q, 4)} for q, j in zip(p, idx)]})
+        for f, r in zip(chunk, clf.predict(chunk, top_k)):
+            out.append({"file": str(f), "top": [{"class": t["class"], "prob": round(t["prob"], 4)} for t in r["top"]]})
     return out

@@ -183,9 +183,12 @@ def validate_meta(meta: dict[str, Any], path: str | Path) -> dict[str, Any]:
     if any(x <= 0 for x in meta["std"]):
         raise UserError(f"{path}: metadata 'std' must be positive")
     resize = meta.get("resize")
-    if resize is not None and not (isinstance(resize, dict) and set(resize) <= {"input_size", "mode"}
-                                   and resize.get("mode", "squash") in RESIZE_MODES):
-        raise UserError(f"{path}: metadata 'resize' must be {{mode: {' | '.join(RESIZE_MODES)}}}")
+    ds = resize.get("decode_size", 32) if isinstance(resize, dict) else None
+    if resize is not None and not (isinstance(resize, dict) and set(resize) <= {"decode_size", "mode"}
+                                   and resize.get("mode", "squash") in RESIZE_MODES
+                                   and isinstance(ds, int) and not isinstance(ds, bool) and 8 <= ds <= 4096):
+        raise UserError(f"{path}: metadata 'resize' must be {{mode: {' | '.join(RESIZE_MODES)}, decode_size: "
+                        f"8..4096}}")
     size = meta.get("input_size")
     if not (isinstance(size, int) and not isinstance(size, bool) and 8 <= size <= 4096):
         raise UserError(f"{path}: metadata 'input_size' must be an integer between 8 and 4096")

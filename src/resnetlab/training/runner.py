@@ -91,9 +91,13 @@ def make_loaders(recipe: Recipe, splits: Splits, device: torch.device, channels_
 
 
 def model_meta(name: str, kwargs: dict, classes: list[str], mean, std, input_size: int,
-               recipe: Recipe | None, **extra: Any) -> dict[str, Any]:
+               recipe: Recipe | None, decode_size: int | None = None, **extra: Any) -> dict[str, Any]:
+    """What a checkpoint needs to be used on its own. `resize` is the preprocessing policy: a file is decoded
+    (PIL, squash) to decode_size — the size of the images the model was trained on — then normalised and
+    resized to input_size by the same tensor code as in training (resnetlab.preprocessing.model_input)."""
+    resize = {"mode": "squash", "decode_size": decode_size or input_size}
     return {"arch": name, "kwargs": kwargs, "num_classes": len(classes), "classes": list(classes),
-            "mean": list(mean), "std": list(std), "input_size": input_size,
+            "mean": list(mean), "std": list(std), "input_size": input_size, "resize": resize,
             "recipe": recipe.to_dict() if recipe else None, **extra}
 
 
@@ -180,7 +184,7 @@ def train_recipe(recipe: Recipe | None, out: str | Path, data_dir: str | None = 
             recipe.train.seed))[:5000]]
         model.init_whitening(normalize(sample, torch.tensor(splits.mean), torch.tensor(splits.std)))
     meta = model_meta(m.name, m.kwargs, splits.classes, splits.mean, splits.std, input_size, recipe,
-                      dataset=data_ref(recipe.data, data_dir))
+                      decode_size=splits.train.images.shape[-1], dataset=data_ref(recipe.data, data_dir))
     log(f"model: {m.name} {m.kwargs or ''} {count_params(model):,} params; device {describe_device(device, amp)}"
         f"{', channels_last' if cl else ''}")
     with claim(run_dir, log):
