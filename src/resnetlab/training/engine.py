@@ -29,7 +29,7 @@ from .optim import EMA, build_optimizer, lr_factor, param_groups
 
 
 class TrainingDiverged(UserError):
-    """Loss became NaN/inf; the last good checkpoint is kept."""
+    """Loss became NaN/inf; the message says whether a checkpoint exists to resume from."""
 
 
 def _rng_state() -> dict[str, torch.Tensor]:
