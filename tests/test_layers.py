@@ -55,8 +55,8 @@ def imports_of(path: Path, root: Path) -> set[str]:
             if target.split(".")[0] != "resnetlab":
                 continue
             subs = {f"{target}.{a.name}" for a in node.names if is_module(f"{target}.{a.name}", root)}
-            # `from pkg import submodule` depends on the submodule; `from pkg import name` on pkg itself
-            out |= subs if len(subs) == len(node.names) else {target} | subs
+            # `from pkg import submodule` runs pkg/__init__ too: it depends on both
+            out |= {target} | subs
     out.discard(me)
     return out
 

@@ -6,6 +6,7 @@ did not necessarily write. They are data: each one is checked against the model'
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -16,8 +17,8 @@ from torch import nn
 from ..errors import UserError
 from ..preprocessing import RESIZE_MODES
 from ..weights import load_backbone_weights, read_checkpoint
-from . import myrtle, resnet
-from .resnet import ARCHS, STEMS
+from .myrtle import resnet9, resnet9_small
+from .resnet import ARCHS, STEMS, build_resnet
 
 
 @dataclass(frozen=True)
@@ -88,11 +89,12 @@ class ModelSpec:
 
 _SPECS: dict[str, ModelSpec] = {}
 for _name, _arch in ARCHS.items():
-    _SPECS[_name] = ModelSpec(_name, getattr(resnet, _name), 224 if _arch.family == "imagenet" else 32,
-                              _arch.family, _resnet_args(len(_arch.layers), "option" in dict(_arch.defaults)
-                                                         or dict(_arch.defaults).get("shortcut") == "A"))
-_SPECS["resnet9"] = ModelSpec("resnet9", myrtle.resnet9, 32, "cifar", _RESNET9_ARGS)
-_SPECS["resnet9_small"] = ModelSpec("resnet9_small", myrtle.resnet9_small, 32, "cifar", _RESNET9_ARGS)
+    # the paper's CIFAR nets (option A by default) also accept the paper's name for the shortcut: `option`
+    _SPECS[_name] = ModelSpec(_name, functools.partial(build_resnet, _name),
+                              224 if _arch.family == "imagenet" else 32, _arch.family,
+                              _resnet_args(len(_arch.layers), dict(_arch.defaults).get("shortcut") == "A"))
+_SPECS["resnet9"] = ModelSpec("resnet9", resnet9, 32, "cifar", _RESNET9_ARGS)
+_SPECS["resnet9_small"] = ModelSpec("resnet9_small", resnet9_small, 32, "cifar", _RESNET9_ARGS)
 
 
 def list_models() -> list[str]:
