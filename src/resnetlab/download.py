@@ -45,12 +45,9 @@ def fetch(url: str, target: Path, digest: str | None = None, algo: str = "sha256
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(target.name + ".part")
-    for attempt in range(2):
+    for _ in range(2):  # a second pass only after a complete-but-wrong .part was discarded (HTTP 416)
         offset = part.stat().st_size if part.exists() else 0
-        try:
-            req = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
-        except ValueError as e:
-            raise UserError(f"{url!r} is not a valid URL ({e}); use http://, https:// or file://") from None
+        req = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
         try:
             _transfer(req, part, offset, timeout, progress, url)
         except urllib.error.HTTPError as e:

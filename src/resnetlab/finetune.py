@@ -68,7 +68,8 @@ def run_finetune(weights: str, recipe: Recipe, out: str | Path, data_dir: str | 
     report = load_backbone_weights(model, sd, log=log)
     map_head(model, sd, old, classes, log=log)
     meta = model_meta(name, kwargs, classes, splits.mean, splits.std, input_size, recipe,
-                      decode_size=splits.train.images.shape[-1], dataset=data_ref(recipe.data, data_dir), finetuned_from=str(weights))
+                      decode_size=splits.train.images.shape[-1], dataset=data_ref(recipe.data, data_dir),
+                      finetuned_from=str(weights))
     train_l, val_l, test_l = make_loaders(recipe, splits, device, cl, input_size)
 
     def stage(m: nn.Module, strategy: str, prefix: str, lr_mult: float = 1.0, epochs: int | None = None,

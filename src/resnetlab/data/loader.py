@@ -51,9 +51,9 @@ class BatchLoader:
         self.drop_last = train if drop_last is None else drop_last
         self.channels_last = channels_last
         self.dtype = dtype
-        self.image_size = image_size
-        self._start: tuple[int, torch.Tensor | None] = (0, None)
-        self._gen: torch.Generator | None = None  # resize on the fly (e.g. 32 → 64 for pretrained nets)
+        self.image_size = image_size  # resize on the fly (e.g. 32 → 64 for pretrained nets)
+        self._start: tuple[int, torch.Tensor | None] = (0, None)  # (batch, augmentation state) to resume at
+        self._gen: torch.Generator | None = None  # the running epoch's augmentation generator
 
     def set_epoch(self, epoch: int, start_batch: int = 0, aug_state: torch.Tensor | None = None) -> None:
         """Select the epoch to iterate; start_batch/aug_state continue it mid-way exactly (resume)."""

@@ -17,7 +17,7 @@ from PIL import Image
 
 from ..errors import UserError
 from ..models import load_model
-from ..preprocessing import EXTENSIONS, ImageDecodeError, ResizePolicy, load_uint8, model_input, to_rgb
+from ..preprocessing import EXTENSIONS, ImageDecodeError, ResizePolicy, load_uint8, model_input
 from ..runtime import select_device
 from ..weights import resolve_checkpoint
 
@@ -61,14 +61,10 @@ class Classifier:
                 raise UserError(f"numpy image must be uint8 HxW or HxWxC (C = 1, 3 or 4), got {image.dtype} "
                                 f"{image.shape}")
             image = Image.fromarray(image[:, :, 0] if image.ndim == 3 and image.shape[2] == 1 else image)
-        if isinstance(image, Image.Image):
-            return torch.from_numpy(load_uint8(to_rgb(image), self.policy).copy())
         try:
             return torch.from_numpy(load_uint8(image, self.policy).copy())
-        except ImageDecodeError as e:
+        except ImageDecodeError as e:  # only files can fail to decode
             raise UserError(f"{image}: cannot decode image ({e})") from None
-        except OSError as e:
-            raise UserError(f"{image}: cannot read ({e.strerror or e})") from None
 
     @torch.no_grad()
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
@@ -87,14 +83,16 @@ class Classifier:
             raise UserError(f"top-k must be a positive integer, got {top_k!r}")
         k = min(top_k, len(self.classes))
         if isinstance(images, torch.Tensor):
-            batch = self._tensor_pixels(images)
-            items = [batch[i] for i in range(len(batch))]
+            pixels = self._tensor_pixels(images)
+            batches = (pixels[i:i + self.batch_size] for i in range(0, len(pixels), self.batch_size))
         else:
             seq = [images] if isinstance(images, (str, Path, Image.Image, np.ndarray)) else list(images)
-            items = [self.pixels(im) for im in seq]
+            # decoded one batch at a time, so a large folder never sits decoded in memory
+            batches = (torch.stack([self.pixels(im) for im in seq[i:i + self.batch_size]])
+                       for i in range(0, len(seq), self.batch_size))
         out = []
-        for i in range(0, len(items), self.batch_size):
-            probs = self.logits(torch.stack(items[i:i + self.batch_size])).softmax(1)
+        for batch in batches:
+            probs = self.logits(batch).softmax(1)
             top = probs.topk(k, dim=1)
             for p, idx in zip(top.values.tolist(), top.indices.tolist()):
                 out.append({"top": [{"class": self.classes[j], "prob": q} for q, j in zip(p, idx)]})
@@ -124,9 +122,5 @@ def predict(checkpoint: str | Path, paths: list[str], top_k: int = 3, batch_size
         raise UserError(f"top-k must be a positive integer, got {top_k!r}")
     clf = Classifier(checkpoint, device, batch_size)
     files = collect_images(paths)
-    out = []
-    for i in range(0, len(files), batch_size):
-        chunk = files[i:i + batch_size]
-        for f, r in zip(chunk, clf.predict(chunk, top_k)):
-            out.append({"file": str(f), "top": [{"class": t["class"], "prob": round(t["prob"], 4)} for t in r["top"]]})
-    return out
+    return [{"file": str(f), "top": [{"class": t["class"], "prob": round(t["prob"], 4)} for t in r["top"]]}
+            for f, r in zip(files, clf.predict(files, top_k))]

@@ -64,7 +64,6 @@ class Trainer:
         self.progress = progress
         self.log = log
         self.prefix = prefix  # checkpoint name prefix for multi-stage runs ("stage1-")
-        self.is_main = True  # one process; distributed training is refused by the runtime, not half-done
         self.num_classes = meta["num_classes"]
         self.optimizer = build_optimizer(param_groups(self.model, recipe.optim, lr_scales), recipe.optim)
         self.scaler = (torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 and device.type == "cuda"
@@ -172,7 +171,7 @@ class Trainer:
             return self.state
         base_lr = r.optim.lr
         every_s = t.checkpoint_every_min * 60
-        writer = _tensorboard(self.run_dir) if self.is_main else None
+        writer = _tensorboard(self.run_dir)
         for epoch in range(self.state["epoch"], t.epochs):
             if self.state["step"] >= total:
                 break
@@ -190,7 +189,7 @@ class Trainer:
             seen = partial.get("seen", 0)
             epoch_step = start
             bar = tqdm(total=min(steps_per_epoch, total - self.state["step"] + start), initial=start,
-                       disable=not (self.progress and self.is_main), leave=False, unit="step",
+                       disable=not self.progress, leave=False, unit="step",
                        desc=f"{self.prefix}epoch {epoch + 1}/{t.epochs}")
             f = lr_factor(self.state["step"], total, steps_per_epoch, r.schedule)
             for x, y in self.train_loader:
@@ -221,8 +220,7 @@ class Trainer:
                     self.state["partial"] = {"epoch_step": epoch_step, "loss_sum": loss_sum.item(),
                                              "correct": int(correct.item()), "seen": seen,
                                              "time": time.perf_counter() - t0}
-                    if self.is_main:
-                        self.save("last", self.model, True, {}, aug_state=self.train_loader.aug_state())
+                    self.save("last", self.model, True, {}, aug_state=self.train_loader.aug_state())
                     self.state["partial"] = None
                     last_save = time.perf_counter()
             bar.close()
@@ -248,15 +246,14 @@ class Trainer:
             finished = epoch + 1 == t.epochs or self.state["step"] >= total
             if finished and not self.state["stopped"]:
                 self.state["stopped"] = "completed"  # recorded in this epoch's `last`, written once
-            if self.is_main:
-                if improved:
-                    self.save("best", self.eval_model, False, {"val": val.summary()})
-                self.save("last", self.model, True, {"val": val.summary()})
-                self._write_metrics(writer, row)
-                label = "test (monitoring)" if self.monitor_only else "val"
-                self.log(f"{self.prefix}epoch {epoch + 1}/{t.epochs}  loss {train_loss:.4f}  "
-                         f"train {row['train_acc']:.4f}  {label} {val.top1:.4f} (top5 {val.top5:.4f})  "
-                         f"{row['img_per_s']:.0f} img/s  {row['epoch_time_s']:.1f}s")
+            if improved:
+                self.save("best", self.eval_model, False, {"val": val.summary()})
+            self.save("last", self.model, True, {"val": val.summary()})
+            self._write_metrics(writer, row)
+            label = "test (monitoring)" if self.monitor_only else "val"
+            self.log(f"{self.prefix}epoch {epoch + 1}/{t.epochs}  loss {train_loss:.4f}  "
+                     f"train {row['train_acc']:.4f}  {label} {val.top1:.4f} (top5 {val.top5:.4f})  "
+                     f"{row['img_per_s']:.0f} img/s  {row['epoch_time_s']:.1f}s")
             if self.state["stopped"]:
                 if self.state["stopped"] != "completed":
                     self.log(self.state["stopped"])

@@ -26,7 +26,7 @@ from ..models import build_model, natural_input_size
 from ..preprocessing import normalize
 from ..runtime import (describe_device, refuse_distributed_launch, seed_and_backends, select_device,
                        select_precision, use_channels_last)
-from ..weights import read_checkpoint, save_checkpoint
+from ..weights import read_checkpoint, read_metadata, save_checkpoint
 from .config import DataConfig, Recipe, load_recipe, recipe_from_dict
 from .engine import Trainer
 from .rundir import claim
@@ -133,7 +133,7 @@ def resume_plan(run_dir: Path, data_dir: str | None, overrides: list[str]) -> tu
     last = run_dir / "last.safetensors"
     if not last.is_file():
         raise UserError(f"{run_dir}: nothing to resume (no last.safetensors)")
-    _w, meta = read_checkpoint(last)
+    meta = read_metadata(last)  # the tensors are read once, by the trainer
     if not meta.get("recipe"):
         raise UserError(f"{last}: has no recipe; not a resnetlab run")
     stored = recipe_from_dict(meta["recipe"])
@@ -234,14 +234,13 @@ def finish_run(trainer: Trainer, splits: Splits, test_loader, state: dict, log=p
         "img_per_s": sum(speeds) / max(1, len(speeds)), "device": describe_device(trainer.device, trainer.amp_dtype),
         "stopped": state["stopped"], "per_class": dict(zip(splits.classes, test.per_class())),
     }
-    if trainer.is_main:
-        meta = dict(trainer.meta, metrics={"test": test.summary(), "val_best": state["best"]},
-                    epoch=state["epoch"], step=state["step"])
-        save_checkpoint(run_dir / f"{prefix}best.safetensors", model.state_dict(), meta)
-        atomic_write_text(run_dir / f"{prefix}results.json", json.dumps(results, indent=2))
-        write_confusion(test, splits.classes, run_dir / f"{prefix}confusion")
-        log(f"test ({chosen} weights): top-1 {test.top1:.4f}  top-5 {test.top5:.4f}  loss {test.loss:.4f}  "
-            f"[{state['elapsed'] / 60:.1f} min training]")
+    meta = dict(trainer.meta, metrics={"test": test.summary(), "val_best": state["best"]},
+                epoch=state["epoch"], step=state["step"])
+    save_checkpoint(run_dir / f"{prefix}best.safetensors", model.state_dict(), meta)
+    atomic_write_text(run_dir / f"{prefix}results.json", json.dumps(results, indent=2))
+    write_confusion(test, splits.classes, run_dir / f"{prefix}confusion")
+    log(f"test ({chosen} weights): top-1 {test.top1:.4f}  top-5 {test.top5:.4f}  loss {test.loss:.4f}  "
+        f"[{state['elapsed'] / 60:.1f} min training]")
     return results
 
 
