@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -15,10 +15,19 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 RESIZE_MODES = ("squash", "center-crop")
+FORMATS = ("PNG", "JPEG", "BMP", "WebP", "GIF", "TIFF")
 
 
 class ImageDecodeError(ValueError):
     """A file that is not a readable image (the message names why)."""
+
+
+class NotAnImage(ImageDecodeError):
+    """Bytes no image decoder recognises (as opposed to an image that is damaged or truncated)."""
+
+
+class ImageTooLarge(ImageDecodeError):
+    """An image whose pixel count is over the caller's limit (checked before decoding the pixels)."""
 
 
 @dataclass(frozen=True)
@@ -58,17 +67,26 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def open_rgb(source: str | Path | Image.Image) -> Image.Image:
-    """Decode a file (or take a PIL image), apply its EXIF orientation, convert to RGB."""
+def open_rgb(source: str | Path | Image.Image | BinaryIO, max_pixels: int | None = None) -> Image.Image:
+    """Decode a file or file object (or take a PIL image), apply its EXIF orientation, convert to RGB.
+
+    max_pixels: refuse larger images from their header, before their pixels are decoded (a service must
+    not let a small compressed upload expand into gigabytes)."""
     if isinstance(source, Image.Image):
         return to_rgb(ImageOps.exif_transpose(source))
     try:
         with Image.open(source) as img:
+            if max_pixels is not None and img.width * img.height > max_pixels:
+                raise ImageTooLarge(f"{img.width}x{img.height} pixels is over the limit of {max_pixels:,}")
             img.load()
             return to_rgb(ImageOps.exif_transpose(img))
     except Image.DecompressionBombError as e:
-        raise ImageDecodeError(f"refused as a decompression bomb ({e})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ImageTooLarge(f"refused as a decompression bomb ({e})") from None
+    except UnidentifiedImageError:
+        raise NotAnImage(f"not an image in a known format ({', '.join(FORMATS)})") from None
+    except ImageDecodeError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageDecodeError(str(e) or type(e).__name__) from None
 
 
@@ -85,9 +103,10 @@ def resize(img: Image.Image, policy: ResizePolicy) -> Image.Image:
     return img.crop((left, top, left + s, top + s))
 
 
-def load_uint8(source: str | Path | Image.Image, policy: ResizePolicy) -> np.ndarray:
+def load_uint8(source: str | Path | Image.Image | BinaryIO, policy: ResizePolicy,
+               max_pixels: int | None = None) -> np.ndarray:
     """(3, S, S) uint8 pixels of one image, by the policy."""
-    return np.asarray(resize(open_rgb(source), policy), dtype=np.uint8).transpose(2, 0, 1)
+    return np.asarray(resize(open_rgb(source, max_pixels), policy), dtype=np.uint8).transpose(2, 0, 1)
 
 
 def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,

@@ -7,9 +7,9 @@ import os
 import sys
 
 from ..errors import UserError
-from . import download, evaluate, finetune, models, predict, report, train
+from . import download, evaluate, export, finetune, models, predict, report, serve, train
 
-COMMANDS = (models, train, evaluate, report, download, finetune, predict)
+COMMANDS = (models, train, evaluate, report, download, finetune, predict, export, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

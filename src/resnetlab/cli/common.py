@@ -25,3 +25,22 @@ def flag_overrides(args: argparse.Namespace) -> list[str]:
 def add_overrides(s: argparse.ArgumentParser) -> None:
     s.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. train.epochs=5 "
                    "optim.lr=0.05 (may come before or after the options)")
+
+
+def recorded_test_split(meta: dict, path, data_dir: str | None = None, device: str | None = None,
+                        verify: bool = True):
+    """The test split a checkpoint was trained beside, found from its recorded recipe and data paths:
+    (recipe, splits). Used by `eval` and by `export`'s self-check."""
+    from ..errors import UserError
+    from ..training.config import recipe_from_dict
+    from ..training.runner import load_splits
+
+    if not meta.get("recipe"):
+        raise UserError(f"{path}: checkpoint has no recipe; cannot tell which data it was trained on")
+    recipe = recipe_from_dict(meta["recipe"])
+    ref = meta.get("dataset") or {}
+    recipe.train.device = device or recipe.train.device
+    recipe.data.verify = recipe.data.verify and verify
+    splits = load_splits(recipe.data, data_dir or ref.get("data_dir"), progress=False,
+                         mean_std=(meta["mean"], meta["std"]))
+    return recipe, splits

@@ -4,13 +4,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..errors import UserError
 from ..evaluation.metrics import evaluate
 from ..evaluation.report import write_confusion
 from ..models import load_model
-from ..training.config import recipe_from_dict
-from ..training.runner import load_splits, make_loaders, setup_runtime
+from ..training.runner import make_loaders, setup_runtime
 from ..weights import resolve_checkpoint
+from .common import recorded_test_split
 
 
 def add_parser(sub) -> None:
@@ -27,16 +26,9 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> None:
     path = resolve_checkpoint(args.checkpoint)
     model, meta = load_model(path)
-    if not meta.get("recipe"):
-        raise UserError(f"{path}: checkpoint has no recipe; cannot tell which data it was trained on")
-    recipe = recipe_from_dict(meta["recipe"])
-    ref = meta.get("dataset") or {}
-    data_dir = args.data_dir or ref.get("data_dir")
-    recipe.train.device = args.device or recipe.train.device
+    recipe, splits = recorded_test_split(meta, path, args.data_dir, args.device, verify=not args.no_verify)
     recipe.train.tta = args.tta
-    recipe.data.verify = recipe.data.verify and not args.no_verify
     device, amp, cl = setup_runtime(recipe)
-    splits = load_splits(recipe.data, data_dir, progress=False, mean_std=(meta["mean"], meta["std"]))
     _, _, test_l = make_loaders(recipe, splits, device, cl, meta["input_size"])
     model = model.to(device)
     res = evaluate(model, test_l, meta["num_classes"], tta=args.tta, amp_dtype=amp)

@@ -12,7 +12,7 @@ from typing import Iterator
 import torch
 
 from ..preprocessing import resize_batch
-from .augment import AugmentConfig, crop_flip, cutout, normalize
+from .augment import AugmentConfig, crop_flip, cutout, normalize, photo_artifacts
 from .cifar import ImageSet
 
 
@@ -90,6 +90,8 @@ class BatchLoader:
             x = self.images[idx]
             if self.augment is not None and (self.augment.crop_padding or self.augment.flip):
                 x = crop_flip(x, self.augment, g)
+            if self.augment is not None and (self.augment.jpeg or self.augment.resample):
+                x = photo_artifacts(x, self.augment, g)
             x = normalize(x, self.mean, self.std, self.dtype)
             if self.augment is not None and self.augment.cutout:
                 x = cutout(x, self.augment.cutout, g)

@@ -39,20 +39,24 @@ def collect_images(paths: Iterable[str | Path]) -> list[Path]:
     return files
 
 
-class Classifier:
-    """A checkpoint ready for inference. Thread-safe: forward passes are serialised by a lock, so one
-    Classifier can serve several threads (a web server's workers)."""
+class ImageClassifier:
+    """What every backend shares: metadata, decoding by the checkpoint's policy, batching, top-k.
+    A backend supplies `logits(uint8 batch)`; `backend` names it."""
 
-    def __init__(self, checkpoint: str | Path, device: str = "auto", batch_size: int = 64) -> None:
-        self.path = resolve_checkpoint(checkpoint)
-        self.device = select_device(device)
-        self.model, self.metadata = load_model(self.path, self.device)
-        self.classes: list[str] = list(self.metadata["classes"])
-        self.input_size: int = self.metadata["input_size"]
-        resize = self.metadata.get("resize") or {}
+    backend = ""
+
+    def __init__(self, metadata: dict[str, Any], batch_size: int = 64) -> None:
+        self.metadata = metadata
+        self.classes: list[str] = list(metadata["classes"])
+        self.input_size: int = metadata["input_size"]
+        resize = metadata.get("resize") or {}
         self.policy = ResizePolicy(resize.get("decode_size", self.input_size), resize.get("mode", "squash"))
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise UserError(f"batch size must be a positive integer, got {batch_size!r}")
         self.batch_size = batch_size
-        self._lock = threading.Lock()
+
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     def pixels(self, image: ImageLike) -> torch.Tensor:
         """One image as the uint8 (3, S, S) tensor the model's preprocessing starts from."""
@@ -65,13 +69,6 @@ class Classifier:
             return torch.from_numpy(load_uint8(image, self.policy).copy())
         except ImageDecodeError as e:  # only files can fail to decode
             raise UserError(f"{image}: cannot decode image ({e})") from None
-
-    @torch.no_grad()
-    def logits(self, batch: torch.Tensor) -> torch.Tensor:
-        """Logits for a uint8 (N, 3, H, W) batch of decoded pixels."""
-        x = model_input(batch.to(self.device), self.metadata["mean"], self.metadata["std"], self.input_size)
-        with self._lock:
-            return self.model(x).float().cpu()
 
     def predict(self, images: ImageLike | Sequence[ImageLike] | torch.Tensor, top_k: int = 5) -> list[dict[str, Any]]:
         """Top-k classes and probabilities per image.
@@ -110,8 +107,40 @@ class Classifier:
         return t
 
 
-def load(checkpoint: str | Path, device: str = "auto", batch_size: int = 64) -> Classifier:
-    """`clf = resnetlab.load("runs/x/best.safetensors")`; then `clf.predict(images, top_k=5)`."""
+class Classifier(ImageClassifier):
+    """A checkpoint ready for inference in PyTorch. Thread-safe: forward passes are serialised by a
+    lock, so one Classifier can serve several threads (a web server's workers)."""
+
+    backend = "torch"
+
+    def __init__(self, checkpoint: str | Path, device: str = "auto", batch_size: int = 64) -> None:
+        self.path = resolve_checkpoint(checkpoint)
+        self.device = select_device(device)
+        self.model, metadata = load_model(self.path, self.device)
+        super().__init__(metadata, batch_size)
+        self._lock = threading.Lock()
+
+    @torch.no_grad()
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """Logits for a uint8 (N, 3, H, W) batch of decoded pixels."""
+        x = model_input(batch.to(self.device), self.metadata["mean"], self.metadata["std"], self.input_size)
+        with self._lock:
+            return self.model(x).float().cpu()
+
+
+def load(checkpoint: str | Path, device: str = "auto", batch_size: int = 64,
+         backend: str = "auto") -> ImageClassifier:
+    """`clf = resnetlab.load("runs/x/best.safetensors")`; then `clf.predict(images, top_k=5)`.
+
+    backend: "torch" (a .safetensors checkpoint), "onnx" (a .onnx file from `resnetlab export`, run by
+    ONNX Runtime) or "auto" (by the file's suffix)."""
+    if backend == "auto":
+        backend = "onnx" if str(checkpoint).endswith(".onnx") else "torch"
+    if backend == "onnx":
+        from .onnx_runtime import OnnxClassifier
+        return OnnxClassifier(checkpoint, batch_size)
+    if backend != "torch":
+        raise UserError(f"unknown backend {backend!r}; choose torch, onnx or auto")
     return Classifier(checkpoint, device, batch_size)
 
 

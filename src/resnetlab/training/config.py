@@ -32,6 +32,10 @@ class AugmentSection:
     pad_mode: str = "zeros"
     flip: bool = True
     cutout: int = 0
+    jpeg: float = 0.0               # share of training images JPEG-compressed (in the batch, simulated)
+    jpeg_quality: list = field(default_factory=lambda: [30, 95])
+    resample: float = 0.0           # share of training images up- then down-sampled
+    resample_scale: list = field(default_factory=lambda: [1.5, 4.0])
 
 
 @dataclass
@@ -216,6 +220,8 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "data.subset": (0, None, True, True),
     "data.augment.crop_padding": (0, 64, True, True),
     "data.augment.cutout": (0, 4096, True, True),
+    "data.augment.jpeg": (0, 1, True, True),
+    "data.augment.resample": (0, 1, True, True),
     "optim.lr": (0, None, False, True),
     "optim.momentum": (0, 1, True, False),
     "optim.weight_decay": (0, None, True, True),
@@ -257,7 +263,7 @@ def _range_text(lo, hi, lo_inc, hi_inc) -> str:
 
 
 def validate(r: Recipe) -> None:
-    """Every value in range (list elements too), and the combinations that cannot work refused, so a
+    """Every value in range, and the combinations that cannot work refused, so a
     bad recipe fails in a second rather than after an epoch."""
     for key, (lo, hi, lo_inc, hi_inc) in RANGES.items():
         v = _get(r, key)
@@ -279,6 +285,12 @@ def validate(r: Recipe) -> None:
     b = r.optim.betas
     if not (len(b) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < 1 for x in b)):
         raise UserError(f"recipe key optim.betas: expected two numbers in [0, 1), got {b!r}")
+    for key, lo, hi in (("data.augment.jpeg_quality", 1, 100), ("data.augment.resample_scale", 1, 16)):
+        pair = _get(r, key)
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2
+                and all(isinstance(x, (int, float)) and not isinstance(x, bool) and lo <= x <= hi for x in pair)
+                and pair[0] <= pair[1]):
+            raise UserError(f"recipe key {key}: expected [low, high] with {lo} <= low <= high <= {hi}, got {pair!r}")
     if r.data.dataset == "folder" and not r.data.path:
         raise UserError("recipe key data.path: dataset 'folder' needs data.path")
     if r.train.early_stopping.patience and not r.data.val_size:

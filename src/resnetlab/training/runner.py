@@ -79,7 +79,8 @@ def _slice(ds: ImageSet, n: int, seed: int) -> ImageSet:
 def make_loaders(recipe: Recipe, splits: Splits, device: torch.device, channels_last: bool,
                  input_size: int | None = None) -> tuple[BatchLoader, BatchLoader, BatchLoader]:
     a = recipe.data.augment
-    aug = AugmentConfig(a.crop_padding, a.pad_mode, a.flip, a.cutout)
+    aug = AugmentConfig(a.crop_padding, a.pad_mode, a.flip, a.cutout, a.jpeg, tuple(a.jpeg_quality), a.resample,
+                        tuple(a.resample_scale))
     t = recipe.train
     resize = input_size if input_size and input_size != splits.train.images.shape[-1] else None
     common = dict(mean=splits.mean, std=splits.std, device=device, channels_last=channels_last,

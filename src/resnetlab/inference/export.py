@@ -1,0 +1,180 @@
+"""`resnetlab export`: a checkpoint as a file that runs without resnetlab.
+
+Two formats:
+- onnx: for runtimes without PyTorch (ONNX Runtime, TensorRT, OpenVINO, browsers). Dynamic batch axis;
+  the checkpoint's class names, mean/std, input size and resize policy ride in the model's metadata
+  (`metadata_props`), so the file alone is enough to preprocess and label.
+- export: a torch.export ExportedProgram (`.pt2`) for PyTorch-only deployments. Chosen over TorchScript
+  because TorchScript is deprecated upstream and no longer developed, while an ExportedProgram is the
+  graph PyTorch's own deployment paths start from (AOTInductor for C++ and Python, ExecuTorch for
+  mobile); it loads with `torch.export.load` and needs no resnetlab code. Like TorchScript archives it
+  is loaded with pickle inside torch: treat a .pt2 as code and load only files you made.
+
+Both graphs take the normalised float input (N, 3, S, S) that resnetlab.preprocessing produces, and
+give logits. Each export checks itself before it is written: the exported graph is run on real images
+and compared with the PyTorch model (max abs logit difference, top-1 agreement); a file that fails the
+check is not written.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from ..files import atomic_write
+from ..models import load_model
+from ..preprocessing import model_input
+from ..weights import resolve_checkpoint
+
+FORMATS = {"onnx": ".onnx", "export": ".pt2"}
+MAX_ABS_DIFF = 1e-4
+DEFAULT_OPSET = 18
+META_KEY = "resnetlab"  # metadata_props key (ONNX) / extra file name (pt2) holding the JSON below
+
+
+@dataclass
+class ExportCheck:
+    images: int
+    max_abs_diff: float
+    top1_agreement: float
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_diff <= MAX_ABS_DIFF and self.top1_agreement == 1.0
+
+
+def deploy_metadata(meta: dict[str, Any]) -> dict[str, Any]:
+    """What a runtime needs beside the graph: how to make its input and how to name its outputs."""
+    resize = meta.get("resize") or {}
+    return {"arch": meta["arch"], "kwargs": meta.get("kwargs") or {}, "classes": list(meta["classes"]),
+            "num_classes": meta["num_classes"], "input_size": meta["input_size"],
+            "mean": list(meta["mean"]), "std": list(meta["std"]),
+            "resize": {"mode": resize.get("mode", "squash"), "decode_size": resize.get("decode_size", meta["input_size"])},
+            "input": "float32 (N, 3, S, S): pixels/255, minus mean, divided by std (per channel, RGB)",
+            "output": "logits (N, num_classes); softmax for probabilities",
+            "metrics": {k: meta[k] for k in ("test_top1", "val_top1", "best_val_top1") if k in meta}}
+
+
+def _onnx_modules():
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError:
+        raise UserError("ONNX export needs onnx and onnxruntime: pip install -e '.[deploy]'") from None
+    return onnx, onnxruntime
+
+
+def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: str, opset: int, meta: dict) -> None:
+    onnx, _ = _onnx_modules()
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        raw = os.path.join(tmp, "model.onnx")
+        # the exporter logs each pass at INFO/WARNING level; the user asked for one file, not a trace
+        quiet = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "torch.export", "torch._export")]
+        levels = [lg.level for lg in quiet]
+        for lg in quiet:
+            lg.setLevel(logging.ERROR)
+        try:
+            torch.onnx.export(model, (example,), raw, dynamo=True, input_names=["input"], output_names=["logits"],
+                              dynamic_shapes=({0: batch},), opset_version=opset, external_data=False,
+                              verbose=False)
+        except Exception as e:  # the exporter's own failure (unsupported op or opset): name it, one line
+            raise UserError(f"ONNX export failed at opset {opset}: {str(e).splitlines()[0]}") from None
+        finally:
+            for lg, level in zip(quiet, levels):
+                lg.setLevel(level)
+        proto = onnx.load(raw)
+    del proto.metadata_props[:]
+    for key, value in {META_KEY: json.dumps(meta), "classes": json.dumps(meta["classes"]),
+                       "mean": json.dumps(meta["mean"]), "std": json.dumps(meta["std"]),
+                       "input_size": str(meta["input_size"])}.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name = "resnetlab"
+    proto.doc_string = f"{meta['arch']} exported by resnetlab; input and output: see metadata '{META_KEY}'"
+    onnx.checker.check_model(proto)
+    with open(path, "wb") as f:
+        f.write(proto.SerializeToString())
+
+
+def _run_onnx(path: str, x: np.ndarray) -> np.ndarray:
+    _, ort = _onnx_modules()
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return session.run(None, {"input": x})[0]
+
+
+def _export_program(model: torch.nn.Module, example: torch.Tensor, path: str, meta: dict) -> None:
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    try:
+        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+    except Exception as e:
+        raise UserError(f"torch.export failed: {str(e).splitlines()[0]}") from None
+    torch.export.save(program, path, extra_files={f"{META_KEY}.json": json.dumps(meta)})
+
+
+def load_exported_program(path: str | Path) -> tuple[torch.nn.Module, dict]:
+    """A .pt2 written by `export` (a file you made: loading one runs pickle inside torch)."""
+    extra = {f"{META_KEY}.json": ""}
+    program = torch.export.load(str(path), extra_files=extra)
+    return program.module(), json.loads(extra[f"{META_KEY}.json"] or "{}")
+
+
+def check_images_input(pixels: torch.Tensor, meta: dict) -> torch.Tensor:
+    """uint8 pixels (N, 3, H, W) as decoded → the float input both graphs take."""
+    return model_input(pixels, meta["mean"], meta["std"], meta["input_size"]).contiguous()
+
+
+def export(checkpoint: str | Path, fmt: str, pixels: torch.Tensor, out: str | Path | None = None,
+           opset: int = DEFAULT_OPSET, log=print) -> tuple[Path, ExportCheck]:
+    """Export, check against PyTorch on `pixels` (uint8 (N, 3, H, W), real images), write atomically."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    path = resolve_checkpoint(checkpoint)
+    model, meta = load_model(path, "cpu")
+    model = model.float().eval()
+    info = deploy_metadata(meta)
+    dest = Path(out) if out else path.with_suffix(FORMATS[fmt])
+    if dest.resolve() == path.resolve():
+        raise UserError(f"{dest}: refusing to overwrite the checkpoint itself; choose another --out")
+    if not dest.parent.is_dir():
+        raise UserError(f"{dest.parent}: no such folder for --out")
+    if fmt == "onnx" and not 7 <= opset <= 23:
+        raise UserError(f"--opset must be between 7 and 23, got {opset}")
+    if len(pixels) == 0:
+        raise UserError("no images to check the export with")
+    x = check_images_input(pixels, info)
+    with torch.no_grad():
+        reference = torch.cat([model(x[i:i + 256]) for i in range(0, len(x), 256)]).numpy()
+    example = x[:2] if len(x) >= 2 else x.repeat(2, 1, 1, 1)
+
+    def write(tmp: str) -> None:
+        nonlocal check
+        if fmt == "onnx":
+            _export_onnx(model, example, tmp, opset, info)
+            got = np.concatenate([_run_onnx(tmp, x[i:i + 256].numpy()) for i in range(0, len(x), 256)])
+        else:
+            _export_program(model, example, tmp, info)
+            module, _ = load_exported_program(tmp)
+            with torch.no_grad():
+                got = torch.cat([module(x[i:i + 256]) for i in range(0, len(x), 256)]).numpy()
+        check = ExportCheck(len(x), float(np.abs(got - reference).max()),
+                            float((got.argmax(1) == reference.argmax(1)).mean()))
+        if not check.passed:
+            raise UserError(f"{fmt} export does not match PyTorch on {check.images} images: max abs logit "
+                            f"difference {check.max_abs_diff:.2e} (limit {MAX_ABS_DIFF:.0e}), top-1 agreement "
+                            f"{check.top1_agreement:.2%}; nothing written")
+
+    check: ExportCheck | None = None
+    atomic_write(dest, write)
+    assert check is not None
+    return dest, check

@@ -1,0 +1,2 @@
+"""`resnetlab serve`: a classifier behind HTTP (FastAPI + uvicorn), with dynamic batching, Prometheus
+metrics and a web page. Optional dependencies: `pip install -e '.[serve]'`."""

@@ -1,0 +1,125 @@
+"""Dynamic batching: concurrent requests share one forward pass.
+
+A forward pass on a batch of 64 costs far less than 64 passes of one (on a CPU the per-call overhead
+and the poor use of vector units at batch 1 dominate), so a service under load should group what
+arrives together, as TorchServe, Triton and LitServe do. The first waiting image opens a batch; the
+batch closes when it holds `max_batch` images or `max_wait_ms` has passed since it opened, whichever
+comes first. The model runs in one worker thread, off the event loop, so the server keeps accepting
+and answering (health checks, errors) while a batch computes.
+"""
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+
+@dataclass
+class _Job:
+    pixels: torch.Tensor  # uint8 (n, 3, H, W)
+    future: asyncio.Future = field(repr=False)
+
+
+class DynamicBatcher:
+    def __init__(self, run: Callable[[torch.Tensor], torch.Tensor], max_batch: int = 64,
+                 max_wait_ms: float = 5.0, on_batch: Callable[[int], None] | None = None) -> None:
+        if max_batch < 1 or max_wait_ms < 0:
+            raise ValueError("max_batch must be >= 1 and max_wait_ms >= 0")
+        self.run, self.max_batch, self.max_wait = run, max_batch, max_wait_ms / 1000
+        self.on_batch = on_batch or (lambda n: None)
+        self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="resnetlab-model")
+        self._worker: asyncio.Task | None = None
+        self._carry: _Job | None = None
+
+    async def start(self) -> None:
+        self._worker = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        """Answer everything already submitted, then stop."""
+        if self._worker is not None:
+            await self._queue.put(None)
+            await self._worker
+            self._worker = None
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Logits for uint8 pixels (n, 3, H, W); n may exceed max_batch (it is then split)."""
+        if self._worker is None:
+            raise RuntimeError("batcher is not running")
+        future = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Job(pixels, future))
+        return await future
+
+    async def _next(self, timeout: float | None) -> _Job | None | bool:
+        """The next job; False when none came within the timeout."""
+        if self._carry is not None:
+            job, self._carry = self._carry, None
+            return job
+        if timeout is None:
+            return await self._queue.get()
+        if timeout <= 0:
+            try:
+                return self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return False
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout)
+        except asyncio.TimeoutError:
+            return False
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        stopping = False
+        while not stopping:
+            first = await self._next(None)
+            if first is None:
+                break
+            jobs, n = [first], len(first.pixels)
+            deadline = loop.time() + self.max_wait
+            while n < self.max_batch:
+                job = await self._next(deadline - loop.time())
+                if job is False:
+                    break
+                if job is None:
+                    stopping = True
+                    break
+                if n + len(job.pixels) > self.max_batch:
+                    self._carry = job  # opens the next batch instead of overfilling this one
+                    break
+                jobs.append(job)
+                n += len(job.pixels)
+            await self._compute(loop, jobs)
+        if self._carry is not None:  # a job held back when the stop arrived
+            await self._compute(loop, [self._carry])
+            self._carry = None
+
+    async def _compute(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job]) -> None:
+        live = [j for j in jobs if not j.future.done()]  # a client that went away cancelled its future
+        if not live:
+            return
+        batch = torch.cat([j.pixels for j in live])
+        try:
+            logits = await loop.run_in_executor(self._executor, self._run_chunks, batch)
+        except Exception as e:  # the model failed: every waiting request learns it
+            for j in live:
+                if not j.future.done():
+                    j.future.set_exception(e)
+            return
+        start = 0
+        for j in live:
+            end = start + len(j.pixels)
+            if not j.future.done():
+                j.future.set_result(logits[start:end])
+            start = end
+
+    def _run_chunks(self, batch: torch.Tensor) -> torch.Tensor:
+        out = []
+        for i in range(0, len(batch), self.max_batch):
+            chunk = batch[i:i + self.max_batch]
+            self.on_batch(len(chunk))
+            out.append(self.run(chunk))
+        return torch.cat(out)

@@ -1,0 +1,70 @@
+"""Start the service: load the model once, bind, run uvicorn until SIGINT/SIGTERM.
+
+On SIGTERM uvicorn stops accepting connections, lets the requests in flight finish (up to
+graceful_timeout_s), then the app's shutdown drains the batcher: nothing accepted goes unanswered.
+"""
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from ..errors import UserError
+from ..inference.predict import ImageClassifier, load
+from .app import ServeSettings, create_app
+
+
+def serving_modules():
+    try:
+        import fastapi  # noqa: F401
+        import multipart  # noqa: F401  (python-multipart, for uploads)
+        import uvicorn
+    except ImportError:
+        raise UserError("serving needs fastapi, uvicorn and python-multipart: pip install -e '.[serve]'") from None
+    return uvicorn
+
+
+def open_classifier(checkpoint: str, backend: str, device: str) -> ImageClassifier:
+    """torch: a .safetensors checkpoint (or run folder). onnx: a .onnx file, or the .onnx that
+    `resnetlab export` wrote beside the given checkpoint."""
+    path = Path(checkpoint)
+    if backend == "onnx" and path.suffix != ".onnx":
+        sibling = path.with_suffix(".onnx")
+        if not sibling.is_file():
+            raise UserError(f"{sibling}: no ONNX export beside the checkpoint; run `resnetlab export {checkpoint}` "
+                            "first (or pass the .onnx file)")
+        path = sibling
+    if backend == "torch" and path.suffix == ".onnx":
+        raise UserError(f"{path}: an ONNX file needs --backend onnx")
+    return load(path, device=device, backend=backend)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise UserError(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port or --host") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(checkpoint: str, backend: str = "torch", device: str = "cpu", settings: ServeSettings | None = None,
+          access_log: bool = True, log=print) -> None:
+    uvicorn = serving_modules()
+    settings = settings or ServeSettings()
+    settings.validate()
+    clf = open_classifier(checkpoint, backend, device)
+    app = create_app(clf, settings)
+    sock = bind(settings.host, settings.port)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    log(f"serving {clf.metadata['arch']} ({len(clf.classes)} classes, backend {clf.backend}) from {clf.path}")
+    log(f"page: http://{shown}:{port}/   API: http://{shown}:{port}/v1/predict   docs: http://{shown}:{port}/docs",
+        flush=True)
+    config = uvicorn.Config(app, log_level="info", access_log=access_log,
+                            timeout_graceful_shutdown=int(settings.graceful_timeout_s))
+    uvicorn.Server(config).run(sockets=[sock])
