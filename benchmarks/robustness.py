@@ -75,14 +75,68 @@ def measure(checkpoint: str, data_dir: str | None, limit: int | None, write: Pat
     return out
 
 
+def pipeline_cost(recipe_path: str, data_dir: str | None, overrides: list[str]) -> None:
+    """Side by side in this process: one epoch of the batch pipeline with and without the artifact
+    augmentation (alternated, best of 3), against the measured time of the recipe's training steps."""
+    from resnetlab.training.config import load_recipe
+    from resnetlab.training.runner import load_splits, make_loaders, setup_runtime
+    from resnetlab.models import build_model
+    from resnetlab.training.engine import Trainer  # noqa: F401  (the engine's step is what we time)
+
+    base = load_recipe(recipe_path, [])
+    robust = load_recipe(recipe_path, overrides)
+    device, amp, cl = setup_runtime(base)
+    splits = load_splits(base.data, data_dir, progress=False)
+    loaders = {}
+    for name, r in (("without", base), ("with", robust)):
+        r.data.augment.artifacts_from_epoch = 0
+        loaders[name] = make_loaders(r, splits, device, cl)[0]
+    best = {k: float("inf") for k in loaders}
+    for _ in range(3):
+        for name, loader in loaders.items():
+            loader.set_epoch(0)
+            t = time.perf_counter()
+            for _x, _y in loader:
+                pass
+            best[name] = min(best[name], time.perf_counter() - t)
+    model = build_model(base.model.name, 10, base.model.kwargs).to(device)
+    if cl:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loader = loaders["without"]
+    loader.set_epoch(1)
+    batches = list(zip(range(60), loader))
+    step_times = []
+    for i, (x, y) in batches:
+        t = time.perf_counter()
+        with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i >= 10:
+            step_times.append(time.perf_counter() - t)
+    epoch_steps = np.median(step_times) * len(loader)
+    extra = best["with"] - best["without"]
+    print(f"batch pipeline, one epoch of {len(splits.train)} images: {best['without']:.2f}s without, "
+          f"{best['with']:.2f}s with {' '.join(overrides)} (+{extra:.2f}s)")
+    print(f"training steps, one epoch (median step x {len(loader)}): {epoch_steps:.1f}s; "
+          f"the augmentation adds {100 * extra / (epoch_steps + best['without']):.1f} % to an epoch")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("checkpoints", nargs="+")
+    ap.add_argument("checkpoints", nargs="*")
+    ap.add_argument("--cost", nargs="+", metavar="KEY=VALUE", default=None,
+                    help="instead: time the pipeline with these augmentation overrides vs the default recipe")
+    ap.add_argument("--recipe", default="recipes/cifar10_quick.yaml")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--limit", type=int, default=None, help="first N test images (default: all 10,000)")
     ap.add_argument("--write", type=Path, default=None, help="also save every variant as files here")
     args = ap.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
+    if args.cost:
+        pipeline_cost(args.recipe, args.data_dir, args.cost)
+        return
     tables = {}
     for ckpt in args.checkpoints:
         print(f"{ckpt}:", flush=True)

@@ -126,3 +126,23 @@ def serve_files():
     yield start
     for s in servers:
         s.close()
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint(real_data, tmp_path_factory) -> Path:
+    """A small resnet20 trained for one epoch on 2,000 real CIFAR-10 images (fp32): a checkpoint with
+    its data recorded, for the export and serving tests. Trained once per session."""
+    from resnetlab.cli import main
+    out = tmp_path_factory.mktemp("small") / "run"
+    assert main(["train", "--data-dir", str(real_data), "--out", str(out), "--no-progress", "model.name=resnet20",
+                 "data.subset=2000", "data.val_size=0", "train.epochs=1", "train.batch_size=64",
+                 "train.precision=fp32", "train.tta=false"]) == 0
+    return out / "best.safetensors"
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """HWC uint8 → PNG file bytes."""
+    import io
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    return buf.getvalue()

@@ -16,7 +16,7 @@ from resnetlab.cli import main
 from resnetlab.data import (AugmentConfig, BatchLoader, channel_stats, cifar10, download,
                             load_cifar, load_image_folder, resolve_data_root)
 from resnetlab.data import cifar as cifar_mod
-from resnetlab.data.augment import crop_flip
+from resnetlab.data.augment import crop_flip, jpeg_compress, photo_artifacts, resample
 from resnetlab.data.cifar import _parse_binary
 
 from conftest import synthetic_images
@@ -314,3 +314,68 @@ def test_loader_channels_last_output(tiny_cifar):
     x, _ = next(iter(BatchLoader(train, 8, (0.5,) * 3, (0.25,) * 3, train=True, augment=AugmentConfig(),
                                  channels_last=True)))
     assert x.is_contiguous(memory_format=torch.channels_last) and x.dtype == torch.float32
+
+
+def _photo_like(n: int, seed: int = 0) -> torch.Tensor:
+    """Smooth colour fields with edges (JPEG's home ground), uint8 (n, 3, 32, 32)."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(n, 3, 4, 4, generator=g) * 255
+    x = F.interpolate(low, size=(32, 32), mode="bicubic", align_corners=False)
+    x[:, :, 10:20, 5:25] = torch.rand(n, 3, 1, 1, generator=g) * 255
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
+def _pil_jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
+    import io
+    out = []
+    for im in x:
+        buf = io.BytesIO()
+        Image.fromarray(im.permute(1, 2, 0).numpy()).save(buf, "JPEG", quality=quality)
+        out.append(torch.from_numpy(np.array(Image.open(buf).convert("RGB"))).permute(2, 0, 1))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("quality", [30, 75, 95])
+def test_batched_jpeg_is_close_to_a_real_jpeg_codec(quality):
+    x = _photo_like(32)
+    pil = _pil_jpeg(x, quality).float()
+    sim = jpeg_compress(x, torch.full((32,), quality)).float()
+    lost = (x.float() - pil).abs().mean()      # what the codec does to the images
+    miss = (sim - pil).abs().mean()            # how far our simulation is from the codec
+    assert lost > 0.5 and miss < 0.35 * lost, (float(lost), float(miss))
+
+
+def test_resample_operator_equals_interpolating_the_image():
+    x = _photo_like(8)
+    for factor in (1.5, 2.0, 4.0):
+        big = F.interpolate(x.float(), scale_factor=factor, mode="bicubic", align_corners=False)
+        want = F.interpolate(big, size=(32, 32), mode="bilinear", align_corners=False, antialias=True)
+        assert (resample(x, factor).float() - want).abs().max() <= 1.0  # rounding only
+
+
+def test_photo_artifacts_share_determinism_and_start_epoch(tiny_cifar):
+    x = _photo_like(200)
+    off = AugmentConfig(jpeg=0.0, resample=0.0)
+    assert torch.equal(photo_artifacts(x, off, torch.Generator().manual_seed(0)), x)
+    half = AugmentConfig(jpeg=0.5, jpeg_quality=(30, 30))
+    a = photo_artifacts(x, half, torch.Generator().manual_seed(1))
+    b = photo_artifacts(x, half, torch.Generator().manual_seed(1))
+    changed = (a != x).flatten(1).any(1).float().mean()
+    assert torch.equal(a, b) and 0.35 < changed < 0.65
+    assert torch.equal(x, _photo_like(200))  # the input batch is not modified in place
+    train, _ = cifar10(tiny_cifar, verify=False)
+    aug = AugmentConfig(crop_padding=0, flip=False, jpeg=1.0, artifacts_from_epoch=1)
+    loader = BatchLoader(train, 50, (0.5,) * 3, (0.25,) * 3, train=True, augment=aug, seed=0)
+    plain = BatchLoader(train, 50, (0.5,) * 3, (0.25,) * 3, train=True, augment=AugmentConfig(0, flip=False), seed=0)
+    for epoch, same in ((0, True), (1, False)):
+        loader.set_epoch(epoch)
+        plain.set_epoch(epoch)
+        assert torch.equal(next(iter(loader))[0], next(iter(plain))[0]) == same
+
+
+def test_artifact_keys_are_validated(tmp_path, capsys):
+    for bad in ("data.augment.jpeg_quality=[95,30]", "data.augment.resample_scale=[0.5,2]", "data.augment.jpeg=1.5"):
+        assert main(["train", "--out", str(tmp_path / "x"), bad]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and bad.split("=")[0] in err
+    assert not (tmp_path / "x").exists()

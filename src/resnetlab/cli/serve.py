@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..serving.app import ServeSettings
+from ..serving.settings import ServeSettings
 
 
 def add_parser(sub) -> None:

@@ -24,6 +24,8 @@ class AugmentConfig:
     jpeg_quality: tuple[float, float] = (30, 95)  # quality drawn uniformly per image, inclusive
     resample: float = 0.0        # share of images up- then down-sampled (see resample)
     resample_scale: tuple[float, float] = (1.5, 4.0)  # upscale factor drawn per batch
+    artifacts_from_epoch: int = 0  # jpeg/resample only from this (0-based) epoch on: learn on clean images
+                                   # first, then become robust while the learning rate anneals
 
     def __post_init__(self) -> None:
         if self.pad_mode not in ("zeros", "reflect"):

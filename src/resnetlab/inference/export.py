@@ -61,7 +61,7 @@ def deploy_metadata(meta: dict[str, Any]) -> dict[str, Any]:
             "resize": {"mode": resize.get("mode", "squash"), "decode_size": resize.get("decode_size", meta["input_size"])},
             "input": "float32 (N, 3, S, S): pixels/255, minus mean, divided by std (per channel, RGB)",
             "output": "logits (N, num_classes); softmax for probabilities",
-            "metrics": {k: meta[k] for k in ("test_top1", "val_top1", "best_val_top1") if k in meta}}
+            "metrics": meta.get("metrics") or {}}
 
 
 def _onnx_modules():

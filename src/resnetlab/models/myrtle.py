@@ -26,12 +26,14 @@ class ResNet9(nn.Module):
     """prep conv → [conv+pool, BasicBlock] → conv+pool → [conv+pool, BasicBlock] → max-pool → linear."""
 
     def __init__(self, num_classes: int = 10, widths: Sequence[int] = (64, 128, 256, 512),
-                 in_channels: int = 3, head_scale: float = 0.125, whiten: bool = False) -> None:
+                 in_channels: int = 3, head_scale: float = 0.125, whiten: bool = False,
+                 whiten_eps: float = 1e-2) -> None:
         super().__init__()
         w0, w1, w2, w3 = widths
         # Optional fixed patch-whitening conv (PCA of 3x3 input patches, Page 2018 / airbench): decorrelated
         # inputs make the first epochs far more productive. Filled by init_whitening() from training data.
         self.whiten = None
+        self.whiten_eps = whiten_eps
         if whiten:
             self.whiten = nn.Conv2d(in_channels, in_channels * 9, 3, padding=1, bias=False)
             self.whiten.weight.requires_grad_(False)
@@ -56,9 +58,10 @@ class ResNet9(nn.Module):
             nn.init.zeros_(self.whiten.weight[in_channels:])
 
     @torch.no_grad()
-    def init_whitening(self, x: torch.Tensor, eps: float = 1e-2) -> None:
+    def init_whitening(self, x: torch.Tensor, eps: float | None = None) -> None:
         """Set the whitening filters from normalised training images x (N, C, H, W): the eigenvectors of
-        the 3x3-patch covariance, scaled by 1/sqrt(eigenvalue + eps)."""
+        the 3x3-patch covariance, scaled by 1/sqrt(eigenvalue + eps) (eps: the model's whiten_eps)."""
+        eps = self.whiten_eps if eps is None else eps
         if self.whiten is None:
             return
         patches = torch.nn.functional.unfold(x.float(), 3).transpose(1, 2).reshape(-1, x.shape[1] * 9)

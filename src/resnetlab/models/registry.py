@@ -75,6 +75,8 @@ _RESNET9_ARGS = {
     "in_channels": Arg(_pos_int, "input channels"),
     "head_scale": Arg(_pos_float, "logit scale (Myrtle: 0.125)"),
     "whiten": Arg(_bool, "fixed 3x3 patch-whitening first layer"),
+    "whiten_eps": Arg(_pos_float, "whitening regulariser: filters scale by 1/sqrt(eigenvalue + eps); larger "
+                      "amplifies fine detail (and JPEG noise) less"),
 }
 
 

@@ -1,4 +1,4 @@
-"""The HTTP application: routes, input limits, metrics. Built around one classifier chosen at start
+"""The HTTP application (imports FastAPI: only loaded when serving): routes, input limits, metrics. Built around one classifier chosen at start
 (no request can name a file), with model work batched off the event loop."""
 from __future__ import annotations
 
@@ -6,41 +6,21 @@ import asyncio
 import io
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException
 
 from ..inference.predict import ImageClassifier
 from ..preprocessing import ImageDecodeError, ImageTooLarge, NotAnImage, load_uint8
 from .batcher import DynamicBatcher
 from .metrics import Metrics
+from .settings import ServeSettings
 
 ROUTES = ("/", "/healthz", "/readyz", "/metrics", "/v1/model", "/v1/predict", "/docs", "/openapi.json")
-
-
-@dataclass
-class ServeSettings:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    max_batch: int = 64          # images per forward pass
-    max_wait_ms: float = 5.0     # how long the first image of a batch waits for company
-    max_body_mb: float = 10.0    # request body limit
-    max_files: int = 64          # images per request
-    max_pixels: int = 40_000_000  # per image, checked from its header before decoding
-    default_top_k: int = 5
-    graceful_timeout_s: float = 30.0
-
-    def validate(self) -> None:
-        from ..errors import UserError
-        checks = {"max_batch": self.max_batch >= 1, "max_wait_ms": self.max_wait_ms >= 0,
-                  "max_body_mb": self.max_body_mb > 0, "max_files": self.max_files >= 1,
-                  "max_pixels": self.max_pixels >= 1, "port": 0 <= self.port <= 65535,
-                  "default_top_k": self.default_top_k >= 1}
-        bad = [k for k, ok in checks.items() if not ok]
-        if bad:
-            raise UserError(f"serve: {bad[0].replace('_', '-')} = {getattr(self, bad[0])} is out of range")
 
 
 class RequestError(Exception):
@@ -58,22 +38,17 @@ def _page() -> str:
 def model_card(clf: ImageClassifier, settings: ServeSettings) -> dict[str, Any]:
     m = clf.metadata
     params = sum(p.numel() for p in clf.model.parameters()) if clf.model is not None else None
-    metrics = {k: v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-               and any(w in k for w in ("top1", "top5", "loss", "epoch"))}
     return {"arch": m["arch"], "kwargs": m.get("kwargs") or {}, "backend": clf.backend,
             "classes": clf.classes, "num_classes": len(clf.classes), "input_size": clf.input_size,
             "resize": {"mode": clf.policy.mode, "decode_size": clf.policy.input_size},
-            "mean": list(m["mean"]), "std": list(m["std"]), "params": params, "metrics": metrics,
+            "mean": list(m["mean"]), "std": list(m["std"]), "params": params,
+            "metrics": m.get("metrics") or {}, "trained_epochs": m.get("epoch"),
             "limits": {"max_body_bytes": int(settings.max_body_mb * 1e6), "max_files": settings.max_files,
                        "max_pixels": settings.max_pixels},
             "batching": {"max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms}}
 
 
-def create_app(clf: ImageClassifier, settings: ServeSettings | None = None):
-    from fastapi import FastAPI, Request
-    from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
-    from starlette.exceptions import HTTPException
-
+def create_app(clf: ImageClassifier, settings: ServeSettings | None = None) -> FastAPI:
     settings = settings or ServeSettings()
     metrics = Metrics()
     state: dict[str, Any] = {"ready": False, "batcher": None}

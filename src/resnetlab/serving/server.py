@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..inference.predict import ImageClassifier, load
-from .app import ServeSettings, create_app
+from .settings import ServeSettings
 
 
 def serving_modules():
@@ -58,6 +58,7 @@ def serve(checkpoint: str, backend: str = "torch", device: str = "cpu", settings
     settings = settings or ServeSettings()
     settings.validate()
     clf = open_classifier(checkpoint, backend, device)
+    from .app import create_app
     app = create_app(clf, settings)
     sock = bind(settings.host, settings.port)
     host, port = sock.getsockname()[:2]

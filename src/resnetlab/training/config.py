@@ -36,6 +36,7 @@ class AugmentSection:
     jpeg_quality: list = field(default_factory=lambda: [30, 95])
     resample: float = 0.0           # share of training images up- then down-sampled
     resample_scale: list = field(default_factory=lambda: [1.5, 4.0])
+    artifacts_from_epoch: int = 0   # jpeg/resample start at this 0-based epoch
 
 
 @dataclass
@@ -222,6 +223,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "data.augment.cutout": (0, 4096, True, True),
     "data.augment.jpeg": (0, 1, True, True),
     "data.augment.resample": (0, 1, True, True),
+    "data.augment.artifacts_from_epoch": (0, None, True, True),
     "optim.lr": (0, None, False, True),
     "optim.momentum": (0, 1, True, False),
     "optim.weight_decay": (0, None, True, True),

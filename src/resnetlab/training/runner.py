@@ -80,7 +80,7 @@ def make_loaders(recipe: Recipe, splits: Splits, device: torch.device, channels_
                  input_size: int | None = None) -> tuple[BatchLoader, BatchLoader, BatchLoader]:
     a = recipe.data.augment
     aug = AugmentConfig(a.crop_padding, a.pad_mode, a.flip, a.cutout, a.jpeg, tuple(a.jpeg_quality), a.resample,
-                        tuple(a.resample_scale))
+                        tuple(a.resample_scale), a.artifacts_from_epoch)
     t = recipe.train
     resize = input_size if input_size and input_size != splits.train.images.shape[-1] else None
     common = dict(mean=splits.mean, std=splits.std, device=device, channels_last=channels_last,

@@ -1,0 +1,154 @@
+"""Service latency and throughput over loopback, dynamic batching on vs off, and ONNX Runtime vs PyTorch.
+
+Starts `resnetlab serve` as a separate process (batching on: --max-batch 64 --max-wait-ms 5; off:
+--max-batch 1), drives it from this process with 1, 16 and 64 concurrent clients (asyncio + httpx),
+each request carrying one CIFAR-10 test image as a PNG, and prints p50/p99 latency and requests/s.
+Both servers are measured in the same run on the same machine; the client shares the CPU with the
+server (2 cores here), as a co-located load generator does.
+
+    python benchmarks/serve.py runs/cifar10_quick/best.safetensors [--seconds 10]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import torch
+from PIL import Image
+
+from resnetlab import load
+from resnetlab.data.cifar import load_cifar
+
+
+def cpu_name() -> str:
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(checkpoint: str, *extra: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "resnetlab", "serve", checkpoint, "--port", str(port),
+                             "--no-access-log", *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("server did not become ready")
+
+
+async def drive(url: str, bodies: list[bytes], clients: int, seconds: float) -> dict:
+    latencies: list[float] = []
+    failures = 0
+    stop = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as c:
+        async def one(k: int) -> None:
+            nonlocal failures
+            i = k
+            while time.perf_counter() < stop:
+                t = time.perf_counter()
+                r = await c.post("/v1/predict", content=bodies[i % len(bodies)],
+                                 headers={"content-type": "image/png"})
+                latencies.append(time.perf_counter() - t)
+                failures += r.status_code != 200
+                i += clients
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(k) for k in range(clients)))
+        wall = time.perf_counter() - t0
+    lat = np.array(latencies) * 1000
+    return {"req_s": len(lat) / wall, "p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
+            "n": len(lat), "failures": failures}
+
+
+def batch_histogram(url: str) -> str:
+    lines = httpx.get(url + "/metrics").text.splitlines()
+    total = next(float(ln.split()[1]) for ln in lines if ln.startswith("resnetlab_batch_size_sum"))
+    count = next(float(ln.split()[1]) for ln in lines if ln.startswith("resnetlab_batch_size_count"))
+    return f"{total / max(count, 1):.1f}"
+
+
+def runtime_throughput(checkpoint: str, onnx_path: str | None, pixels: torch.Tensor) -> None:
+    backends = {"torch": load(checkpoint, device="cpu")}
+    if onnx_path:
+        backends["onnx"] = load(onnx_path, backend="onnx")
+    print("\ninference only (decoded pixels in, logits out; same process, one at a time):")
+    print("| backend | batch 1 img/s | batch 64 img/s |\n|---|---|---|")
+    for name, clf in backends.items():
+        row = []
+        for bs in (1, 64):
+            x = pixels[:bs]
+            for _ in range(3):
+                clf.logits(x)
+            n, t = 0, time.perf_counter()
+            while time.perf_counter() - t < 3:
+                clf.logits(x)
+                n += bs
+            row.append(n / (time.perf_counter() - t))
+        print(f"| {name} | {row[0]:.0f} | {row[1]:.0f} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("checkpoint")
+    ap.add_argument("--onnx", default=None, help="an exported .onnx of the checkpoint (default: beside it, if there)")
+    ap.add_argument("--seconds", type=float, default=10.0, help="per (server, concurrency) cell")
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 16, 64])
+    args = ap.parse_args()
+    clf = load(args.checkpoint, device="cpu")
+    test = load_cifar((clf.metadata.get("dataset") or {}).get("data_dir"), "cifar10", "test")
+    bodies = []
+    for i in range(256):
+        buf = io.BytesIO()
+        Image.fromarray(test.images[i].permute(1, 2, 0).numpy()).save(buf, "PNG")
+        bodies.append(buf.getvalue())
+    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs; model {clf.metadata['arch']} "
+          f"{clf.metadata.get('kwargs') or ''}; {args.seconds:.0f} s per cell\n")
+    print("| server | clients | req/s | p50 ms | p99 ms | mean batch (cumulative) | non-200 |\n|---|---|---|---|---|---|---|")
+    results = {}
+    for label, extra in (("batching on (64 / 5 ms)", ["--max-batch", "64", "--max-wait-ms", "5"]),
+                         ("batching off", ["--max-batch", "1"])):
+        proc, url = start(args.checkpoint, *extra)
+        try:
+            asyncio.run(drive(url, bodies, 8, 2.0))  # warm-up
+            for clients in args.clients:
+                r = asyncio.run(drive(url, bodies, clients, args.seconds))
+                results[(label, clients)] = r
+                print(f"| {label} | {clients} | {r['req_s']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} | "
+                      f"{batch_histogram(url)} | {r['failures']} |", flush=True)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+    top = max(args.clients)
+    on, off = results[("batching on (64 / 5 ms)", top)], results[("batching off", top)]
+    print(f"\nat {top} clients: batching on {on['req_s']:.0f} req/s vs off {off['req_s']:.0f} req/s = "
+          f"{on['req_s'] / off['req_s']:.2f}x")
+    onnx_path = args.onnx or (args.checkpoint.rsplit(".", 1)[0] + ".onnx")
+    runtime_throughput(args.checkpoint, onnx_path if os.path.exists(onnx_path) else None, test.images[:64])
+
+
+if __name__ == "__main__":
+    main()

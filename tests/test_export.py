@@ -1,0 +1,100 @@
+"""`resnetlab export`: ONNX (checked with onnxruntime) and torch.export programs of a trained checkpoint."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from resnetlab import load
+from resnetlab.cli import main
+from resnetlab.data.cifar import load_cifar
+from resnetlab.inference import export as export_mod
+from resnetlab.inference.export import load_exported_program
+
+
+def _check_line(out: str) -> tuple[float, float]:
+    line = next(ln for ln in out.splitlines() if "max abs logit difference" in ln)
+    diff = float(line.split("difference ")[1].split()[0])
+    agree = float(line.split("agreement ")[1].rstrip("%")) / 100
+    return diff, agree
+
+
+def test_onnx_export_matches_pytorch_and_carries_its_metadata(small_checkpoint, real_data, tmp_path, capsys):
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(small_checkpoint), "--out", str(out), "--check-count", "300"]) == 0
+    printed = capsys.readouterr().out
+    diff, agree = _check_line(printed)
+    assert diff <= 1e-4 and agree == 1.0 and "300 images of its test split" in printed
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    meta = json.loads(props["resnetlab"])
+    clf = load(small_checkpoint, device="cpu")
+    assert meta["classes"] == clf.classes == json.loads(props["classes"])
+    assert meta["mean"] == list(clf.metadata["mean"]) and meta["input_size"] == 32 == int(props["input_size"])
+    # dynamic batch axis: the same file runs at batch 1 and 37
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    test = load_cifar(real_data, "cifar10", "test")
+    x = export_mod.check_images_input(test.images[600:637], meta)
+    with torch.no_grad():
+        ref = clf.model(x).numpy()
+    for batch in (x[:1], x):
+        got = session.run(None, {"input": batch.numpy()})[0]
+        assert got.shape == (len(batch), 10) and np.abs(got - ref[:len(batch)]).max() <= 1e-4
+    # the ONNX backend of the Python API predicts what the PyTorch one does
+    onnx_clf = load(out)
+    assert onnx_clf.backend == "onnx" and onnx_clf.classes == clf.classes
+    a, b = onnx_clf.predict(test.images[600:637]), clf.predict(test.images[600:637])
+    assert [r["top"][0]["class"] for r in a] == [r["top"][0]["class"] for r in b]
+    assert max(abs(p["top"][0]["prob"] - q["top"][0]["prob"]) for p, q in zip(a, b)) < 1e-4
+
+
+def test_torch_export_program_matches_pytorch(small_checkpoint, tmp_path, capsys):
+    out = tmp_path / "m.pt2"
+    assert main(["export", str(small_checkpoint), "--format", "export", "--out", str(out),
+                 "--check-count", "200"]) == 0
+    diff, agree = _check_line(capsys.readouterr().out)
+    assert diff <= 1e-4 and agree == 1.0
+    module, meta = load_exported_program(out)
+    clf = load(small_checkpoint, device="cpu")
+    assert meta["classes"] == clf.classes
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(module(x), clf.model(x), atol=1e-4)
+
+
+def test_export_checks_on_given_image_files(small_checkpoint, real_data, tmp_path, capsys):
+    from conftest import png_bytes
+    test = load_cifar(real_data, "cifar10", "test")
+    for i in range(20):
+        (tmp_path / f"{i}.png").write_bytes(png_bytes(test.images[i].permute(1, 2, 0).numpy()))
+    assert main(["export", str(small_checkpoint), "--out", str(tmp_path / "x.onnx"), "--images", str(tmp_path)]) == 0
+    assert "on 20 given images" in capsys.readouterr().out
+
+
+def test_export_that_fails_its_check_writes_nothing(small_checkpoint, tmp_path, capsys, monkeypatch):
+    real = export_mod._run_onnx
+    monkeypatch.setattr(export_mod, "_run_onnx", lambda path, x: real(path, x) + 1e-3)  # a runtime that drifts
+    out = tmp_path / "bad.onnx"
+    assert main(["export", str(small_checkpoint), "--out", str(out), "--check-count", "50"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not match PyTorch" in err and "nothing written" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--opset", "3"], "--opset must be between 7 and 23"),
+    (["--out", "/nonexistent-dir/m.onnx"], "no such folder for --out"),
+    (["--check-count", "0"], "--check-count must be positive"),
+])
+def test_export_bad_options_one_line(small_checkpoint, args, message, capsys):
+    assert main(["export", str(small_checkpoint), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+def test_export_of_missing_checkpoint(tmp_path, capsys):
+    assert main(["export", str(tmp_path / "none.safetensors")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
