@@ -21,6 +21,8 @@ def run(args: argparse.Namespace) -> None:
         variants = [({}, "")]
         if spec.family == "imagenet":
             variants.append(({"stem": "cifar"}, " (stem=cifar)"))
+        if "block" in spec.args:  # the depthwise-separable variant beside the standard block
+            variants += [(dict(kw, block="separable"), suffix + " (block=separable)") for kw, suffix in variants]
         for kw, suffix in variants:
             nc = 1000 if spec.family == "imagenet" and not kw else 10
             model = create_model(name, num_classes=nc, **kw)
@@ -31,9 +33,9 @@ def run(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print(f"{'model':<28}{'classes':>8}{'input':>7}{'params':>14}{'MACs (G)':>11}{'FLOPs (G)':>11}")
+    print(f"{'model':<46}{'classes':>8}{'input':>7}{'params':>14}{'MACs (G)':>11}{'FLOPs (G)':>11}")
     for r in rows:
-        print(f"{r['name']:<28}{r['classes']:>8}{r['input']:>7}{r['params']:>14,}{r['macs'] / 1e9:>11.3f}"
+        print(f"{r['name']:<46}{r['classes']:>8}{r['input']:>7}{r['params']:>14,}{r['macs'] / 1e9:>11.3f}"
               f"{r['flops'] / 1e9:>11.3f}")
     print("MACs = multiply-accumulates of one forward pass (what papers call 'FLOPs'); FLOPs = 2 x MACs; "
           "counted with torch.utils.flop_counter.")

@@ -34,8 +34,20 @@ def apply_strategy(model: nn.Module, strategy: str, unfreeze_stages: int = 1,
             trainable.append(final_bn)
     else:
         trainable = [model]
+    return freeze_except(model, trainable, freeze_bn_stats)
+
+
+def freeze_except(model: nn.Module, trainable: list[nn.Module], freeze_bn_stats: bool = False,
+                  freeze_bn_affine: bool = False) -> Callable[[nn.Module], None]:
+    """The one freezing rule (fine-tuning strategies and detection backbones): parameters of `trainable`
+    train, all others are frozen; BatchNorm layers of frozen parts (every BN with freeze_bn_stats) run in
+    eval mode, via the returned callable, to be re-applied after each model.train(); freeze_bn_affine
+    also freezes every BN's weight and bias (torchvision's FrozenBatchNorm2d, as detectors use)."""
     # Layers that are fixed by design (ResNet-9's whitening filters) never train, whatever the strategy.
     fixed = {id(p) for p in getattr(model, "fixed_parameters", list)()}
+    if freeze_bn_affine:
+        fixed |= {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                  for p in m.parameters()}
     for p in model.parameters():
         p.requires_grad_(False)
     for m in trainable:

@@ -11,11 +11,11 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .blocks import BasicBlock
+from .blocks import BasicBlock, spatial_conv
 
 
-def conv_bn(c_in: int, c_out: int, pool: bool = False) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+def conv_bn(c_in: int, c_out: int, pool: bool = False, separable: bool = False) -> nn.Sequential:
+    layers: list[nn.Module] = [spatial_conv(c_in, c_out, 1, separable), nn.BatchNorm2d(c_out),
                                nn.ReLU(inplace=True)]
     if pool:
         layers.append(nn.MaxPool2d(2))
@@ -27,8 +27,11 @@ class ResNet9(nn.Module):
 
     def __init__(self, num_classes: int = 10, widths: Sequence[int] = (64, 128, 256, 512),
                  in_channels: int = 3, head_scale: float = 0.125, whiten: bool = False,
-                 whiten_eps: float = 1e-2) -> None:
+                 whiten_eps: float = 1e-2, block: str = "standard") -> None:
         super().__init__()
+        if block not in ("standard", "separable"):
+            raise ValueError(f"unknown block kind {block!r}; use standard or separable")
+        sep = block == "separable"  # every 3x3 conv after the input layer depthwise-separable
         w0, w1, w2, w3 = widths
         # Optional fixed patch-whitening conv (PCA of 3x3 input patches, Page 2018 / airbench): decorrelated
         # inputs make the first epochs far more productive. Filled by init_whitening() from training data.
@@ -41,9 +44,9 @@ class ResNet9(nn.Module):
                                       nn.ReLU(inplace=True))
         else:
             self.prep = conv_bn(in_channels, w0)
-        self.layer1 = nn.Sequential(conv_bn(w0, w1, pool=True), BasicBlock(w1, w1))
-        self.layer2 = conv_bn(w1, w2, pool=True)
-        self.layer3 = nn.Sequential(conv_bn(w2, w3, pool=True), BasicBlock(w3, w3))
+        self.layer1 = nn.Sequential(conv_bn(w0, w1, True, sep), BasicBlock(w1, w1, separable=sep))
+        self.layer2 = conv_bn(w1, w2, True, sep)
+        self.layer3 = nn.Sequential(conv_bn(w2, w3, True, sep), BasicBlock(w3, w3, separable=sep))
         self.pool = nn.AdaptiveMaxPool2d(1)
         self.num_features = w3
         self.num_stages = 3
@@ -73,6 +76,10 @@ class ResNet9(nn.Module):
 
     def stages(self) -> list[nn.Module]:
         return [self.layer1, self.layer2, self.layer3]
+
+    def feature_plan(self) -> list[tuple[str, list[str]]]:
+        """Feature levels for backbones: 0 = the prep layer's output (full resolution), 1-3 = the stages."""
+        return [("stem", ["whiten", "prep"]), ("layer1", ["layer1"]), ("layer2", ["layer2"]), ("layer3", ["layer3"])]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if self.whiten is not None:

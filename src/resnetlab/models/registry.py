@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -64,6 +64,7 @@ def _resnet_args(n_stages: int, cifar: bool) -> dict[str, Arg]:
         "zero_init_residual": Arg(_bool, "start every residual branch at zero (Goyal et al. 2017)"),
         "in_channels": Arg(_pos_int, "input channels"),
         "shortcut": Arg(_choice("A", "B"), "A: zero-padded identity, B: 1x1 projection"),
+        "block": Arg(_choice("standard", "separable"), "separable: every 3x3 conv depthwise + pointwise"),
     }
     if cifar:
         args["option"] = Arg(_choice("A", "B"), "the paper's name for `shortcut`")
@@ -77,6 +78,8 @@ _RESNET9_ARGS = {
     "whiten": Arg(_bool, "fixed 3x3 patch-whitening first layer"),
     "whiten_eps": Arg(_pos_float, "whitening regulariser: filters scale by 1/sqrt(eigenvalue + eps); larger "
                       "amplifies fine detail (and JPEG noise) less"),
+    "block": Arg(_choice("standard", "separable"), "separable: every 3x3 conv after the input layer "
+                 "depthwise + pointwise"),
 }
 
 
@@ -151,13 +154,23 @@ def build_model(name: str, num_classes: int, kwargs: dict[str, Any] | None = Non
 
 
 def create_model(name: str, num_classes: int = 10, pretrained: str | Path | None = None,
-                 **kwargs: Any) -> nn.Module:
+                 features_only: bool = False, out_indices: Sequence[int] | None = None,
+                 output_stride: int | None = None, **kwargs: Any) -> nn.Module:
     """Build a model by name (Python API). `pretrained` is a path to weights (resnetlab .safetensors,
     a torchvision-format .pth state_dict, or `torchvision:NAME`), loaded into every tensor except a
-    mismatched head. Only the caller can ask for a file to be read; kwargs never do."""
+    mismatched head. Only the caller can ask for a file to be read; kwargs never do.
+
+    features_only=True returns a backbones.FeatureExtractor instead (the feature maps of `out_indices`:
+    0 = stem, i = stage i; default all stages), with `feature_info`; `output_stride` (8, 16, …) trades
+    the last strides for dilation, as segmentation backbones do."""
     model = build_model(name, num_classes, kwargs, where=f"create_model({name!r})")
     if pretrained:
         load_backbone_weights(model, pretrained, verbose=False)
+    if features_only:
+        from .backbones import FeatureExtractor
+        return FeatureExtractor(model, out_indices, output_stride)
+    if out_indices is not None or output_stride is not None:
+        raise UserError("out_indices and output_stride need features_only=True")
     return model
 
 
@@ -199,8 +212,11 @@ def validate_meta(meta: dict[str, Any], path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a trained model from a resnetlab checkpoint: (model in eval mode, metadata)."""
+def load_model(path: str | Path, device: torch.device | str = "cpu", features_only: bool = False,
+               out_indices: Sequence[int] | None = None,
+               output_stride: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a trained model from a resnetlab checkpoint: (model in eval mode, metadata); with
+    features_only, its backbones.FeatureExtractor (see create_model)."""
     weights, meta = read_checkpoint(path)
     meta = validate_meta(meta, path)
     model = build_model(meta["arch"], meta["num_classes"], meta.get("kwargs") or {}, where=f"{path}: kwargs")
@@ -208,4 +224,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn
         model.load_state_dict(weights)
     except RuntimeError as e:
         raise UserError(f"{path}: weights do not match {meta['arch']} ({str(e).splitlines()[0]})") from None
+    if features_only:
+        from .backbones import FeatureExtractor
+        model = FeatureExtractor(model, out_indices, output_stride)
     return model.to(device).eval(), meta

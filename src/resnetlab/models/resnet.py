@@ -16,9 +16,12 @@ from .blocks import BasicBlock, Bottleneck, PreActBlock
 
 Block = Type[BasicBlock] | Type[Bottleneck] | Type[PreActBlock]
 STEMS = ("imagenet", "cifar")
+BLOCK_KINDS = ("standard", "separable")
 
 
 class ResNet(nn.Module):
+    supports_dilation = True  # backbones.FeatureExtractor(output_stride=...) may trade strides for dilation
+
     def __init__(
         self,
         block: Block,
@@ -30,12 +33,16 @@ class ResNet(nn.Module):
         shortcut: str = "B",
         zero_init_residual: bool = False,
         in_channels: int = 3,
+        block_kind: str = "standard",
     ) -> None:
         super().__init__()
         if stem not in STEMS:
             raise ValueError(f"unknown stem {stem!r}; use one of {', '.join(STEMS)}")
         if len(layers) != len(widths):
             raise ValueError("layers and widths must have the same length")
+        if block_kind not in BLOCK_KINDS:
+            raise ValueError(f"unknown block kind {block_kind!r}; use one of {', '.join(BLOCK_KINDS)}")
+        separable = block_kind == "separable"
         self.stem = stem
         self.preact = block is PreActBlock
         stem_width = stem_width or widths[0]
@@ -51,11 +58,12 @@ class ResNet(nn.Module):
         in_planes = stem_width
         for i, (n_blocks, width) in enumerate(zip(layers, widths)):
             stride = 1 if i == 0 else 2
-            stage, in_planes = self._make_layer(block, in_planes, width, n_blocks, stride, shortcut)
+            stage, in_planes = self._make_layer(block, in_planes, width, n_blocks, stride, shortcut, separable)
             self.add_module(f"layer{i + 1}", stage)
         self.num_stages = len(layers)
         # He et al. 2016: a final BN-ReLU after the last pre-activation unit.
         self.final_bn = nn.BatchNorm2d(in_planes) if self.preact else None
+        self.final_relu = nn.ReLU() if self.preact else None
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.num_features = in_planes
         self.fc = nn.Linear(in_planes, num_classes)
@@ -63,10 +71,10 @@ class ResNet(nn.Module):
 
     @staticmethod
     def _make_layer(block: Block, in_planes: int, planes: int, n_blocks: int, stride: int,
-                    shortcut: str) -> tuple[nn.Sequential, int]:
+                    shortcut: str, separable: bool = False) -> tuple[nn.Sequential, int]:
         blocks = []
         for j in range(n_blocks):
-            blocks.append(block(in_planes, planes, stride if j == 0 else 1, shortcut=shortcut))
+            blocks.append(block(in_planes, planes, stride if j == 0 else 1, shortcut=shortcut, separable=separable))
             in_planes = planes * block.expansion
         return nn.Sequential(*blocks), in_planes
 
@@ -91,8 +99,18 @@ class ResNet(nn.Module):
         for stage in self.stages():
             x = stage(x)
         if self.final_bn is not None:
-            x = torch.relu(self.final_bn(x))
+            x = self.final_relu(self.final_bn(x))
         return torch.flatten(self.avgpool(x), 1)
+
+    def feature_plan(self) -> list[tuple[str, list[str]]]:
+        """Feature levels for backbones: (name, child modules run in order). Level 0 is the stem before
+        pooling (timm's "act1"), level i the output of stage i (with the final BN-ReLU of a
+        pre-activation net folded into its last stage)."""
+        plan = [("stem", ["conv1", "bn1", "relu"]), ("layer1", ["maxpool", "layer1"])]
+        plan += [(f"layer{i}", [f"layer{i}"]) for i in range(2, self.num_stages + 1)]
+        if self.final_bn is not None:
+            plan[-1][1].extend(["final_bn", "final_relu"])
+        return plan
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.forward_features(x))
@@ -133,10 +151,13 @@ ARCHS: dict[str, Arch] = {
 
 def build_resnet(name: str, num_classes: int | None = None, **kwargs: Any) -> ResNet:
     """The ResNet called `name` in ARCHS; kwargs override the table's defaults (e.g. stem="cifar").
-    `option` is the paper's name for the shortcut type of the CIFAR nets ("A" or "B")."""
+    `option` is the paper's name for the shortcut type of the CIFAR nets ("A" or "B"); `block` is
+    "standard" or "separable" (every 3x3 convolution depthwise + pointwise)."""
     arch = ARCHS[name]
     if "option" in kwargs:
         kwargs["shortcut"] = kwargs.pop("option")
+    if "block" in kwargs:
+        kwargs["block_kind"] = kwargs.pop("block")
     merged = dict(arch.defaults)
     merged.update(kwargs)
     if num_classes is None:
