@@ -297,16 +297,32 @@ def test_loader_deterministic_and_eval_in_order(tiny_cifar):
     assert torch.allclose(x0, (test.images[:16].float() / 255 - 0.5) / 0.25, atol=1e-5)
 
 
-def test_multi_process_launch_is_refused_not_half_done(tiny_cifar, tmp_path, monkeypatch, capsys):
-    # Distributed training is not built: under torchrun (WORLD_SIZE > 1) every rank would train its own
-    # model. The launch must stop with one line before any work, writing nothing.
+def test_half_set_distributed_environment_is_refused(tiny_cifar, tmp_path, monkeypatch, capsys):
+    # WORLD_SIZE > 1 without the rest of torchrun's environment: one line before any work, nothing written.
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
+    for var in ("LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
     out = tmp_path / "run"
     assert main(["train", "--data-dir", str(tiny_cifar), "--out", str(out), "--no-verify", "train.epochs=1"]) == 2
     err = capsys.readouterr().err
-    assert "distributed training is not supported" in err and len(err.strip().splitlines()) == 1
+    assert "launch with torchrun" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_loader_shards_the_global_batch_and_the_eval_split(tiny_cifar):
+    train, test = cifar10(tiny_cifar, verify=False)
+    kw = dict(mean=(0.5,) * 3, std=(0.25,) * 3)
+    aug = AugmentConfig(jpeg=0.5)
+    whole = BatchLoader(train, 40, train=True, augment=aug, seed=3, **kw)
+    parts = [BatchLoader(train, 40, train=True, augment=aug, seed=3, shard=(r, 2), **kw) for r in range(2)]
+    for loader in (whole, *parts):
+        loader.set_epoch(1)
+    for (x, y), (x0, y0), (x1, y1) in zip(whole, *parts):
+        assert torch.equal(torch.cat([x0, x1]), x) and torch.equal(torch.cat([y0, y1]), y)
+    ev = [BatchLoader(test, 7, shard=(r, 3), **kw) for r in range(3)]
+    ys = torch.cat([y for loader in ev for _, y in loader])
+    assert torch.equal(ys, test.labels)  # every test image once, in order, over the ranks
 
 
 def test_loader_channels_last_output(tiny_cifar):

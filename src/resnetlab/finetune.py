@@ -7,6 +7,7 @@ ImageNet weights. Freeze policies live with the models (resnetlab.models.freeze)
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 from pathlib import Path
@@ -22,15 +23,24 @@ from .files import atomic_write_text
 from .models import apply_strategy, build_model, natural_input_size, stage_lr_scales
 from .training.config import Recipe
 from .training.engine import Trainer
-from .training.rundir import claim
+from .runtime import broadcast_str, dist_context
+from .training.rundir import claim, next_run_dir
 from .training.runner import (check_out_dir, data_ref, finish_run, load_splits, make_loaders, model_meta,
                                setup_runtime)
 from .weights import IMAGENET_MEAN, IMAGENET_STD, load_backbone_weights, map_head, read_weights
 
 
-def run_finetune(weights: str, recipe: Recipe, out: str | Path, data_dir: str | None = None,
+def run_finetune(weights: str, recipe: Recipe, out: str | Path | None, data_dir: str | None = None,
                  arch: str | None = None, progress: bool = True, log=print) -> dict[str, Any]:
-
+    """Fine-tune and write the run folder (out None: runs/finetune-<strategy>[-N], chosen by rank 0 in a
+    distributed run, where only rank 0 logs and writes)."""
+    device, amp, cl = setup_runtime(recipe, distributed=True)
+    ctx = dist_context()
+    if not ctx.is_main:
+        log = _quiet
+    if out is None:
+        default = next_run_dir(Path("runs") / f"finetune-{recipe.finetune.strategy}")
+        out = broadcast_str(str(default) if ctx.is_main else "")
     run_dir = Path(out)
     if (run_dir / "summary.json").exists() or (run_dir / "last.safetensors").exists():
         raise UserError(f"{run_dir}: already holds a run; choose another --out")
@@ -44,8 +54,7 @@ def run_finetune(weights: str, recipe: Recipe, out: str | Path, data_dir: str | 
         recipe.data.image_size = input_size
     mean_std = (tuple(src_meta["mean"]), tuple(src_meta["std"])) if src_meta.get("mean") else (
         (IMAGENET_MEAN, IMAGENET_STD) if Path(str(weights)).suffix in (".pth", ".pt") else None)
-    device, amp, cl = setup_runtime(recipe)
-    splits = load_splits(recipe.data, data_dir, progress, mean_std=mean_std)
+    splits = load_splits(recipe.data, data_dir, progress and ctx.is_main, mean_std=mean_std)
     classes = list(splits.classes)
     old = src_meta.get("classes")
     if old and set(old) <= set(classes) and old != classes[:len(old)]:
@@ -85,13 +94,14 @@ def run_finetune(weights: str, recipe: Recipe, out: str | Path, data_dir: str | 
         log(f"[{prefix.rstrip('-')}] {strategy}: {count_params(m, trainable_only=True):,} trainable params")
         state = tr.fit()
         res = finish_run(tr, splits, test_l, state, log=log)
+        tr.release()  # the next stage wraps the model anew (other parameters train)
         res["strategy"] = strategy
         return res
 
     log(f"fine-tuning {name} ({count_params(model):,} params) on {len(splits.train)} images, "
         f"{len(classes)} classes, input {input_size}px, strategy {f.strategy}")
 
-    with claim(run_dir, log):
+    with claim(run_dir, log) if ctx.is_main else contextlib.nullcontext():
         results: dict[str, Any] = {"loaded": len(report["loaded"]), "new": report["new"]}
         if f.strategy == "two-stage":
             r1 = stage(model, "linear-probe", "stage1-", epochs=f.stage1_epochs)
@@ -102,6 +112,8 @@ def run_finetune(weights: str, recipe: Recipe, out: str | Path, data_dir: str | 
             before = after if f.strategy == "linear-probe" else (
                 stage(fresh_model(), "linear-probe", "probe-") if f.compare else None)
             results.update(before=before, after=after)
+        if not ctx.is_main:
+            return results
         b, a = results["before"], results["after"]
         summary = {"weights": str(weights), "strategy": f.strategy, "classes": classes,
                    "before_linear_probe": b["test"] if b else None, "after": a["test"],
@@ -111,4 +123,9 @@ def run_finetune(weights: str, recipe: Recipe, out: str | Path, data_dir: str | 
         if b:
             log(f"before (linear probe of pretrained net): top-1 {b['test']['top1']:.4f}  top-5 {b['test']['top5']:.4f}")
         log(f"after ({f.strategy}): top-1 {a['test']['top1']:.4f}  top-5 {a['test']['top5']:.4f}")
-        return summary
+    log(f"run folder: {run_dir}")
+    return summary
+
+
+def _quiet(*args: Any, **kwargs: Any) -> None:
+    pass

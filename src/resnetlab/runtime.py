@@ -9,6 +9,7 @@ import contextlib
 import functools
 import os
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -115,9 +116,135 @@ def describe_device(device: torch.device, amp: torch.dtype | None) -> str:
     return f"{device.type} ({name}), {'fp32' if amp is None else str(amp).replace('torch.', '')}"
 
 
-def refuse_distributed_launch() -> None:
-    """Distributed training is not built yet: under torchrun every rank would train its own model and
-    report a false speed, so a multi-process launch is refused rather than half-supported."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UserError(f"launched with WORLD_SIZE={os.environ['WORLD_SIZE']}: distributed training is not "
-                        f"supported yet; run one process (without torchrun)")
+# ---------------------------------------------------------------------------------------------------
+# Distributed data parallel: one process per CPU group or GPU, launched by torchrun.
+
+@dataclass(frozen=True)
+class DistContext:
+    """Who this process is in a torchrun job (world_size 1: a plain single process)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def describe(self) -> str:
+        return f"{self.world_size} processes ({self.backend})" if self.enabled else "1 process"
+
+
+_CONTEXT = DistContext()
+DIST_TIMEOUT_S = float(os.environ.get("RESNETLAB_DIST_TIMEOUT", "300"))
+
+
+def dist_context() -> DistContext:
+    return _CONTEXT
+
+
+def launched_distributed() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_distributed(device_name: str = "auto") -> tuple[DistContext, torch.device]:
+    """Join the torchrun job this process belongs to (a no-op without WORLD_SIZE > 1): gloo on CPU,
+    nccl on CUDA with one GPU per local rank. Collectives time out after $RESNETLAB_DIST_TIMEOUT seconds
+    (300), so a rank that dies makes the others fail instead of hanging."""
+    global _CONTEXT
+    if _CONTEXT.enabled:
+        return _CONTEXT, _CONTEXT_DEVICE[0]
+    if not launched_distributed():
+        return _CONTEXT, select_device(device_name)
+    missing = [k for k in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if missing:
+        raise UserError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but {', '.join(missing)} not set: launch with "
+                        f"torchrun (or resnetlab train --nproc N)")
+    import datetime
+
+    import torch.distributed as dist
+    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    device = select_device(device_name)
+    if device.type == "cuda":
+        if local >= torch.cuda.device_count():
+            raise UserError(f"local rank {local} has no GPU ({torch.cuda.device_count()} visible): use "
+                            f"--nproc_per_node <= the GPU count")
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    elif device.type == "cpu":
+        backend = "gloo"
+    else:
+        raise UserError(f"distributed training runs on CPU (gloo) or CUDA (nccl), not {device.type}")
+    dist.init_process_group(backend, rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=DIST_TIMEOUT_S))
+    _CONTEXT = DistContext(rank, world, local, backend)
+    _CONTEXT_DEVICE[0] = device
+    return _CONTEXT, device
+
+
+_CONTEXT_DEVICE: list[torch.device] = [torch.device("cpu")]
+
+
+def shutdown_distributed() -> None:
+    """Leave the process group (at the end of a run and on error)."""
+    global _CONTEXT
+    if _CONTEXT.enabled:
+        import torch.distributed as dist
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    _CONTEXT = DistContext()
+
+
+def all_reduce_sum(*tensors: torch.Tensor) -> None:
+    """Sum tensors over all ranks in place (nothing to do in one process)."""
+    if _CONTEXT.enabled:
+        import torch.distributed as dist
+        for t in tensors:
+            dist.all_reduce(t)
+
+
+def barrier() -> None:
+    if _CONTEXT.enabled:
+        import torch.distributed as dist
+        dist.barrier()
+
+
+def broadcast_str(text: str) -> str:
+    """Rank 0's string on every rank (e.g. the run folder rank 0 chose); sent as bytes, not pickled."""
+    if not _CONTEXT.enabled:
+        return text
+    import torch.distributed as dist
+    data = torch.tensor(list(text.encode()), dtype=torch.uint8)
+    size = torch.tensor([len(data)], dtype=torch.long)
+    dev = _CONTEXT_DEVICE[0] if _CONTEXT.backend == "nccl" else torch.device("cpu")
+    size = size.to(dev)
+    dist.broadcast(size, 0)
+    buf = torch.zeros(int(size.item()), dtype=torch.uint8, device=dev)
+    if _CONTEXT.is_main:
+        buf.copy_(data.to(dev))
+    dist.broadcast(buf, 0)
+    return bytes(buf.cpu().tolist()).decode()
+
+
+def broadcast_flag(flag: bool) -> bool:
+    """Rank 0's decision on every rank (time-based choices must agree, or collectives would deadlock)."""
+    if not _CONTEXT.enabled:
+        return flag
+    import torch.distributed as dist
+    t = torch.tensor([int(flag)], device=_CONTEXT_DEVICE[0] if _CONTEXT.backend == "nccl" else "cpu")
+    dist.broadcast(t, 0)
+    return bool(t.item())
+
+
+def refuse_distributed_launch(what: str) -> None:
+    """Commands that have no distributed mode (eval, predict, export) refuse a multi-process launch
+    instead of running N copies."""
+    if launched_distributed():
+        raise UserError(f"launched with WORLD_SIZE={os.environ['WORLD_SIZE']}: {what} runs in one process; "
+                        f"only train and finetune run distributed")

@@ -7,6 +7,7 @@ import os
 import sys
 
 from ..errors import UserError
+from ..runtime import shutdown_distributed
 from . import download, evaluate, export, finetune, models, predict, report, serve, train
 
 COMMANDS = (models, train, evaluate, report, download, finetune, predict, export, serve)
@@ -35,6 +36,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args.func(args)
     except UserError as e:
@@ -50,4 +52,6 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `resnetlab models | head`
         sys.stderr = open(os.devnull, "w")
         return 0
+    finally:
+        shutdown_distributed()  # leave a torchrun job's process group, on success and on error alike
     return 0

@@ -6,7 +6,6 @@ from pathlib import Path
 
 from ..finetune import run_finetune
 from ..training.config import load_recipe
-from ..training.rundir import next_run_dir
 from .common import add_data_flags, add_overrides, flag_overrides
 
 
@@ -41,6 +40,5 @@ def run(args: argparse.Namespace) -> None:
     if args.image_size is not None:
         literal["data.image_size"] = args.image_size
     recipe = load_recipe(args.recipe, overrides + flag_overrides(args), literal=literal)
-    out = Path(args.out) if args.out else next_run_dir(Path("runs") / f"finetune-{recipe.finetune.strategy}")
+    out = Path(args.out) if args.out else None  # default chosen by rank 0: runs/finetune-<strategy>[-N]
     run_finetune(args.weights, recipe, out, args.data_dir, args.arch, progress=not args.no_progress)
-    print(f"run folder: {out}")

@@ -37,7 +37,8 @@ class BatchLoader:
     def __init__(self, data: ImageSet, batch_size: int, mean: tuple[float, ...], std: tuple[float, ...],
                  train: bool = False, augment: AugmentConfig | None = None, device: str | torch.device = "cpu",
                  seed: int = 0, drop_last: bool | None = None, channels_last: bool = False,
-                 dtype: torch.dtype = torch.float32, image_size: int | None = None) -> None:
+                 dtype: torch.dtype = torch.float32, image_size: int | None = None,
+                 shard: tuple[int, int] = (0, 1)) -> None:
         self.device = torch.device(device)
         self.images = data.images.to(self.device)
         self.labels = data.labels.to(self.device)
@@ -54,6 +55,12 @@ class BatchLoader:
         self.image_size = image_size  # resize on the fly (e.g. 32 → 64 for pretrained nets)
         self._start: tuple[int, torch.Tensor | None] = (0, None)  # (batch, augmentation state) to resume at
         self._gen: torch.Generator | None = None  # the running epoch's augmentation generator
+        # Distributed (rank, world size). Training: every rank draws the same global batch (order and
+        # augmentation from the same seeded generators) and keeps its slice, so N ranks see exactly what
+        # one process sees. Evaluation: each rank takes a contiguous block of the split.
+        self.rank, self.world = shard
+        if self.world > 1 and train and batch_size % self.world:
+            raise ValueError(f"batch size {batch_size} is not divisible by {self.world} ranks")
 
     def set_epoch(self, epoch: int, start_batch: int = 0, aug_state: torch.Tensor | None = None) -> None:
         """Select the epoch to iterate; start_batch/aug_state continue it mid-way exactly (resume)."""
@@ -64,17 +71,24 @@ class BatchLoader:
         """State of the augmentation generator after the batches yielded so far in this epoch."""
         return self._gen.get_state() if self._gen is not None else None
 
+    def _block(self) -> tuple[int, int]:
+        n = len(self.labels)
+        if self.train or self.world == 1:
+            return 0, n
+        return self.rank * n // self.world, (self.rank + 1) * n // self.world
+
     def _indices(self) -> torch.Tensor:
         n = len(self.labels)
         if self.train:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
             order = torch.randperm(n, generator=g)
         else:
-            order = torch.arange(n)
+            order = torch.arange(*self._block())
         return order
 
     def __len__(self) -> int:
-        n = len(self.labels)
+        lo, hi = self._block()
+        n = hi - lo
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -98,6 +112,10 @@ class BatchLoader:
                 x = cutout(x, self.augment.cutout, g)
             if self.image_size:
                 x = resize_batch(x, self.image_size)
+            y = self.labels[idx]
+            if self.train and self.world > 1:
+                per = len(y) // self.world
+                x, y = x[self.rank * per:(self.rank + 1) * per], y[self.rank * per:(self.rank + 1) * per]
             x = x.contiguous(memory_format=torch.channels_last if self.channels_last
                              else torch.contiguous_format)
-            yield x, self.labels[idx]
+            yield x, y

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..runtime import autocast_for
+from ..runtime import all_reduce_sum, autocast_for
 
 
 @dataclass
@@ -29,7 +29,9 @@ class EvalResult:
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, num_classes: int, tta: bool = False,
              amp_dtype: torch.dtype | None = None) -> EvalResult:
-    """Evaluate in eval mode; with tta, average the softmax of the image and its mirror."""
+    """Evaluate in eval mode; with tta, average the softmax of the image and its mirror. In a distributed
+    run each rank evaluates its block of the split and the sums are all-reduced: every rank reports the
+    figures of the whole split."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -52,6 +54,8 @@ def evaluate(model: nn.Module, loader, num_classes: int, tta: bool = False,
         confusion += torch.bincount(y * num_classes + top[:, 0], minlength=num_classes**2)
         n += len(y)
     model.train(was_training)
-    n = max(n, 1)
+    count = torch.tensor(n, dtype=torch.long, device=device)
+    all_reduce_sum(correct1, correct5, loss_sum, confusion, count)
+    n = max(int(count.item()), 1)
     return EvalResult(top1=correct1.item() / n, top5=correct5.item() / n, loss=loss_sum.item() / n,
                       n=n, confusion=confusion.view(num_classes, num_classes).cpu())

@@ -100,6 +100,7 @@ class TrainConfig:
     tta: bool = False               # flip TTA for the final test (per-epoch validation stays plain: cheaper)
     log_every: int = 50
     checkpoint_every_min: float = 0  # also write last.safetensors every N minutes mid-epoch (exact resume); 0 = off
+    sync_bn: bool = False           # distributed runs: BatchNorm statistics over the whole global batch
     early_stopping: EarlyStopConfig = field(default_factory=EarlyStopConfig)
 
 

@@ -22,9 +22,10 @@ from tqdm import tqdm
 from ..errors import UserError
 from ..evaluation.metrics import EvalResult, evaluate
 from ..files import atomic_write_text
-from ..runtime import autocast_for
+from ..runtime import all_reduce_sum, autocast_for, barrier, broadcast_flag, dist_context
 from ..weights import optimizer_from_flat, optimizer_to_flat, read_full, save_checkpoint
 from .config import Recipe
+from .distributed import convert_sync_bn, wrap
 from .optim import EMA, build_optimizer, lr_factor, param_groups
 
 
@@ -52,10 +53,20 @@ class Trainer:
         # monitor_only: the per-epoch evaluation runs on the test split (no validation split exists), so
         # it is shown but never used to pick a checkpoint or to stop.
         self.monitor_only = monitor_only
+        self.dist = dist_context()
         self.model = model.to(device)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.forward = torch.compile(self.model) if recipe.train.compile else self.model
+        self.forward = self.model
+        if self.dist.enabled:
+            if recipe.train.batch_size % self.dist.world_size:
+                raise UserError(f"train.batch_size {recipe.train.batch_size} (the global batch) is not divisible "
+                                f"by the {self.dist.world_size} processes")
+            if recipe.train.sync_bn:
+                convert_sync_bn(self.model, device)
+            self.forward = wrap(self.model, self.dist, device, recipe.train.sync_bn)
+        if recipe.train.compile:
+            self.forward = torch.compile(self.forward)
         self.train_loader, self.val_loader = train_loader, val_loader
         self.run_dir = Path(run_dir)
         self.meta = meta
@@ -75,6 +86,13 @@ class Trainer:
                                       "partial": None}
         self._resume_aug: torch.Tensor | None = None
 
+    def release(self) -> None:
+        """Drop the distributed wrapper (its gradient hooks), e.g. before another stage wraps the model."""
+        if self.forward is not self.model:
+            self.forward = self.model
+            import gc
+            gc.collect()
+
     # ----------------------------------------------------------------------------------------------
     @property
     def eval_model(self) -> nn.Module:
@@ -92,7 +110,10 @@ class Trainer:
 
     def save(self, name: str, weights: nn.Module, with_resume: bool, metrics: dict,
              aug_state: torch.Tensor | None = None) -> Path:
+        """Write a checkpoint (rank 0 only: every rank holds the same weights and state)."""
         path = self.run_dir / f"{self.prefix}{name}.safetensors"
+        if not self.dist.is_main:
+            return path
         meta = dict(self.meta, metrics=metrics, epoch=self.state["epoch"], step=self.state["step"])
         if with_resume:
             resume, tensors = self._resume_tensors(aug_state)
@@ -171,7 +192,7 @@ class Trainer:
             return self.state
         base_lr = r.optim.lr
         every_s = t.checkpoint_every_min * 60
-        writer = _tensorboard(self.run_dir)
+        writer = _tensorboard(self.run_dir) if self.dist.is_main else None
         for epoch in range(self.state["epoch"], t.epochs):
             if self.state["step"] >= total:
                 break
@@ -184,12 +205,15 @@ class Trainer:
             self.model.train()
             if self.frozen_bn:
                 self.frozen_bn(self.model)
-            loss_sum = torch.full((), partial.get("loss_sum", 0.0), device=self.device)
-            correct = torch.full((), partial.get("correct", 0), dtype=torch.long, device=self.device)
-            seen = partial.get("seen", 0)
+            # Sums over the epoch so far. A mid-epoch checkpoint stores global (all-rank) sums: on resume
+            # rank 0 starts from them and the others from zero, so the all-rank sum stays right.
+            mine = self.dist.is_main
+            loss_sum = torch.full((), partial.get("loss_sum", 0.0) if mine else 0.0, device=self.device)
+            correct = torch.full((), partial.get("correct", 0) if mine else 0, dtype=torch.long, device=self.device)
+            seen = partial.get("seen", 0) if mine else 0
             epoch_step = start
             bar = tqdm(total=min(steps_per_epoch, total - self.state["step"] + start), initial=start,
-                       disable=not self.progress, leave=False, unit="step",
+                       disable=not (self.progress and mine), leave=False, unit="step",
                        desc=f"{self.prefix}epoch {epoch + 1}/{t.epochs}")
             f = lr_factor(self.state["step"], total, steps_per_epoch, r.schedule)
             for x, y in self.train_loader:
@@ -207,24 +231,27 @@ class Trainer:
                 self.state["step"] = step + 1
                 bar.update(1)
                 if self.state["step"] % t.log_every == 0:
-                    avg = (loss_sum / seen).item()  # a host sync, at logging points only
-                    self._check_finite(avg, epoch)
+                    g_loss, g_correct, g_seen = self._global(loss_sum, correct, seen)  # host sync: log points only
+                    self._check_finite(g_loss / g_seen, epoch)
                     dt = time.perf_counter() - t0
-                    bar.set_postfix(loss=f"{avg:.3f}", acc=f"{correct.item() / seen:.3f}",
-                                    img_s=f"{seen / dt:.0f}", lr=f"{base_lr * f:.4f}")
-                if every_s and time.perf_counter() - last_save >= every_s and epoch_step < steps_per_epoch \
-                        and self.state["step"] < total:
+                    bar.set_postfix(loss=f"{g_loss / g_seen:.3f}", acc=f"{g_correct / g_seen:.3f}",
+                                    img_s=f"{g_seen / dt:.0f}", lr=f"{base_lr * f:.4f}")
+                due = every_s and epoch_step < steps_per_epoch and self.state["step"] < total and \
+                    broadcast_flag(time.perf_counter() - last_save >= every_s)  # rank 0's clock decides for all
+                if due:
                     # Mid-epoch checkpoint: the data order is a function of (seed, epoch) and the augmentation
                     # generator's state is saved, so a resume from here continues this very epoch exactly.
-                    self._check_finite((loss_sum / seen).item(), epoch)
-                    self.state["partial"] = {"epoch_step": epoch_step, "loss_sum": loss_sum.item(),
-                                             "correct": int(correct.item()), "seen": seen,
+                    g_loss, g_correct, g_seen = self._global(loss_sum, correct, seen)
+                    self._check_finite(g_loss / g_seen, epoch)
+                    self.state["partial"] = {"epoch_step": epoch_step, "loss_sum": g_loss,
+                                             "correct": g_correct, "seen": g_seen,
                                              "time": time.perf_counter() - t0}
                     self.save("last", self.model, True, {}, aug_state=self.train_loader.aug_state())
                     self.state["partial"] = None
                     last_save = time.perf_counter()
             bar.close()
-            train_loss = (loss_sum / max(seen, 1)).item()
+            g_loss, g_correct, g_seen = self._global(loss_sum, correct, seen)
+            train_loss = g_loss / max(g_seen, 1)
             self._check_finite(train_loss, epoch)
             train_time = time.perf_counter() - t0
             val = evaluate(self.eval_model, self.val_loader, self.num_classes, tta=False,
@@ -236,10 +263,11 @@ class Trainer:
             self.state["partial"] = None
             self.state["elapsed"] += time.perf_counter() - t0
             row = {"epoch": epoch + 1, "step": self.state["step"], "lr": base_lr * f,
-                   "train_loss": train_loss, "train_acc": correct.item() / max(seen, 1),
+                   "train_loss": train_loss, "train_acc": g_correct / max(g_seen, 1),
                    "eval_split": "test" if self.monitor_only else "val",
                    "val_loss": val.loss, "val_top1": val.top1, "val_top5": val.top5,
-                   "img_per_s": (seen - partial.get("seen", 0)) / max(train_time - partial.get("time", 0.0), 1e-9),
+                   # measured: images of all ranks this epoch over this epoch's wall time
+                   "img_per_s": (g_seen - partial.get("seen", 0)) / max(train_time - partial.get("time", 0.0), 1e-9),
                    "epoch_time_s": time.perf_counter() - t0, "elapsed_s": self.state["elapsed"]}
             self.state["history"].append(row)
             improved = False if self.monitor_only else self._early_stopping(row)
@@ -249,7 +277,9 @@ class Trainer:
             if improved:
                 self.save("best", self.eval_model, False, {"val": val.summary()})
             self.save("last", self.model, True, {"val": val.summary()})
-            self._write_metrics(writer, row)
+            if self.dist.is_main:
+                self._write_metrics(writer, row)
+            barrier()  # the others wait until rank 0 has written this epoch's files
             label = "test (monitoring)" if self.monitor_only else "val"
             self.log(f"{self.prefix}epoch {epoch + 1}/{t.epochs}  loss {train_loss:.4f}  "
                      f"train {row['train_acc']:.4f}  {label} {val.top1:.4f} (top5 {val.top5:.4f})  "
@@ -261,6 +291,15 @@ class Trainer:
         if writer is not None:
             writer.close()
         return self.state
+
+    def _global(self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int) -> tuple[float, int, int]:
+        """(loss sum, correct, images) over every rank, as Python numbers."""
+        if not self.dist.enabled:
+            return loss_sum.item(), int(correct.item()), seen
+        t = torch.stack([loss_sum.double(), correct.double(), torch.tensor(float(seen), dtype=torch.float64,
+                                                                           device=loss_sum.device)])
+        all_reduce_sum(t)
+        return float(t[0]), int(t[1]), int(t[2])
 
     def _check_finite(self, value: float, epoch: int) -> None:
         if not math.isfinite(value):

@@ -4,6 +4,8 @@ Also rebuilds the data of a checkpoint from its metadata (for `eval` and fine-tu
 """
 from __future__ import annotations
 
+import contextlib
+
 import json
 import os
 import time
@@ -24,12 +26,13 @@ from ..evaluation.report import write_confusion
 from ..files import atomic_write_text
 from ..models import build_model, natural_input_size
 from ..preprocessing import normalize
-from ..runtime import (describe_device, refuse_distributed_launch, seed_and_backends, select_device,
+from ..runtime import (barrier, broadcast_str, describe_device, dist_context, init_distributed,
+                       refuse_distributed_launch, seed_and_backends, select_device,
                        select_precision, use_channels_last)
 from ..weights import read_checkpoint, read_metadata, save_checkpoint
 from .config import DataConfig, Recipe, load_recipe, recipe_from_dict
 from .engine import Trainer
-from .rundir import claim
+from .rundir import claim, next_run_dir
 
 
 @dataclass
@@ -85,6 +88,11 @@ def make_loaders(recipe: Recipe, splits: Splits, device: torch.device, channels_
     resize = input_size if input_size and input_size != splits.train.images.shape[-1] else None
     common = dict(mean=splits.mean, std=splits.std, device=device, channels_last=channels_last,
                   image_size=resize)
+    ctx = dist_context()
+    if ctx.enabled and t.batch_size % ctx.world_size:
+        raise UserError(f"train.batch_size {t.batch_size} (the global batch) is not divisible by the "
+                        f"{ctx.world_size} processes")
+    common["shard"] = (ctx.rank, ctx.world_size)
     train = BatchLoader(splits.train, t.batch_size, train=True, augment=aug, seed=t.seed, **common)
     test = BatchLoader(splits.test, t.eval_batch_size, **common)
     val = BatchLoader(splits.val, t.eval_batch_size, **common) if splits.val is not None else test
@@ -102,11 +110,16 @@ def model_meta(name: str, kwargs: dict, classes: list[str], mean, std, input_siz
             "recipe": recipe.to_dict() if recipe else None, **extra}
 
 
-def setup_runtime(recipe: Recipe) -> tuple[torch.device, torch.dtype | None, bool]:
-    """(device, autocast dtype or None, channels_last) for a recipe; seeds torch."""
-    refuse_distributed_launch()
+def setup_runtime(recipe: Recipe, distributed: bool = False) -> tuple[torch.device, torch.dtype | None, bool]:
+    """(device, autocast dtype or None, channels_last) for a recipe; seeds torch. distributed: join the
+    torchrun job this process was launched in (train, finetune); other commands refuse a multi-process
+    launch."""
     t = recipe.train
-    device = select_device(t.device)
+    if distributed:
+        _, device = init_distributed(t.device)
+    else:
+        refuse_distributed_launch("this command")
+        device = select_device(t.device)
     seed_and_backends(t.seed, device, t.deterministic)
     return device, select_precision(t.precision, device), use_channels_last(t.channels_last, device)
 
@@ -149,24 +162,34 @@ def resume_plan(run_dir: Path, data_dir: str | None, overrides: list[str]) -> tu
     return recipe, data_dir or stored_root
 
 
-def train_recipe(recipe: Recipe | None, out: str | Path, data_dir: str | None = None, resume: bool = False,
+def train_recipe(recipe: Recipe | None, out: str | Path | None, data_dir: str | None = None, resume: bool = False,
                  progress: bool = True, log=print, overrides: list[str] = ()) -> dict[str, Any]:
     """Run a whole training recipe; returns the results dict also written to results.json.
 
+    out None: runs/<recipe name> (or -2, -3, … when taken), chosen by rank 0 in a distributed run.
     Order matters for users: everything that can be refused (recipe, model, device, run folder) is
     checked before data is loaded, and the run folder is created only once the data is there."""
-    run_dir = Path(out)
     if resume:
-        recipe, data_dir = resume_plan(run_dir, data_dir, list(overrides))
-    elif (run_dir / "last.safetensors").exists():
-        raise UserError(f"{run_dir}: already holds a run; use --resume {run_dir} or another --out")
+        assert out is not None
+        recipe, data_dir = resume_plan(Path(out), data_dir, list(overrides))
     assert recipe is not None
+    device, amp, cl = setup_runtime(recipe, distributed=True)
+    ctx = dist_context()
+    if not ctx.is_main:
+        log = _quiet  # one voice: rank 0 logs and writes; the others compute
+    if out is None:
+        out = broadcast_str(str(next_run_dir(Path("runs") / recipe.name)) if ctx.is_main else "")
+    run_dir = Path(out)
+    if not resume and (run_dir / "last.safetensors").exists():
+        raise UserError(f"{run_dir}: already holds a run; use --resume {run_dir} or another --out")
     check_out_dir(run_dir)
-    device, amp, cl = setup_runtime(recipe)
+    if ctx.enabled:
+        log(f"distributed: {ctx.describe()}, global batch {recipe.train.batch_size} = "
+            f"{recipe.train.batch_size // ctx.world_size} per process, sync_bn {recipe.train.sync_bn}")
     m = recipe.model
     build_model(m.name, 2, m.kwargs)  # fail in a second on a model that cannot be built, before any data work
     t_load = time.perf_counter()
-    splits = load_splits(recipe.data, data_dir, progress, log=log)
+    splits = load_splits(recipe.data, data_dir, progress and ctx.is_main, log=log)
     log(f"data: {len(splits.train)} train / {len(splits.val) if splits.val else 0} val / "
         f"{len(splits.test)} test images, {len(splits.classes)} classes, mean {splits.mean} std "
         f"{splits.std} ({time.perf_counter() - t_load:.1f}s)")
@@ -188,13 +211,19 @@ def train_recipe(recipe: Recipe | None, out: str | Path, data_dir: str | None = 
                       decode_size=splits.train.images.shape[-1], dataset=data_ref(recipe.data, data_dir))
     log(f"model: {m.name} {m.kwargs or ''} {count_params(model):,} params; device {describe_device(device, amp)}"
         f"{', channels_last' if cl else ''}")
-    with claim(run_dir, log):
-        if not resume and (run_dir / "last.safetensors").exists():  # another run finished here meanwhile
+    with claim(run_dir, log) if ctx.is_main else contextlib.nullcontext():
+        if not resume and ctx.is_main and (run_dir / "last.safetensors").exists():  # another run finished here
             raise UserError(f"{run_dir}: already holds a run; use --resume {run_dir} or another --out")
         trainer = Trainer(model, recipe, train_l, val_l, run_dir, meta, device, amp, cl, progress=progress,
                           log=log, monitor_only=splits.val is None)
         state = trainer.fit(resume=resume)
-        return finish_run(trainer, splits, test_l, state, log)
+        results = finish_run(trainer, splits, test_l, state, log)
+    log(f"run folder: {run_dir}")
+    return results
+
+
+def _quiet(*args: Any, **kwargs: Any) -> None:
+    pass
 
 
 def check_out_dir(run_dir: Path) -> None:
@@ -225,6 +254,9 @@ def finish_run(trainer: Trainer, splits: Splits, test_loader, state: dict, log=p
     else:
         test = evaluate(trainer.eval_model, test_loader, trainer.num_classes, tta=trainer.recipe.train.tta,
                         amp_dtype=trainer.amp_dtype)
+    if not dist_context().is_main:  # rank 0 writes the results; the others took part in the evaluation
+        barrier()
+        return {"test": test.summary()}
     hist = state["history"]
     speeds = [h["img_per_s"] for h in hist[1:]] or [h["img_per_s"] for h in hist]
     model = trainer.eval_model
@@ -242,6 +274,7 @@ def finish_run(trainer: Trainer, splits: Splits, test_loader, state: dict, log=p
     write_confusion(test, splits.classes, run_dir / f"{prefix}confusion")
     log(f"test ({chosen} weights): top-1 {test.top1:.4f}  top-5 {test.top5:.4f}  loss {test.loss:.4f}  "
         f"[{state['elapsed'] / 60:.1f} min training]")
+    barrier()
     return results
 
 
