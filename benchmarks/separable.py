@@ -21,8 +21,8 @@ from resnetlab.models import create_model
 from resnetlab.training.config import load_recipe
 from resnetlab.training.runner import setup_runtime
 
-MODELS = [("resnet9", {"widths": [16, 32, 64, 128], "whiten": True}, "default recipe's net"),
-          ("resnet20", {}, ""), ("resnet56", {}, ""), ("resnet18", {"stem": "cifar"}, "")]
+MODELS = [("resnet9", {"widths": [16, 32, 64, 128], "whiten": True}, "(default recipe's net)"),
+          ("resnet20", {}, ""), ("resnet56", {}, ""), ("resnet18", {"stem": "cifar"}, "(stem=cifar)")]
 
 
 def _cpu() -> str:
@@ -75,7 +75,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=20)
     args = ap.parse_args()
-    device, amp, cl = setup_runtime(load_recipe(None, []))
+    device, amp, cl = setup_runtime(load_recipe("recipes/cifar10_quick.yaml", []))
     print(f"machine: {_cpu()}, {torch.get_num_threads()} threads; precision {amp or 'fp32'}, "
           f"channels_last {cl}; batch 128 (train), 256 (inference)\n")
     print("| model | block | params | MACs (M) | train img/s | infer img/s | train MAC/s (G) |")

@@ -1,10 +1,11 @@
 """Service latency and throughput over loopback, dynamic batching on vs off, and ONNX Runtime vs PyTorch.
 
 Starts `resnetlab serve` as a separate process (batching on: --max-batch 64 --max-wait-ms 5; off:
---max-batch 1), drives it from this process with 1, 16 and 64 concurrent clients (asyncio + httpx),
-each request carrying one CIFAR-10 test image as a PNG, and prints p50/p99 latency and requests/s.
-Both servers are measured in the same run on the same machine; the client shares the CPU with the
-server (2 cores here), as a co-located load generator does.
+--max-batch 1) and loads it with 1, 16 and 64 concurrent keep-alive connections, each request one
+CIFAR-10 test image as a PNG body; prints p50/p99 latency and requests/s. The load comes from `wrk`
+(Debian package; C, so the load generator takes little of the CPU it shares with the server) with a
+small Lua script, else from asyncio + httpx in this process. Both servers are measured in the same run
+on the same machine.
 
     python benchmarks/serve.py runs/cifar10_quick/best.safetensors [--seconds 10]
 """
@@ -84,6 +85,35 @@ async def drive(url: str, bodies: list[bytes], clients: int, seconds: float) -> 
             "n": len(lat), "failures": failures}
 
 
+def drive_wrk(url: str, body: bytes, clients: int, seconds: float) -> dict:
+    """The same measurement by wrk: keep-alive connections, each sending the next request on answer."""
+    import re
+    import shutil
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        img = os.path.join(tmp, "img.png")
+        with open(img, "wb") as f:
+            f.write(body)
+        lua = os.path.join(tmp, "post.lua")
+        with open(lua, "w") as f:
+            f.write(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "image/png"\n'
+                    f'local f = io.open("{img}", "rb")\nwrk.body = f:read("*all")\nf:close()\n')
+        threads = min(clients, 2)
+        out = subprocess.run([shutil.which("wrk"), f"-t{threads}", f"-c{clients}", f"-d{seconds:.0f}s", "--latency",
+                              "-s", lua, f"{url}/v1/predict"], capture_output=True, text=True).stdout
+
+    def ms(text: str) -> float:
+        value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
+        return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+    p50 = ms(re.search(r"\s50%\s+(\S+)", out).group(1))
+    p99 = ms(re.search(r"\s99%\s+(\S+)", out).group(1))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {"req_s": rps, "p50": p50, "p99": p99, "failures": int(bad.group(1)) if bad else 0,
+            "socket_errors": errors.group(1) if errors else ""}
+
+
 def batch_histogram(url: str) -> str:
     lines = httpx.get(url + "/metrics").text.splitlines()
     total = next(float(ln.split()[1]) for ln in lines if ln.startswith("resnetlab_batch_size_sum"))
@@ -117,6 +147,7 @@ def main() -> None:
     ap.add_argument("--onnx", default=None, help="an exported .onnx of the checkpoint (default: beside it, if there)")
     ap.add_argument("--seconds", type=float, default=10.0, help="per (server, concurrency) cell")
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 16, 64])
+    ap.add_argument("--python-client", action="store_true", help="load from httpx even when wrk is installed")
     args = ap.parse_args()
     clf = load(args.checkpoint, device="cpu")
     test = load_cifar((clf.metadata.get("dataset") or {}).get("data_dir"), "cifar10", "test")
@@ -125,8 +156,11 @@ def main() -> None:
         buf = io.BytesIO()
         Image.fromarray(test.images[i].permute(1, 2, 0).numpy()).save(buf, "PNG")
         bodies.append(buf.getvalue())
+    import shutil
+    use_wrk = shutil.which("wrk") is not None and not args.python_client
     print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs; model {clf.metadata['arch']} "
-          f"{clf.metadata.get('kwargs') or ''}; {args.seconds:.0f} s per cell\n")
+          f"{clf.metadata.get('kwargs') or ''}; {args.seconds:.0f} s per cell; load from "
+          f"{'wrk' if use_wrk else 'asyncio + httpx'}\n")
     print("| server | clients | req/s | p50 ms | p99 ms | mean batch (cumulative) | non-200 |\n|---|---|---|---|---|---|---|")
     results = {}
     for label, extra in (("batching on (64 / 5 ms)", ["--max-batch", "64", "--max-wait-ms", "5"]),
@@ -135,7 +169,8 @@ def main() -> None:
         try:
             asyncio.run(drive(url, bodies, 8, 2.0))  # warm-up
             for clients in args.clients:
-                r = asyncio.run(drive(url, bodies, clients, args.seconds))
+                r = (drive_wrk(url, bodies[0], clients, args.seconds) if use_wrk
+                     else asyncio.run(drive(url, bodies, clients, args.seconds)))
                 results[(label, clients)] = r
                 print(f"| {label} | {clients} | {r['req_s']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} | "
                       f"{batch_histogram(url)} | {r['failures']} |", flush=True)

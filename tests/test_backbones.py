@@ -16,7 +16,7 @@ from torchvision.models.segmentation.fcn import FCNHead
 import resnetlab
 from resnetlab import UserError
 from resnetlab.cli import main
-from resnetlab.models.backbones import FPNBackbone, FeatureExtractor, NamedFeatures
+from resnetlab.models.backbones import FPNBackbone, NamedFeatures
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

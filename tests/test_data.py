@@ -366,7 +366,8 @@ def test_resample_operator_equals_interpolating_the_image():
     for factor in (1.5, 2.0, 4.0):
         big = F.interpolate(x.float(), scale_factor=factor, mode="bicubic", align_corners=False)
         want = F.interpolate(big, size=(32, 32), mode="bilinear", align_corners=False, antialias=True)
-        assert (resample(x, factor).float() - want).abs().max() <= 1.0  # rounding only
+        want = want.clamp(0, 255)  # bicubic overshoots at edges; pixels are clamped to 0-255 in both
+        assert (resample(x, factor).float() - want).abs().max() <= 0.5 + 1e-3  # rounding only
 
 
 def test_photo_artifacts_share_determinism_and_start_epoch(tiny_cifar):

@@ -343,3 +343,14 @@ def test_serve_refuses_onnx_backend_without_an_export(small_checkpoint, capsys):
     assert err.count("\n") == 1 and "run `resnetlab export" in err
     assert main(["serve", str(small_checkpoint), "--max-batch", "0"]) == 2
     assert "max-batch = 0 is out of range" in capsys.readouterr().err
+
+
+def test_listening_socket_is_tcp_so_connections_get_nodelay():
+    # asyncio sets TCP_NODELAY on accepted connections only for sockets created with proto=IPPROTO_TCP;
+    # without it every keep-alive response waited ~40 ms for a delayed ACK
+    from resnetlab.serving.server import bind
+    sock = bind("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()

@@ -10,7 +10,7 @@ import torch
 from ..errors import UserError
 from ..preprocessing import model_input
 from .export import META_KEY, _onnx_modules
-from .predict import ImageClassifier
+from .classifier import ImageClassifier
 
 
 class OnnxClassifier(ImageClassifier):

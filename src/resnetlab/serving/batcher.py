@@ -2,10 +2,12 @@
 
 A forward pass on a batch of 64 costs far less than 64 passes of one (on a CPU the per-call overhead
 and the poor use of vector units at batch 1 dominate), so a service under load should group what
-arrives together, as TorchServe, Triton and LitServe do. The first waiting image opens a batch; the
-batch closes when it holds `max_batch` images or `max_wait_ms` has passed since it opened, whichever
-comes first. The model runs in one worker thread, off the event loop, so the server keeps accepting
-and answering (health checks, errors) while a batch computes.
+arrives together, as TorchServe, Triton and LitServe do. A batch takes everything queued (up to
+`max_batch` images); it waits for more, at most `max_wait_ms` after it opened, only while other requests
+are on their way (announced with `expect()` when their upload is being read and decoded), so a lone
+request never waits for company that is not coming. While the model computes, new requests queue and
+form the next batch: under load batches grow by themselves. The model runs in one worker thread, off
+the event loop, so the server keeps accepting and answering (health checks, errors) meanwhile.
 """
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ class DynamicBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="resnetlab-model")
         self._worker: asyncio.Task | None = None
         self._carry: _Job | None = None
+        self.coming = 0  # requests announced by expect() that have not been submitted yet
+        self._arrival = asyncio.Event()
 
     async def start(self) -> None:
         self._worker = asyncio.create_task(self._loop())
@@ -46,12 +50,21 @@ class DynamicBatcher:
             self._worker = None
         self._executor.shutdown(wait=True)
 
-    async def submit(self, pixels: torch.Tensor) -> torch.Tensor:
+    def expect(self) -> "Expected":
+        """Announce a request that is being read and decoded, so an open batch may wait for it (up to
+        max_wait_ms). Pass the token to submit(); release() it if the request fails before that."""
+        self.coming += 1
+        return Expected(self)
+
+    async def submit(self, pixels: torch.Tensor, token: "Expected | None" = None) -> torch.Tensor:
         """Logits for uint8 pixels (n, 3, H, W); n may exceed max_batch (it is then split)."""
         if self._worker is None:
             raise RuntimeError("batcher is not running")
         future = asyncio.get_running_loop().create_future()
         await self._queue.put(_Job(pixels, future))
+        if token is not None:
+            token.release()  # queued first, then no longer "coming": an open batch cannot miss it
+        self._arrival.set()
         return await future
 
     async def _next(self, timeout: float | None) -> _Job | None | bool:
@@ -81,9 +94,16 @@ class DynamicBatcher:
             jobs, n = [first], len(first.pixels)
             deadline = loop.time() + self.max_wait
             while n < self.max_batch:
-                job = await self._next(deadline - loop.time())
+                job = await self._next(0)  # what is queued already
                 if job is False:
-                    break
+                    if not self.coming or loop.time() >= deadline:
+                        break  # nobody else is on the way: go
+                    self._arrival.clear()
+                    try:
+                        await asyncio.wait_for(self._arrival.wait(), deadline - loop.time())
+                    except asyncio.TimeoutError:
+                        break
+                    continue
                 if job is None:
                     stopping = True
                     break
@@ -116,6 +136,9 @@ class DynamicBatcher:
                 j.future.set_result(logits[start:end])
             start = end
 
+    def _notify(self) -> None:
+        self._arrival.set()
+
     def _run_chunks(self, batch: torch.Tensor) -> torch.Tensor:
         out = []
         for i in range(0, len(batch), self.max_batch):
@@ -123,3 +146,16 @@ class DynamicBatcher:
             self.on_batch(len(chunk))
             out.append(self.run(chunk))
         return torch.cat(out)
+
+
+class Expected:
+    """A request announced to the batcher; released once (on submit, or when the request fails)."""
+
+    def __init__(self, batcher: DynamicBatcher) -> None:
+        self.batcher, self.live = batcher, True
+
+    def release(self) -> None:
+        if self.live:
+            self.live = False
+            self.batcher.coming -= 1
+            self.batcher._notify()  # a batch waiting for this request stops waiting if it failed
