@@ -1,6 +1,6 @@
 """The package's shape, read from its imports (ast): layers point one way and nothing imports in a circle.
 
-    cli / package API  →  workflows (training, finetune, inference, serving)  →  building blocks (models, data,
+    cli / package API  →  workflows (training, finetune, inference, serving, tune)  →  building blocks (models, data,
     evaluation)  →  shared helpers (files, download, runtime, preprocessing, weights)  →  errors
 
 Imports inside functions count too: a lazy import is still a dependency.
@@ -16,12 +16,12 @@ LAYERS = {
     "errors": 0,
     "files": 1, "download": 1, "runtime": 1, "preprocessing": 1, "weights": 1,
     "models": 2, "data": 2, "evaluation": 2,
-    "training": 3, "finetune": 3, "inference": 3, "serving": 3,
+    "training": 3, "finetune": 3, "inference": 3, "serving": 3, "tune": 3,
     "cli": 4, "__main__": 4, "": 4,  # "" is the package itself (resnetlab/__init__.py: the Python API)
 }
 # Within a layer, only these (importer → imported) pairs are allowed. Building blocks are independent
 # of each other (models know nothing of data and the reverse); fine-tuning runs the training engine.
-SAME_LAYER_OK = {("finetune", "training"), ("serving", "inference"), ("__main__", "cli"), ("weights", "download"), ("weights", "files"),
+SAME_LAYER_OK = {("finetune", "training"), ("serving", "inference"), ("tune", "training"), ("tune", "finetune"), ("__main__", "cli"), ("weights", "download"), ("weights", "files"),
                  ("download", "files")}
 
 

@@ -31,7 +31,7 @@ from .weights import IMAGENET_MEAN, IMAGENET_STD, load_backbone_weights, map_hea
 
 
 def run_finetune(weights: str, recipe: Recipe, out: str | Path | None, data_dir: str | None = None,
-                 arch: str | None = None, progress: bool = True, log=print) -> dict[str, Any]:
+                 arch: str | None = None, progress: bool = True, log=print, on_epoch=None) -> dict[str, Any]:
     """Fine-tune and write the run folder (out None: runs/finetune-<strategy>[-N], chosen by rank 0 in a
     distributed run, where only rank 0 logs and writes)."""
     device, amp, cl = setup_runtime(recipe, distributed=True)
@@ -90,7 +90,8 @@ def run_finetune(weights: str, recipe: Recipe, out: str | Path | None, data_dir:
         frozen = apply_strategy(m, strategy, f.unfreeze_stages, freeze_stats)
         scales = stage_lr_scales(m, f.layer_decay) if strategy != "linear-probe" else None
         tr = Trainer(m, r, train_l, val_l, run_dir, meta, device, amp, cl, lr_scales=scales,
-                     frozen_bn=frozen, progress=progress, log=log, prefix=prefix, monitor_only=splits.val is None)
+                     frozen_bn=frozen, progress=progress, log=log, prefix=prefix, monitor_only=splits.val is None,
+                     on_epoch=on_epoch)
         log(f"[{prefix.rstrip('-')}] {strategy}: {count_params(m, trainable_only=True):,} trainable params")
         state = tr.fit()
         res = finish_run(tr, splits, test_l, state, log=log)

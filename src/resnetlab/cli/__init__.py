@@ -8,9 +8,9 @@ import sys
 
 from ..errors import UserError
 from ..runtime import shutdown_distributed
-from . import download, evaluate, export, finetune, models, predict, report, serve, train
+from . import download, evaluate, export, finetune, models, predict, report, serve, train, tune
 
-COMMANDS = (models, train, evaluate, report, download, finetune, predict, export, serve)
+COMMANDS = (models, train, evaluate, report, download, finetune, predict, export, serve, tune)
 
 
 def build_parser() -> argparse.ArgumentParser:

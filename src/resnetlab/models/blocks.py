@@ -28,6 +28,27 @@ class SeparableConv(nn.Sequential):
                          nn.BatchNorm2d(in_planes), nn.Conv2d(in_planes, out_planes, 1, bias=False))
 
 
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al. 2016): in training, each sample's residual branch is dropped with
+    probability p and kept ones are scaled by 1/(1-p), so the expected output is unchanged; identity in
+    eval mode. Applied per sample, as timm's DropPath."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"drop path rate must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.empty((x.shape[0],) + (1,) * (x.ndim - 1), device=x.device, dtype=x.dtype).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 def spatial_conv(in_planes: int, out_planes: int, stride: int = 1, separable: bool = False) -> nn.Module:
     """The 3x3 convolution of a block: standard, or depthwise-separable."""
     return SeparableConv(in_planes, out_planes, stride) if separable else conv3x3(in_planes, out_planes, stride)
@@ -76,7 +97,7 @@ class BasicBlock(nn.Module):
     expansion = 1
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "B",
-                 separable: bool = False) -> None:
+                 separable: bool = False, drop_path: float = 0.0) -> None:
         super().__init__()
         self.conv1 = spatial_conv(in_planes, planes, stride, separable)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -84,6 +105,7 @@ class BasicBlock(nn.Module):
         self.conv2 = spatial_conv(planes, planes, 1, separable)
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = make_shortcut(in_planes, planes * self.expansion, stride, shortcut)
+        self.drop_path = DropPath(drop_path) if drop_path else nn.Identity()
 
     def last_bn(self) -> nn.BatchNorm2d:
         return self.bn2
@@ -92,7 +114,7 @@ class BasicBlock(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+        return self.relu(self.drop_path(out) + identity)
 
 
 class Bottleneck(nn.Module):
@@ -101,8 +123,9 @@ class Bottleneck(nn.Module):
     expansion = 4
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "B",
-                 separable: bool = False) -> None:
+                 separable: bool = False, drop_path: float = 0.0) -> None:
         super().__init__()
+        self.drop_path = DropPath(drop_path) if drop_path else nn.Identity()
         self.conv1 = conv1x1(in_planes, planes)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = spatial_conv(planes, planes, stride, separable)
@@ -120,7 +143,7 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        return self.relu(self.drop_path(out) + identity)
 
 
 class PreActBlock(nn.Module):
@@ -129,8 +152,9 @@ class PreActBlock(nn.Module):
     expansion = 1
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "B",
-                 separable: bool = False) -> None:
+                 separable: bool = False, drop_path: float = 0.0) -> None:
         super().__init__()
+        self.drop_path = DropPath(drop_path) if drop_path else nn.Identity()
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.conv1 = spatial_conv(in_planes, planes, stride, separable)
         self.bn2 = nn.BatchNorm2d(planes)
@@ -147,4 +171,4 @@ class PreActBlock(nn.Module):
         identity = x if self.downsample is None else self.downsample(out)
         out = self.conv1(out)
         out = self.conv2(self.relu(self.bn2(out)))
-        return out + identity
+        return self.drop_path(out) + identity

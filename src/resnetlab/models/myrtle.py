@@ -27,7 +27,8 @@ class ResNet9(nn.Module):
 
     def __init__(self, num_classes: int = 10, widths: Sequence[int] = (64, 128, 256, 512),
                  in_channels: int = 3, head_scale: float = 0.125, whiten: bool = False,
-                 whiten_eps: float = 1e-2, block: str = "standard") -> None:
+                 whiten_eps: float = 1e-2, block: str = "standard", drop_rate: float = 0.0,
+                 drop_path_rate: float = 0.0) -> None:
         super().__init__()
         if block not in ("standard", "separable"):
             raise ValueError(f"unknown block kind {block!r}; use standard or separable")
@@ -44,9 +45,12 @@ class ResNet9(nn.Module):
                                       nn.ReLU(inplace=True))
         else:
             self.prep = conv_bn(in_channels, w0)
-        self.layer1 = nn.Sequential(conv_bn(w0, w1, True, sep), BasicBlock(w1, w1, separable=sep))
+        # two residual blocks: stochastic depth 0 on the first, drop_path_rate on the last (linear in depth)
+        self.layer1 = nn.Sequential(conv_bn(w0, w1, True, sep), BasicBlock(w1, w1, separable=sep, drop_path=0.0))
         self.layer2 = conv_bn(w1, w2, True, sep)
-        self.layer3 = nn.Sequential(conv_bn(w2, w3, True, sep), BasicBlock(w3, w3, separable=sep))
+        self.layer3 = nn.Sequential(conv_bn(w2, w3, True, sep),
+                                    BasicBlock(w3, w3, separable=sep, drop_path=drop_path_rate))
+        self.head_drop = nn.Dropout(drop_rate) if drop_rate else nn.Identity()
         self.pool = nn.AdaptiveMaxPool2d(1)
         self.num_features = w3
         self.num_stages = 3
@@ -88,7 +92,7 @@ class ResNet9(nn.Module):
         return torch.flatten(self.pool(x), 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.forward_features(x)) * self.head_scale
+        return self.fc(self.head_drop(self.forward_features(x))) * self.head_scale
 
     def get_classifier(self) -> nn.Linear:
         return self.fc

@@ -65,11 +65,23 @@ def _resnet_args(n_stages: int, cifar: bool) -> dict[str, Arg]:
         "in_channels": Arg(_pos_int, "input channels"),
         "shortcut": Arg(_choice("A", "B"), "A: zero-padded identity, B: 1x1 projection"),
         "block": Arg(_choice("standard", "separable"), "separable: every 3x3 conv depthwise + pointwise"),
+        **_REGULARISERS,
     }
     if cifar:
         args["option"] = Arg(_choice("A", "B"), "the paper's name for `shortcut`")
     return args
 
+
+def _rate(v: Any) -> str | None:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1
+    return None if ok else "expected a number in [0, 1)"
+
+
+_REGULARISERS = {
+    "drop_rate": Arg(_rate, "dropout before the classifier (0: off)"),
+    "drop_path_rate": Arg(_rate, "stochastic depth of the last residual block, rising linearly from 0 "
+                          "over the blocks (0: off)"),
+}
 
 _RESNET9_ARGS = {
     "widths": Arg(_int_list(4), "channels of prep, layer1, layer2, layer3"),
@@ -80,6 +92,7 @@ _RESNET9_ARGS = {
                       "amplifies fine detail (and JPEG noise) less"),
     "block": Arg(_choice("standard", "separable"), "separable: every 3x3 conv after the input layer "
                  "depthwise + pointwise"),
+    **_REGULARISERS,
 }
 
 

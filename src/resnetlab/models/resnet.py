@@ -34,6 +34,8 @@ class ResNet(nn.Module):
         zero_init_residual: bool = False,
         in_channels: int = 3,
         block_kind: str = "standard",
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
         if stem not in STEMS:
@@ -56,25 +58,33 @@ class ResNet(nn.Module):
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if stem == "imagenet" else nn.Identity()
 
         in_planes = stem_width
+        # stochastic depth: the drop rate grows linearly with depth, from 0 to drop_path_rate (as in timm,
+        # after Huang et al. 2016)
+        rates = torch.linspace(0, drop_path_rate, sum(layers)).tolist()
         for i, (n_blocks, width) in enumerate(zip(layers, widths)):
             stride = 1 if i == 0 else 2
-            stage, in_planes = self._make_layer(block, in_planes, width, n_blocks, stride, shortcut, separable)
+            stage_rates, rates = rates[:n_blocks], rates[n_blocks:]
+            stage, in_planes = self._make_layer(block, in_planes, width, n_blocks, stride, shortcut, separable,
+                                                stage_rates)
             self.add_module(f"layer{i + 1}", stage)
         self.num_stages = len(layers)
         # He et al. 2016: a final BN-ReLU after the last pre-activation unit.
         self.final_bn = nn.BatchNorm2d(in_planes) if self.preact else None
         self.final_relu = nn.ReLU() if self.preact else None
         self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.head_drop = nn.Dropout(drop_rate) if drop_rate else nn.Identity()  # before the classifier
         self.num_features = in_planes
         self.fc = nn.Linear(in_planes, num_classes)
         self._init_weights(zero_init_residual)
 
     @staticmethod
     def _make_layer(block: Block, in_planes: int, planes: int, n_blocks: int, stride: int,
-                    shortcut: str, separable: bool = False) -> tuple[nn.Sequential, int]:
+                    shortcut: str, separable: bool = False,
+                    drop_paths: Sequence[float] = ()) -> tuple[nn.Sequential, int]:
         blocks = []
         for j in range(n_blocks):
-            blocks.append(block(in_planes, planes, stride if j == 0 else 1, shortcut=shortcut, separable=separable))
+            blocks.append(block(in_planes, planes, stride if j == 0 else 1, shortcut=shortcut, separable=separable,
+                                drop_path=drop_paths[j] if drop_paths else 0.0))
             in_planes = planes * block.expansion
         return nn.Sequential(*blocks), in_planes
 
@@ -113,7 +123,7 @@ class ResNet(nn.Module):
         return plan
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.forward_features(x))
+        return self.fc(self.head_drop(self.forward_features(x)))
 
     def get_classifier(self) -> nn.Linear:
         return self.fc

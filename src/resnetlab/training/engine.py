@@ -48,8 +48,10 @@ class Trainer:
                  meta: dict[str, Any], device: torch.device, amp_dtype: torch.dtype | None,
                  channels_last: bool = False, lr_scales: dict[str, float] | None = None,
                  frozen_bn: Callable[[nn.Module], None] | None = None, progress: bool = True,
-                 log: Callable[[str], None] = print, prefix: str = "", monitor_only: bool = False) -> None:
+                 log: Callable[[str], None] = print, prefix: str = "", monitor_only: bool = False,
+                 on_epoch: Callable[[str, dict], None] | None = None) -> None:
         self.recipe = recipe
+        self.on_epoch = on_epoch  # called with (prefix, the epoch's metrics row) after its checkpoint (tune)
         # monitor_only: the per-epoch evaluation runs on the test split (no validation split exists), so
         # it is shown but never used to pick a checkpoint or to stop.
         self.monitor_only = monitor_only
@@ -284,6 +286,8 @@ class Trainer:
             self.log(f"{self.prefix}epoch {epoch + 1}/{t.epochs}  loss {train_loss:.4f}  "
                      f"train {row['train_acc']:.4f}  {label} {val.top1:.4f} (top5 {val.top5:.4f})  "
                      f"{row['img_per_s']:.0f} img/s  {row['epoch_time_s']:.1f}s")
+            if self.on_epoch is not None:
+                self.on_epoch(self.prefix, row)
             if self.state["stopped"]:
                 if self.state["stopped"] != "completed":
                     self.log(self.state["stopped"])

@@ -163,7 +163,7 @@ def resume_plan(run_dir: Path, data_dir: str | None, overrides: list[str]) -> tu
 
 
 def train_recipe(recipe: Recipe | None, out: str | Path | None, data_dir: str | None = None, resume: bool = False,
-                 progress: bool = True, log=print, overrides: list[str] = ()) -> dict[str, Any]:
+                 progress: bool = True, log=print, overrides: list[str] = (), on_epoch=None) -> dict[str, Any]:
     """Run a whole training recipe; returns the results dict also written to results.json.
 
     out None: runs/<recipe name> (or -2, -3, … when taken), chosen by rank 0 in a distributed run.
@@ -215,7 +215,7 @@ def train_recipe(recipe: Recipe | None, out: str | Path | None, data_dir: str | 
         if not resume and ctx.is_main and (run_dir / "last.safetensors").exists():  # another run finished here
             raise UserError(f"{run_dir}: already holds a run; use --resume {run_dir} or another --out")
         trainer = Trainer(model, recipe, train_l, val_l, run_dir, meta, device, amp, cl, progress=progress,
-                          log=log, monitor_only=splits.val is None)
+                          log=log, monitor_only=splits.val is None, on_epoch=on_epoch)
         state = trainer.fit(resume=resume)
         results = finish_run(trainer, splits, test_l, state, log)
     log(f"run folder: {run_dir}")
