@@ -6,7 +6,9 @@
    their ratio, achieved TFLOP/s from the MAC count, and each run's peak RSS (own process);
 2. inference: throughput at batch 256 and latency at batch 1, eager fp32 vs channels_last vs bf16
    autocast vs torch.compile;
-(time-to-94 % is not here: no recipe reaches 94 % in minutes on a 2-core AVX2 CPU; see README.)
+3. this machine's ceilings, measured in the same run: a ResNet-18-sized 3x3 conv forward (fp32, bf16) and a
+   4096^3 matmul; each training rate as a fraction of the ceiling of its precision, and the ratio's ceiling
+   (bf16 conv ceiling / the seeds' achieved fp32 rate).
 
     python benchmarks/speed.py [--data-dir DIR] [--steps 8] [--json benchmarks/out/speed.json]
 """
@@ -132,6 +134,28 @@ def inference(name: str, kw: dict) -> list[dict]:
     return rows
 
 
+def ceilings(reps: int = 5) -> dict[str, float]:
+    """This machine's ceilings, measured now: TFLOP/s of a ResNet-18-sized 3x3 convolution forward (128 -> 128
+    channels, 16x16, batch 128, channels_last) in fp32 and under bf16 autocast, and of a 4096^3 matmul."""
+    out = {}
+    conv = torch.nn.Conv2d(128, 128, 3, padding=1, bias=False).to(memory_format=torch.channels_last)
+    x = torch.randn(128, 128, 16, 16).contiguous(memory_format=torch.channels_last)
+    conv_flop = 2 * 128 * 128 * 9 * 16 * 16 * 128
+    a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
+    for prec in ("fp32", "bf16"):
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16, enabled=prec == "bf16")
+        with torch.no_grad(), ctx:
+            for name, fn, flop in (("conv", lambda: conv(x), conv_flop), ("matmul", lambda: a @ b, 2 * 4096 ** 3)):
+                fn()
+                times = []
+                for _ in range(reps):
+                    t0 = time.perf_counter()
+                    fn()
+                    times.append(time.perf_counter() - t0)
+                out[f"{name}_{prec}"] = flop / min(times) / 1e12
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -150,15 +174,23 @@ def main() -> None:
     report: dict = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "threads": torch.get_num_threads()}
     from resnetlab.runtime import describe_device
     report["device"] = describe_device(torch.device("cpu"), None)
+    ceil = ceilings()
+    report["ceilings_tflops"] = ceil
+    print(f"ceilings (TFLOP/s): 3x3 conv fp32 {ceil['conv_fp32']:.3f}, bf16 {ceil['conv_bf16']:.3f}; "
+          f"matmul 4096^3 fp32 {ceil['matmul_fp32']:.3f}, bf16 {ceil['matmul_bf16']:.3f}", flush=True)
     rows = []
     for name, kw in MODELS:
         fast = run_worker(name, kw, "fast", args)
         seed = run_worker(name, kw, "seed", args)
         rows.append({"fast": fast, "seed": seed, "ratio": fast["img_s"] / seed["img_s"]})
+        fast_ceiling = ceil["conv_bf16"] if "bfloat16" in fast["config"] else ceil["conv_fp32"]
         print(f"{name}{' ' + str(kw) if kw else ''}: fast {fast['img_s']:.0f} img/s ({fast['config']}, "
-              f"{fast['tflops']:.3f} TFLOP/s, peak RSS {fast['peak_rss_mb']:.0f} MiB) | seeds' way "
-              f"{seed['img_s']:.0f} img/s ({seed['tflops']:.3f} TFLOP/s, peak RSS {seed['peak_rss_mb']:.0f} MiB) | "
-              f"ratio {fast['img_s'] / seed['img_s']:.2f}x", flush=True)
+              f"{fast['tflops']:.3f} TFLOP/s = {fast['tflops'] / fast_ceiling:.0%} of its conv ceiling, peak RSS "
+              f"{fast['peak_rss_mb']:.0f} MiB) | seeds' way {seed['img_s']:.0f} img/s ({seed['tflops']:.3f} TFLOP/s "
+              f"= {seed['tflops'] / ceil['conv_fp32']:.0%} of the fp32 ceiling, peak RSS {seed['peak_rss_mb']:.0f} MiB) | "
+              f"ratio {fast['img_s'] / seed['img_s']:.2f}x, its ceiling {ceil['conv_bf16'] / seed['tflops']:.2f}x "
+              f"(bf16 conv ceiling / the seeds' achieved fp32 rate)", flush=True)
+        rows[-1].update(fast_fraction=fast["tflops"] / fast_ceiling, ratio_ceiling=ceil["conv_bf16"] / seed["tflops"])
     report["training"] = rows
     if not args.skip_inference:
         report["inference"] = []

@@ -232,6 +232,16 @@ def broadcast_str(text: str) -> str:
     return bytes(buf.cpu().tolist()).decode()
 
 
+def broadcast_module(module: torch.nn.Module) -> None:
+    """Rank 0's parameters and buffers into every rank's copy of module (in place)."""
+    if not _CONTEXT.enabled:
+        return
+    import torch.distributed as dist
+    with torch.no_grad():
+        for t in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(t.data, 0)
+
+
 def broadcast_flag(flag: bool) -> bool:
     """Rank 0's decision on every rank (time-based choices must agree, or collectives would deadlock)."""
     if not _CONTEXT.enabled:

@@ -151,12 +151,17 @@ class _Objective:
 
         self.log(f"trial {trial.number}: {', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in params.items())}")
         t0 = time.perf_counter()
-        if self.weights:
-            recipe.finetune.compare = False  # a comparison probe per trial would double its cost
-            run_finetune(self.weights, recipe, out, self.data_dir, progress=False, log=_quiet, on_epoch=on_epoch)
-        else:
-            train_recipe(recipe, out, self.data_dir, progress=False, log=_quiet, on_epoch=on_epoch)
-        trial.set_user_attr("minutes", (time.perf_counter() - t0) / 60)
+        try:
+            if self.weights:
+                recipe.finetune.compare = False  # a comparison probe per trial would double its cost
+                run_finetune(self.weights, recipe, out, self.data_dir, progress=False, log=_quiet, on_epoch=on_epoch)
+            else:
+                train_recipe(recipe, out, self.data_dir, progress=False, log=_quiet, on_epoch=on_epoch)
+        except optuna.TrialPruned:
+            self.log(f"trial {trial.number}: pruned after {step[0]} epoch(s)")
+            raise
+        finally:
+            trial.set_user_attr("minutes", (time.perf_counter() - t0) / 60)
         if not best:
             raise UserError("the recipe evaluated no validation split")
         value = best[list(best)[-1]]  # the final stage's best validation top-1: the model the trial produces

@@ -26,7 +26,8 @@ from ..evaluation.report import write_confusion
 from ..files import atomic_write_text
 from ..models import build_model, natural_input_size
 from ..preprocessing import normalize
-from ..runtime import (barrier, broadcast_str, describe_device, dist_context, init_distributed,
+from ..runtime import (barrier, broadcast_flag, broadcast_module, broadcast_str, describe_device, dist_context,
+                       init_distributed,
                        refuse_distributed_launch, seed_and_backends, select_device,
                        select_precision, use_channels_last)
 from ..weights import read_checkpoint, read_metadata, save_checkpoint
@@ -243,9 +244,12 @@ def finish_run(trainer: Trainer, splits: Splits, test_loader, state: dict, log=p
     """Test the chosen weights and record results: best-on-validation when a validation split exists
     (choosing on test would be cheating), else the final weights."""
     run_dir, prefix = trainer.run_dir, trainer.prefix
-    if splits.val is not None and (run_dir / f"{prefix}best.safetensors").is_file():
-        weights, _ = read_checkpoint(run_dir / f"{prefix}best.safetensors")
-        trainer.eval_model.load_state_dict(weights)
+    # rank 0 decides and holds the file; the others get its weights (no shared file system needed)
+    if broadcast_flag(splits.val is not None and (run_dir / f"{prefix}best.safetensors").is_file()):
+        if dist_context().is_main:
+            weights, _ = read_checkpoint(run_dir / f"{prefix}best.safetensors")
+            trainer.eval_model.load_state_dict(weights)
+        broadcast_module(trainer.eval_model)
         chosen = f"best on validation (epoch {state['best_epoch']})"
     else:
         chosen = "final"
