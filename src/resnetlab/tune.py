@@ -223,12 +223,21 @@ def tune(recipe_path: str | None, space_path: str, trials: int, study_name: str 
     prune = {"median": optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
              "halving": optuna.pruners.SuccessiveHalvingPruner(),
              "none": optuna.pruners.NopPruner()}[pruner]
-    try:
-        study = optuna.create_study(study_name=name, storage=_storage(url), direction="maximize",
-                                    sampler=optuna.samplers.TPESampler(seed=seed), pruner=prune,
-                                    load_if_exists=True)
-    except Exception as e:  # a storage URL that cannot be opened: one line
-        raise UserError(f"cannot open study storage {url} ({str(e).splitlines()[0]})") from None
+    study = None
+    for attempt in range(6):
+        try:
+            study = optuna.create_study(study_name=name, storage=_storage(url), direction="maximize",
+                                        sampler=optuna.samplers.TPESampler(seed=seed), pruner=prune,
+                                        load_if_exists=True)
+            break
+        except Exception as e:
+            # Two processes starting on a new SQLite file race to create its tables (or the study row);
+            # the loser finds them made a moment later. Anything that persists is a real error: one line.
+            if attempt == 5:
+                raise UserError(f"cannot open study storage {url} ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0]})") from None
+            time.sleep(0.5 * (attempt + 1))
+    assert study is not None
     done = len([t for t in study.trials if t.state.is_finished()])
     log(f"study {name} in {url}: {done} finished trial(s) so far; running {trials} more; objective: best "
         f"validation top-1")
