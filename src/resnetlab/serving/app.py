@@ -1,5 +1,7 @@
-"""The HTTP application (imports FastAPI: only loaded when serving): routes, input limits, metrics. Built around one classifier chosen at start
-(no request can name a file), with model work batched off the event loop."""
+"""The HTTP application: routes, input limits, metrics (imports FastAPI, so it is loaded only to serve).
+
+Built around one classifier chosen at start (no request can name a file); model work is batched off the
+event loop; every bad input is a 4xx with {"detail": reason}."""
 from __future__ import annotations
 
 import asyncio
