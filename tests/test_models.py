@@ -104,6 +104,8 @@ def test_models_cli_json(capsys):
     assert rows["resnet18"]["flops"] == 2 * rows["resnet18"]["macs"]
     assert rows["resnet18 (stem=cifar)"]["params"] == 11_173_962
     assert set(resnetlab.list_models()) <= {n.split(" ")[0] for n in rows}
+    sep = rows["resnet18 (block=separable)"]  # beside the standard block, same classes and input
+    assert sep["classes"] == 1000 and sep["input"] == 224 and sep["params"] < rows["resnet18"]["params"] / 5
 
 
 def test_resnet9_whitening_layer_decorrelates_patches():

@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> None:
         if "block" in spec.args:  # the depthwise-separable variant beside the standard block
             variants += [(dict(kw, block="separable"), suffix + " (block=separable)") for kw, suffix in variants]
         for kw, suffix in variants:
-            nc = 1000 if spec.family == "imagenet" and not kw else 10
+            nc = 1000 if spec.family == "imagenet" and kw.get("stem") != "cifar" else 10
             model = create_model(name, num_classes=nc, **kw)
             size = natural_input_size(name, **kw)
             macs = count_macs(model, size)
