@@ -1,5 +1,10 @@
-"""Helpers shared by the benchmark scripts: the seeds' per-item PIL dataset and memory readings."""
+"""Helpers shared by the benchmark scripts: the seeds' per-item PIL dataset, memory readings, the
+timing of a training step."""
 from __future__ import annotations
+
+import statistics
+import time
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -27,3 +32,22 @@ class PILCifar(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
 
 
+
+
+def median_step_seconds(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                        amp: torch.dtype | None, warm: int = 3) -> float:
+    """Median wall time of a training step (forward under autocast, cross-entropy, backward, foreach
+    SGD step) over `batches`, the first `warm` steps not counted (allocation, kernel choice)."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, foreach=True)
+    model.train()
+    times = []
+    for i, (x, y) in enumerate(batches):
+        t = time.perf_counter()
+        with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i >= warm:
+            times.append(time.perf_counter() - t)
+    return statistics.median(times)

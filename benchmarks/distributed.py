@@ -18,12 +18,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from resnetlab.runtime import cpu_model
+
 HERE = Path(__file__).resolve().parent
-
-
-def cpu() -> str:
-    with open("/proc/cpuinfo") as f:
-        return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
 
 
 def run(nproc: int, steps: int, out: Path, extra: list[str]) -> dict:
@@ -49,7 +46,7 @@ def main() -> None:
     ap.add_argument("--nproc", type=int, nargs="+", default=[2])
     ap.add_argument("overrides", nargs="*", help="recipe overrides, e.g. train.sync_bn=true")
     args = ap.parse_args()
-    print(f"machine: {cpu()}, {os.cpu_count()} CPUs; default recipe, {args.steps} steps of the global batch 128\n")
+    print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs; default recipe, {args.steps} steps of the global batch 128\n")
     print("| processes | threads each | img/s (all ranks) | epoch wall s (incl. test eval) |\n|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for n in [1, *args.nproc]:

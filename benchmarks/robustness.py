@@ -14,10 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image, ImageEnhance
 
+from _common import median_step_seconds
 from resnetlab import load
 from resnetlab.data.cifar import load_cifar
 from resnetlab.preprocessing import load_uint8
@@ -102,21 +102,9 @@ def pipeline_cost(recipe_path: str, data_dir: str | None, overrides: list[str]) 
     model = build_model(base.model.name, 10, base.model.kwargs).to(device)
     if cl:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loader = loaders["without"]
     loader.set_epoch(1)
-    batches = list(zip(range(60), loader))
-    step_times = []
-    for i, (x, y) in batches:
-        t = time.perf_counter()
-        with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if i >= 10:
-            step_times.append(time.perf_counter() - t)
-    epoch_steps = np.median(step_times) * len(loader)
+    epoch_steps = median_step_seconds(model, (b for _, b in zip(range(60), loader)), amp, warm=10) * len(loader)
     extra = best["with"] - best["without"]
     print(f"batch pipeline, one epoch of {len(splits.train)} images: {best['without']:.2f}s without, "
           f"{best['with']:.2f}s with {' '.join(overrides)} (+{extra:.2f}s)")

@@ -16,18 +16,15 @@ import time
 
 import torch
 
+from _common import median_step_seconds
 from resnetlab.evaluation.profile import count_macs, count_params
 from resnetlab.models import create_model
 from resnetlab.training.config import load_recipe
+from resnetlab.runtime import cpu_model
 from resnetlab.training.runner import setup_runtime
 
 MODELS = [("resnet9", {"widths": [16, 32, 64, 128], "whiten": True}, "(default recipe's net)"),
           ("resnet20", {}, ""), ("resnet56", {}, ""), ("resnet18", {"stem": "cifar"}, "(stem=cifar)")]
-
-
-def _cpu() -> str:
-    with open("/proc/cpuinfo") as f:
-        return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
 
 
 def time_train(model: torch.nn.Module, amp, cl: bool, steps: int, bs: int = 128) -> float:
@@ -37,20 +34,7 @@ def time_train(model: torch.nn.Module, amp, cl: bool, steps: int, bs: int = 128)
     if cl:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, foreach=True)
-    model.train()
-    times = []
-    for i in range(steps + 3):
-        t = time.perf_counter()
-        with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if i >= 3:
-            times.append(time.perf_counter() - t)
-    times.sort()
-    return bs / times[len(times) // 2]
+    return bs / median_step_seconds(model, [(x, y)] * (steps + 3), amp, warm=3)
 
 
 @torch.no_grad()
@@ -76,7 +60,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     args = ap.parse_args()
     device, amp, cl = setup_runtime(load_recipe("recipes/cifar10_quick.yaml", []))
-    print(f"machine: {_cpu()}, {torch.get_num_threads()} threads; precision {amp or 'fp32'}, "
+    print(f"machine: {cpu_model()}, {torch.get_num_threads()} threads; precision {amp or 'fp32'}, "
           f"channels_last {cl}; batch 128 (train), 256 (inference)\n")
     print("| model | block | params | MACs (M) | train img/s | infer img/s | train MAC/s (G) |")
     print("|---|---|---|---|---|---|---|")

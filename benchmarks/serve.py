@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import io
 import os
-import platform
 import signal
 import socket
 import subprocess
@@ -29,14 +28,7 @@ from PIL import Image
 
 from resnetlab import load
 from resnetlab.data.cifar import load_cifar
-
-
-def cpu_name() -> str:
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor()
+from resnetlab.runtime import cpu_model
 
 
 def free_port() -> int:
@@ -158,7 +150,7 @@ def main() -> None:
         bodies.append(buf.getvalue())
     import shutil
     use_wrk = shutil.which("wrk") is not None and not args.python_client
-    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs; model {clf.metadata['arch']} "
+    print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs; model {clf.metadata['arch']} "
           f"{clf.metadata.get('kwargs') or ''}; {args.seconds:.0f} s per cell; load from "
           f"{'wrk' if use_wrk else 'asyncio + httpx'}\n")
     print("| server | clients | req/s | p50 ms | p99 ms | mean batch (cumulative) | non-200 |\n|---|---|---|---|---|---|---|")

@@ -17,14 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from resnetlab.runtime import cpu_model
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SHORT = ["train.epochs=6", "finetune.stage1_epochs=2", "finetune.compare=false"]
-
-
-def cpu() -> str:
-    with open("/proc/cpuinfo") as f:
-        return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
 
 
 def run_summary(run: Path) -> tuple[float, float]:
@@ -49,7 +46,7 @@ def main() -> None:
     args = ap.parse_args()
     recipe_path = str(ROOT / "recipes" / "finetune_cifar100_subset.yaml")
     overrides = SHORT + [f"data.path={ROOT.parent / 'shared' / 'data' / 'cifar100-subset'}"]
-    print(f"machine: {cpu()}; {args.trials} trials, budget per trial: {' '.join(SHORT)}\n", flush=True)
+    print(f"machine: {cpu_model()}; {args.trials} trials, budget per trial: {' '.join(SHORT)}\n", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         default_run = Path(tmp) / "defaults"
