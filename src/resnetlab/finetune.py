@@ -25,7 +25,7 @@ from .training.config import Recipe
 from .training.engine import Trainer
 from .runtime import broadcast_str, dist_context
 from .training.rundir import claim, next_run_dir
-from .training.runner import (check_out_dir, data_ref, finish_run, load_splits, make_loaders, model_meta,
+from .training.runner import (check_out_dir, data_ref, finish_run, load_splits, make_loaders, model_meta, quiet,
                                setup_runtime)
 from .weights import IMAGENET_MEAN, IMAGENET_STD, load_backbone_weights, map_head, read_weights
 
@@ -37,7 +37,7 @@ def run_finetune(weights: str, recipe: Recipe, out: str | Path | None, data_dir:
     device, amp, cl = setup_runtime(recipe, distributed=True)
     ctx = dist_context()
     if not ctx.is_main:
-        log = _quiet
+        log = quiet
     if out is None:
         default = next_run_dir(Path("runs") / f"finetune-{recipe.finetune.strategy}")
         out = broadcast_str(str(default) if ctx.is_main else "")
@@ -126,7 +126,3 @@ def run_finetune(weights: str, recipe: Recipe, out: str | Path | None, data_dir:
         log(f"after ({f.strategy}): top-1 {a['test']['top1']:.4f}  top-5 {a['test']['top5']:.4f}")
     log(f"run folder: {run_dir}")
     return summary
-
-
-def _quiet(*args: Any, **kwargs: Any) -> None:
-    pass

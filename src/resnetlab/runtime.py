@@ -127,6 +127,7 @@ class DistContext:
     world_size: int = 1
     local_rank: int = 0
     backend: str | None = None
+    device: torch.device = torch.device("cpu")  # this rank's device; collectives run on it (gloo: cpu)
 
     @property
     def enabled(self) -> bool:
@@ -158,7 +159,7 @@ def init_distributed(device_name: str = "auto") -> tuple[DistContext, torch.devi
     (300), so a rank that dies makes the others fail instead of hanging."""
     global _CONTEXT
     if _CONTEXT.enabled:
-        return _CONTEXT, _CONTEXT_DEVICE[0]
+        return _CONTEXT, _CONTEXT.device
     if not launched_distributed():
         return _CONTEXT, select_device(device_name)
     missing = [k for k in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
@@ -183,12 +184,8 @@ def init_distributed(device_name: str = "auto") -> tuple[DistContext, torch.devi
         raise UserError(f"distributed training runs on CPU (gloo) or CUDA (nccl), not {device.type}")
     dist.init_process_group(backend, rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=DIST_TIMEOUT_S))
-    _CONTEXT = DistContext(rank, world, local, backend)
-    _CONTEXT_DEVICE[0] = device
+    _CONTEXT = DistContext(rank, world, local, backend, device)
     return _CONTEXT, device
-
-
-_CONTEXT_DEVICE: list[torch.device] = [torch.device("cpu")]
 
 
 def shutdown_distributed() -> None:
@@ -222,7 +219,7 @@ def broadcast_str(text: str) -> str:
     import torch.distributed as dist
     data = torch.tensor(list(text.encode()), dtype=torch.uint8)
     size = torch.tensor([len(data)], dtype=torch.long)
-    dev = _CONTEXT_DEVICE[0] if _CONTEXT.backend == "nccl" else torch.device("cpu")
+    dev = _CONTEXT.device
     size = size.to(dev)
     dist.broadcast(size, 0)
     buf = torch.zeros(int(size.item()), dtype=torch.uint8, device=dev)
@@ -247,7 +244,7 @@ def broadcast_flag(flag: bool) -> bool:
     if not _CONTEXT.enabled:
         return flag
     import torch.distributed as dist
-    t = torch.tensor([int(flag)], device=_CONTEXT_DEVICE[0] if _CONTEXT.backend == "nccl" else "cpu")
+    t = torch.tensor([int(flag)], device=_CONTEXT.device)
     dist.broadcast(t, 0)
     return bool(t.item())
 

@@ -131,7 +131,7 @@ class _Objective:
     def __call__(self, trial) -> float:
         import optuna
         from .finetune import run_finetune
-        from .training.runner import train_recipe
+        from .training.runner import quiet, train_recipe
 
         params = {p.key: p.suggest(trial) for p in self.space}
         recipe = trial_recipe(self.recipe_path, self.overrides, params)
@@ -154,9 +154,9 @@ class _Objective:
         try:
             if self.weights:
                 recipe.finetune.compare = False  # a comparison probe per trial would double its cost
-                run_finetune(self.weights, recipe, out, self.data_dir, progress=False, log=_quiet, on_epoch=on_epoch)
+                run_finetune(self.weights, recipe, out, self.data_dir, progress=False, log=quiet, on_epoch=on_epoch)
             else:
-                train_recipe(recipe, out, self.data_dir, progress=False, log=_quiet, on_epoch=on_epoch)
+                train_recipe(recipe, out, self.data_dir, progress=False, log=quiet, on_epoch=on_epoch)
         except optuna.TrialPruned:
             self.log(f"trial {trial.number}: pruned after {step[0]} epoch(s)")
             raise
@@ -167,10 +167,6 @@ class _Objective:
         value = best[list(best)[-1]]  # the final stage's best validation top-1: the model the trial produces
         self.log(f"trial {trial.number}: val top-1 {value:.4f} ({(time.perf_counter() - t0) / 60:.1f} min)")
         return value
-
-
-def _quiet(*args: Any, **kwargs: Any) -> None:
-    pass
 
 
 def _storage(url: str):

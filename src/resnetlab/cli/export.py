@@ -6,9 +6,10 @@ import argparse
 import torch
 
 from ..inference.export import DEFAULT_OPSET, FORMATS, export
-from ..inference.predict import Classifier, collect_images
-from ..models import load_model
-from ..weights import resolve_checkpoint
+from ..inference.classifier import ImageClassifier
+from ..inference.predict import collect_images
+from ..models.registry import validate_meta
+from ..weights import read_metadata, resolve_checkpoint
 from .common import recorded_test_split
 
 
@@ -29,11 +30,11 @@ def add_parser(sub) -> None:
 def check_pixels(args: argparse.Namespace) -> tuple[torch.Tensor, str]:
     """uint8 pixels of real images, decoded by the checkpoint's own preprocessing."""
     path = resolve_checkpoint(args.checkpoint)
+    meta = validate_meta(read_metadata(path), path)  # the header only: export() loads the weights
     if args.images:
-        clf = Classifier(path, "cpu")
+        decoder = ImageClassifier(meta)  # decoding by the checkpoint's policy needs no model
         files = collect_images(args.images)[: args.check_count]
-        return torch.stack([clf.pixels(f) for f in files]), f"{len(files)} given images"
-    _, meta = load_model(path)
+        return torch.stack([decoder.pixels(f) for f in files]), f"{len(files)} given images"
     _, splits = recorded_test_split(meta, path, args.data_dir, "cpu")
     n = min(args.check_count, len(splits.test))
     return splits.test.images[:n], f"the first {n} images of its test split"

@@ -8,8 +8,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from ..preprocessing import model_input
-from .export import META_KEY, _onnx_modules
+from .export import META_KEY, _onnx_modules, check_images_input
 from .classifier import ImageClassifier
 
 
@@ -38,5 +37,5 @@ class OnnxClassifier(ImageClassifier):
         self.model = None
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
-        x = model_input(batch, self.metadata["mean"], self.metadata["std"], self.input_size).contiguous()
+        x = check_images_input(batch, self.metadata)  # the exported graph's own input, as in export's check
         return torch.from_numpy(self.session.run(None, {"input": x.numpy()})[0])

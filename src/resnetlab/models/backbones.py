@@ -53,7 +53,8 @@ def _in_channels(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def _reductions(model: nn.Module, plan: list[tuple[str, list[str]]], size: int = 64) -> list[int]:
+def _level_shapes(model: nn.Module, plan: list[tuple[str, list[str]]], size: int = 64) -> list[tuple[int, int]]:
+    """(channels, reduction) of every level, from one eval-mode forward of a size x size input."""
     was_training = model.training
     model.eval()
     try:
@@ -61,7 +62,7 @@ def _reductions(model: nn.Module, plan: list[tuple[str, list[str]]], size: int =
         outs = _run_plan(model, plan, torch.zeros(1, _in_channels(model), size, size, device=p.device, dtype=p.dtype))
     finally:
         model.train(was_training)
-    return [size // o.shape[-1] for o in outs]
+    return [(o.shape[1], size // o.shape[-1]) for o in outs]
 
 
 def _dilate(model: nn.Module, output_stride: int) -> None:
@@ -71,7 +72,7 @@ def _dilate(model: nn.Module, output_stride: int) -> None:
     strided 3x3 keeps the previous dilation (with stride 1) and every later 3x3 gets the new, doubled
     one; the shortcut stops subsampling."""
     plan = model.feature_plan()
-    red = _reductions(model, plan)
+    red = [r for _, r in _level_shapes(model, plan)]
     if output_stride not in {red[1] * 2 ** k for k in range(8)}:
         raise UserError(f"output_stride must be a power of two from {red[1]} (the first stage's reduction) up, "
                         f"got {output_stride!r}")
@@ -124,23 +125,10 @@ class FeatureExtractor(nn.Module):
         self.out_indices = out_indices
         self.feature_info = FeatureInfo(self._probe())
 
-    @torch.no_grad()
-    def _probe(self, size: int = 64) -> list[dict[str, Any]]:
-        red = _reductions(self, self.plan, size)
-        channels = self._channels(size)
-        return [{"index": i, "module": self.plan[i][0], "num_chs": channels[i], "reduction": red[i]}
+    def _probe(self) -> list[dict[str, Any]]:
+        shapes = _level_shapes(self, self.plan)
+        return [{"index": i, "module": self.plan[i][0], "num_chs": shapes[i][0], "reduction": shapes[i][1]}
                 for i in self.out_indices]
-
-    @torch.no_grad()
-    def _channels(self, size: int) -> list[int]:
-        was_training = self.training
-        self.eval()
-        try:
-            p = next(self.parameters())
-            x = torch.zeros(1, _in_channels(self), size, size, device=p.device, dtype=p.dtype)
-            return [o.shape[1] for o in _run_plan(self, self.plan, x)]
-        finally:
-            self.train(was_training)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         outs = _run_plan(self, self.plan, x)

@@ -135,8 +135,7 @@ def create_app(clf: ImageClassifier, settings: ServeSettings | None = None) -> "
             form = await Request(request.scope, replay).form(max_files=settings.max_files,
                                                              max_fields=100, max_part_size=limit)
         except HTTPException as e:
-            status = 413 if "Too many files" in str(e.detail) else 400
-            if status == 413:
+            if "Too many files" in str(e.detail):
                 raise RequestError(413, f"too many files: at most {settings.max_files} per request") from None
             raise RequestError(400, f"malformed multipart body: {e.detail}") from None
         files = [(getattr(v, "filename", None) or k, await v.read()) for k, v in form.multi_items()

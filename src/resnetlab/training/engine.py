@@ -60,10 +60,7 @@ class Trainer:
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.forward = self.model
-        if self.dist.enabled:
-            if recipe.train.batch_size % self.dist.world_size:
-                raise UserError(f"train.batch_size {recipe.train.batch_size} (the global batch) is not divisible "
-                                f"by the {self.dist.world_size} processes")
+        if self.dist.enabled:  # (the global batch's divisibility by the world size: make_loaders checks it)
             if recipe.train.sync_bn:
                 convert_sync_bn(self.model, device)
             self.forward = wrap(self.model, self.dist, device, recipe.train.sync_bn)

@@ -177,7 +177,7 @@ def train_recipe(recipe: Recipe | None, out: str | Path | None, data_dir: str | 
     device, amp, cl = setup_runtime(recipe, distributed=True)
     ctx = dist_context()
     if not ctx.is_main:
-        log = _quiet  # one voice: rank 0 logs and writes; the others compute
+        log = quiet  # one voice: rank 0 logs and writes; the others compute
     if out is None:
         out = broadcast_str(str(next_run_dir(Path("runs") / recipe.name)) if ctx.is_main else "")
     run_dir = Path(out)
@@ -223,8 +223,8 @@ def train_recipe(recipe: Recipe | None, out: str | Path | None, data_dir: str | 
     return results
 
 
-def _quiet(*args: Any, **kwargs: Any) -> None:
-    pass
+def quiet(*args: Any, **kwargs: Any) -> None:
+    """A log that says nothing (ranks other than 0; tune's trials)."""
 
 
 def check_out_dir(run_dir: Path) -> None:
