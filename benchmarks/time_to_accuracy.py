@@ -7,7 +7,12 @@ no validation split — monitoring only, nothing is chosen on it — else the va
 final test top-1 from results.json. Writes a JSON with the machine (CPU model, the flags that matter,
 torch version, threads) and a PNG of accuracy against time.
 
-    python benchmarks/time_to_accuracy.py [recipes/cifar10_quick.yaml ...] [--seeds 0 1] [--out DIR]
+    python benchmarks/time_to_accuracy.py [RECIPE[@SEEDS] ...] [--seeds 0 1] [--out DIR]
+
+RECIPE@0,1 runs that recipe with seeds 0 and 1 (other recipes get --seeds). With no recipes it runs the
+comparison of issue 13: the pinned pre-issue-13 default (benchmarks/recipes/cifar10_quick_v1.yaml, seed 0
+and 1), the current default (seeds 0 and 1) and fast94 (seed 0), one after another: about 35 minutes on a
+2-core Zen 4.
 """
 from __future__ import annotations
 
@@ -41,8 +46,10 @@ def run(recipe: str, seed: int, out: Path) -> dict:
     rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     results = json.loads((out / "results.json").read_text())
     return {"recipe": recipe, "seed": seed, "wall_s": wall, "test_top1": results["test"]["top1"],
+            "train_s": 60 * results["train_time_min"],
+            "train_pflop": results.get("train_pflop"),
             "epochs": [{"epoch": r["epoch"], "elapsed_s": r["elapsed_s"], "top1": r["val_top1"],
-                        "split": r["eval_split"]} for r in rows]}
+                        "split": r["eval_split"]} for r in rows if r["val_top1"] is not None]}
 
 
 def plot(runs: list[dict], path: Path) -> None:
@@ -64,7 +71,8 @@ def plot(runs: list[dict], path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("recipes", nargs="*", default=["recipes/cifar10_quick.yaml"])
+    ap.add_argument("recipes", nargs="*", default=["benchmarks/recipes/cifar10_quick_v1.yaml@0,1",
+                                                   "recipes/cifar10_quick.yaml@0,1", "recipes/cifar10_fast94.yaml@0"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--out", type=Path, default=HERE / "out" / "time_to_accuracy")
     args = ap.parse_args()
@@ -72,14 +80,30 @@ def main() -> None:
     info = machine()
     print(f"machine: {info['cpu']} ({', '.join(info['flags'])}), {info['cpus']} CPUs, torch {info['torch']}")
     runs = []
-    for recipe in args.recipes:
-        for seed in args.seeds:
-            r = run(recipe, seed, args.out / f"{Path(recipe).stem}-seed{seed}")
-            runs.append(r)
-            print(f"\n{recipe} seed {seed}: final test top-1 {100 * r['test_top1']:.2f} % ({r['wall_s'] / 60:.1f} min wall)")
-            print("| epoch | training min | top-1 | split |\n|---|---|---|---|")
-            for e in r["epochs"]:
-                print(f"| {e['epoch']} | {e['elapsed_s'] / 60:.2f} | {100 * e['top1']:.2f} % | {e['split']} |")
+    plan = []
+    for item in args.recipes:
+        recipe, _, seeds = item.partition("@")
+        try:
+            plan += [(recipe, int(s)) for s in seeds.split(",")] if seeds else [(recipe, s) for s in args.seeds]
+        except ValueError:
+            raise SystemExit(f"{item}: seeds after @ must be integers separated by commas, e.g. {recipe}@0,1")
+    for recipe, seed in plan:
+        r = run(recipe, seed, args.out / f"{Path(recipe).stem}-seed{seed}")
+        runs.append(r)
+        print(f"\n{recipe} seed {seed}: final test top-1 {100 * r['test_top1']:.2f} % ({r['wall_s'] / 60:.1f} min "
+              f"wall, {r['train_s'] / 60:.1f} min training, {r['train_pflop']:.3f} PFLOP)", flush=True)
+        print("| epoch | training min | top-1 | split |\n|---|---|---|---|")
+        for e in r["epochs"]:
+            print(f"| {e['epoch']} | {e['elapsed_s'] / 60:.2f} | {100 * e['top1']:.2f} % | {e['split']} |")
+    print("\n| recipe | seed | test top-1 | training min | wall min | PFLOP |\n|---|---|---|---|---|---|")
+    for r in runs:
+        print(f"| {Path(r['recipe']).stem} | {r['seed']} | {100 * r['test_top1']:.2f} % | {r['train_s'] / 60:.2f} | "
+              f"{r['wall_s'] / 60:.2f} | {r['train_pflop']:.3f} |")
+    by: dict[str, list[float]] = {}
+    for r in runs:
+        by.setdefault(r["recipe"], []).append(r["test_top1"])
+    for recipe, accs in by.items():
+        print(f"{Path(recipe).stem}: mean test top-1 {100 * sum(accs) / len(accs):.2f} % over {len(accs)} seed(s)")
     (args.out / "time_to_accuracy.json").write_text(json.dumps({"machine": info, "runs": runs}, indent=2))
     plot(runs, args.out / "time_to_accuracy.png")
     print(f"\nwrote {args.out / 'time_to_accuracy.json'} and {args.out / 'time_to_accuracy.png'}")

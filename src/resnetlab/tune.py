@@ -141,8 +141,8 @@ class _Objective:
         step = [0]
 
         def on_epoch(prefix: str, row: dict) -> None:
-            if row.get("eval_split") != "val":
-                return
+            if row.get("eval_split") != "val" or row.get("val_top1") is None:
+                return  # monitoring on test, or an epoch without evaluation (train.eval_every)
             best[prefix] = max(best.get(prefix, 0.0), row["val_top1"])
             trial.report(row["val_top1"], step[0])
             step[0] += 1

@@ -26,10 +26,15 @@ class AugmentConfig:
     resample_scale: tuple[float, float] = (1.5, 4.0)  # upscale factor drawn per batch
     artifacts_from_epoch: int = 0  # jpeg/resample only from this (0-based) epoch on: learn on clean images
                                    # first, then become robust while the learning rate anneals
+    flip_mode: str = "random"    # "alternate": each image mirrored in every other epoch (see BatchLoader)
+    epoch_sizes: tuple[int, ...] = ()  # progressive resizing: image side for each of the first epochs
+                                       # (downscaled: cheaper steps); later epochs at full size
 
     def __post_init__(self) -> None:
         if self.pad_mode not in ("zeros", "reflect"):
             raise ValueError(f"pad_mode must be 'zeros' or 'reflect', got {self.pad_mode!r}")
+        if self.flip_mode not in ("random", "alternate"):
+            raise ValueError(f"flip_mode must be 'random' or 'alternate', got {self.flip_mode!r}")
 
 
 def _source_index(base: torch.Tensor, offset: torch.Tensor, size: int, reflect: bool
@@ -47,8 +52,10 @@ def _source_index(base: torch.Tensor, offset: torch.Tensor, size: int, reflect: 
     return idx.clamp(0, size - 1), valid
 
 
-def crop_flip(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
-    """Random crop (with padding) + horizontal flip of a uint8 batch (B, C, H, W); same shape back."""
+def crop_flip(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator,
+              flips: torch.Tensor | None = None) -> torch.Tensor:
+    """Random crop (with padding) + horizontal flip of a uint8 batch (B, C, H, W); same shape back.
+    flips: which images to mirror, when the caller decides (alternating flips); else drawn here."""
     b, c, h, w = images.shape
     dev = images.device
     p = cfg.crop_padding
@@ -56,6 +63,8 @@ def crop_flip(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generat
     dy = torch.randint(-p, p + 1, (b,), generator=generator)
     dx = torch.randint(-p, p + 1, (b,), generator=generator)
     flip = torch.rand(b, generator=generator) < 0.5
+    if flips is not None:
+        flip = flips.cpu().bool()
     if not cfg.flip:
         flip.zero_()
     dy, dx, flip = dy.to(dev), dx.to(dev), flip.to(dev)

@@ -55,6 +55,7 @@ class BatchLoader:
         self.image_size = image_size  # resize on the fly (e.g. 32 → 64 for pretrained nets)
         self._start: tuple[int, torch.Tensor | None] = (0, None)  # (batch, augmentation state) to resume at
         self._gen: torch.Generator | None = None  # the running epoch's augmentation generator
+        self._flip_base: torch.Tensor | None = None  # alternating flips: who is mirrored in even epochs
         # Distributed (rank, world size). Training: every rank draws the same global batch (order and
         # augmentation from the same seeded generators) and keeps its slice, so N ranks see exactly what
         # one process sees. Evaluation: each rank takes a contiguous block of the split.
@@ -86,6 +87,25 @@ class BatchLoader:
             order = torch.arange(*self._block())
         return order
 
+    def epoch_size(self, epoch: int | None = None) -> int | None:
+        """Side of the images this (or the given) epoch yields; None: as stored."""
+        e = self.epoch if epoch is None else epoch
+        a = self.augment
+        if a is not None and e < len(a.epoch_sizes):
+            return a.epoch_sizes[e]
+        return self.image_size
+
+    def _alternate_flips(self, idx: torch.Tensor) -> torch.Tensor | None:
+        """Alternating flips (airbench, Jordan 2024): a random half of the images is mirrored in even epochs
+        and the other half in odd ones, so every pair of epochs shows each image both ways. A function of
+        (seed, epoch, image), hence exact on resume and the same on every rank."""
+        if self.augment is None or self.augment.flip_mode != "alternate":
+            return None
+        if self._flip_base is None:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + 104_729)
+            self._flip_base = (torch.rand(len(self.labels), generator=g) < 0.5).to(self.device)
+        return self._flip_base[idx] ^ bool(self.epoch % 2)
+
     def __len__(self) -> int:
         lo, hi = self._block()
         n = hi - lo
@@ -103,14 +123,18 @@ class BatchLoader:
             idx = order[b * self.batch_size:(b + 1) * self.batch_size].to(self.device)
             x = self.images[idx]
             if self.augment is not None and (self.augment.crop_padding or self.augment.flip):
-                x = crop_flip(x, self.augment, g)
+                x = crop_flip(x, self.augment, g, self._alternate_flips(idx))
             if self.augment is not None and (self.augment.jpeg or self.augment.resample) \
                     and self.epoch >= self.augment.artifacts_from_epoch:
                 x = photo_artifacts(x, self.augment, g)
             x = normalize(x, self.mean, self.std, self.dtype)
             if self.augment is not None and self.augment.cutout:
                 x = cutout(x, self.augment.cutout, g)
-            if self.image_size:
+            size = self.epoch_size()
+            if size and size != self.image_size:  # progressive resizing: an early, low-resolution epoch
+                x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
+                                                    align_corners=False)
+            elif self.image_size:
                 x = resize_batch(x, self.image_size)
             y = self.labels[idx]
             if self.train and self.world > 1:

@@ -26,10 +26,24 @@ class EvalResult:
         return {"top1": self.top1, "top5": self.top5, "loss": self.loss, "n": self.n}
 
 
+def tta_views(x: torch.Tensor, shift: int) -> list[torch.Tensor]:
+    """The test-time views: the image and its mirror, and with shift > 0 also both moved by ±shift pixels
+    along both axes (reflect-padded), as airbench's strongest TTA does (Jordan 2024): 2 or 6 views."""
+    views = [x, x.flip(3)]
+    if shift:
+        padded = F.pad(x, (shift,) * 4, mode="reflect")
+        h, w = x.shape[-2:]
+        for dy, dx in ((0, 0), (2 * shift, 2 * shift)):
+            moved = padded[..., dy:dy + h, dx:dx + w]
+            views += [moved, moved.flip(3)]
+    return views
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, num_classes: int, tta: bool = False,
-             amp_dtype: torch.dtype | None = None) -> EvalResult:
-    """Evaluate in eval mode; with tta, average the softmax of the image and its mirror. In a distributed
+             amp_dtype: torch.dtype | None = None, tta_shift: int = 0) -> EvalResult:
+    """Evaluate in eval mode; with tta, average the softmax of the image and its mirror (and, with
+    tta_shift, of both moved by ±tta_shift pixels: 6 views). In a distributed
     run each rank evaluates its block of the split and the sums are all-reduced: every rank reports the
     figures of the whole split."""
     was_training = model.training
@@ -45,8 +59,11 @@ def evaluate(model: nn.Module, loader, num_classes: int, tta: bool = False,
         with autocast_for(device, amp_dtype):
             logits = model(x).float()
             if tta:
-                probs = (logits.softmax(1) + model(x.flip(3)).float().softmax(1)) / 2
-                logits = probs.clamp_min(1e-12).log()
+                views = tta_views(x, tta_shift)
+                probs = logits.softmax(1)
+                for v in views[1:]:
+                    probs += model(v).float().softmax(1)
+                logits = (probs / len(views)).clamp_min(1e-12).log()
         loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
         top = logits.topk(k, dim=1).indices
         correct1 += (top[:, 0] == y).sum()

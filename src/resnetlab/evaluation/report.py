@@ -51,10 +51,11 @@ def plot_curves(history: list[dict], out: Path, title: str) -> None:
     split = "test (monitoring only)" if history and history[-1].get("eval_split") == "test" else "validation"
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     a.plot(ep, [h["train_loss"] for h in history], label="train")
-    a.plot(ep, [h["val_loss"] for h in history], label=split)
+    ev = [h for h in history if h.get("val_top1") is not None]  # epochs evaluated (train.eval_every)
+    a.plot([h["epoch"] for h in ev], [h["val_loss"] for h in ev], label=split)
     a.set_xlabel("epoch"), a.set_ylabel("loss"), a.legend(), a.set_title("loss")
     b.plot(ep, [h["train_acc"] for h in history], label="train")
-    b.plot(ep, [h["val_top1"] for h in history], label=f"{split} top-1")
+    b.plot([h["epoch"] for h in ev], [h["val_top1"] for h in ev], label=f"{split} top-1")
     b.set_xlabel("epoch"), b.set_ylabel("accuracy"), b.legend(), b.set_title("accuracy")
     fig.suptitle(title)
     fig.tight_layout()

@@ -14,9 +14,15 @@ from torch import nn
 from .blocks import BasicBlock, spatial_conv
 
 
-def conv_bn(c_in: int, c_out: int, pool: bool = False, separable: bool = False) -> nn.Sequential:
-    layers: list[nn.Module] = [spatial_conv(c_in, c_out, 1, separable), nn.BatchNorm2d(c_out),
-                               nn.ReLU(inplace=True)]
+def conv_bn(c_in: int, c_out: int, pool: bool = False, separable: bool = False,
+            pool_first: bool = False) -> nn.Sequential:
+    """conv → BN → ReLU (→ max-pool). pool_first: conv → max-pool → BN → ReLU, as airbench orders it
+    (Jordan 2024): BN and ReLU then work on a quarter of the pixels. Measured on a 2-core Zen 4 the
+    full-resolution BN/ReLU/pool of the default net took a third of its training step."""
+    conv = spatial_conv(c_in, c_out, 1, separable)
+    if pool and pool_first:
+        return nn.Sequential(conv, nn.MaxPool2d(2), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+    layers: list[nn.Module] = [conv, nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
     if pool:
         layers.append(nn.MaxPool2d(2))
     return nn.Sequential(*layers)
@@ -28,7 +34,7 @@ class ResNet9(nn.Module):
     def __init__(self, num_classes: int = 10, widths: Sequence[int] = (64, 128, 256, 512),
                  in_channels: int = 3, head_scale: float = 0.125, whiten: bool = False,
                  whiten_eps: float = 1e-2, block: str = "standard", drop_rate: float = 0.0,
-                 drop_path_rate: float = 0.0) -> None:
+                 drop_path_rate: float = 0.0, pool_first: bool = False) -> None:
         super().__init__()
         if block not in ("standard", "separable"):
             raise ValueError(f"unknown block kind {block!r}; use standard or separable")
@@ -46,9 +52,10 @@ class ResNet9(nn.Module):
         else:
             self.prep = conv_bn(in_channels, w0)
         # two residual blocks: stochastic depth 0 on the first, drop_path_rate on the last (linear in depth)
-        self.layer1 = nn.Sequential(conv_bn(w0, w1, True, sep), BasicBlock(w1, w1, separable=sep, drop_path=0.0))
-        self.layer2 = conv_bn(w1, w2, True, sep)
-        self.layer3 = nn.Sequential(conv_bn(w2, w3, True, sep),
+        pf = pool_first
+        self.layer1 = nn.Sequential(conv_bn(w0, w1, True, sep, pf), BasicBlock(w1, w1, separable=sep, drop_path=0.0))
+        self.layer2 = conv_bn(w1, w2, True, sep, pf)
+        self.layer3 = nn.Sequential(conv_bn(w2, w3, True, sep, pf),
                                     BasicBlock(w3, w3, separable=sep, drop_path=drop_path_rate))
         self.head_drop = nn.Dropout(drop_rate) if drop_rate else nn.Identity()
         self.pool = nn.AdaptiveMaxPool2d(1)

@@ -92,6 +92,8 @@ _RESNET9_ARGS = {
                       "amplifies fine detail (and JPEG noise) less"),
     "block": Arg(_choice("standard", "separable"), "separable: every 3x3 conv after the input layer "
                  "depthwise + pointwise"),
+    "pool_first": Arg(_bool, "conv → max-pool → BN → ReLU in the pooling layers (airbench's order; "
+                      "cheaper on CPUs)"),
     **_REGULARISERS,
 }
 

@@ -31,6 +31,9 @@ class AugmentSection:
     crop_padding: int = 4
     pad_mode: str = "zeros"
     flip: bool = True
+    flip_mode: str = "random"       # random | alternate (each image mirrored every other epoch, airbench)
+    epoch_sizes: list = field(default_factory=list)  # progressive resizing: image side of each of the
+                                    # first epochs, e.g. [16, 24, 24]; the epochs after them at full size
     cutout: int = 0
     jpeg: float = 0.0               # share of training images JPEG-compressed (in the batch, simulated)
     jpeg_quality: list = field(default_factory=lambda: [30, 95])
@@ -98,6 +101,8 @@ class TrainConfig:
     compile: bool = False
     device: str = "auto"            # auto | cpu | cuda | cuda:N | mps
     tta: bool = False               # flip TTA for the final test (per-epoch validation stays plain: cheaper)
+    tta_shift: int = 0              # with tta: also the two views moved by ±N pixels (6 views in all)
+    eval_every: int = 1             # evaluate every N epochs (and always after the last); monitoring costs time
     log_every: int = 50
     checkpoint_every_min: float = 0  # also write last.safetensors every N minutes mid-epoch (exact resume); 0 = off
     sync_bn: bool = False           # distributed runs: BatchNorm statistics over the whole global batch
@@ -132,6 +137,7 @@ class Recipe:
 CHOICES = {
     "data.dataset": ("cifar10", "cifar100", "folder"),
     "data.augment.pad_mode": ("zeros", "reflect"),
+    "data.augment.flip_mode": ("random", "alternate"),
     "optim.name": ("sgd", "adam", "adamw"),
     "schedule.name": ("constant", "multistep", "cosine", "onecycle"),
     "schedule.unit": ("epoch", "iter"),
@@ -241,6 +247,8 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "train.grad_clip": (0, None, True, True),
     "train.seed": (0, 2**63 - 1, True, True),
     "train.log_every": (1, None, True, True),
+    "train.tta_shift": (0, 8, True, True),
+    "train.eval_every": (1, None, True, True),
     "train.checkpoint_every_min": (0, None, True, True),
     "train.early_stopping.patience": (0, None, True, True),
     "train.early_stopping.min_delta": (0, None, True, True),
@@ -294,11 +302,18 @@ def validate(r: Recipe) -> None:
                 and all(isinstance(x, (int, float)) and not isinstance(x, bool) and lo <= x <= hi for x in pair)
                 and pair[0] <= pair[1]):
             raise UserError(f"recipe key {key}: expected [low, high] with {lo} <= low <= high <= {hi}, got {pair!r}")
+    sizes = r.data.augment.epoch_sizes
+    if not all(isinstance(x, int) and not isinstance(x, bool) and 8 <= x <= 4096 for x in sizes):
+        raise UserError(f"recipe key data.augment.epoch_sizes: expected a list of image sides (integers from "
+                        f"8 to 4096), one per early epoch, got {sizes!r}")
     if r.data.dataset == "folder" and not r.data.path:
         raise UserError("recipe key data.path: dataset 'folder' needs data.path")
     if r.train.early_stopping.patience and not r.data.val_size:
         raise UserError("recipe key train.early_stopping.patience: early stopping needs a validation split "
                         "(data.val_size > 0); it never stops on the test split")
+    if r.train.early_stopping.patience and r.train.eval_every != 1:
+        raise UserError("recipe key train.eval_every: early stopping counts epochs, so it needs an evaluation "
+                        "after every epoch (train.eval_every: 1)")
     validate_model_args(r.model.name, r.model.kwargs, where="recipe key model.kwargs")
 
 

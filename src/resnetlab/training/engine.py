@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from ..errors import UserError
 from ..evaluation.metrics import EvalResult, evaluate
+from ..evaluation.profile import count_macs
 from ..files import atomic_write_text
 from ..runtime import all_reduce_sum, autocast_for, barrier, broadcast_flag, dist_context
 from ..weights import optimizer_from_flat, optimizer_to_flat, read_full, save_checkpoint
@@ -79,10 +80,15 @@ class Trainer:
         self.scaler = (torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 and device.type == "cuda"
                        else None)
         self.ema = EMA(self.model, recipe.train.ema_decay) if recipe.train.ema_decay > 0 else None
+        # Training compute, counted as 3 forward passes per image (forward + a backward of twice its cost,
+        # the usual estimate, e.g. Kaplan et al. 2020): 6 FLOPs per multiply-accumulate of one forward.
+        # Counted per epoch at the size that epoch trains on (progressive resizing makes early epochs cheaper).
+        self._flops_at: dict[int, int] = {}
+        self.flops_per_image = self.train_flops_per_image(meta["input_size"])
         self.last_val: EvalResult | None = None  # latest validation, reused when it equals the final test
         self.state: dict[str, Any] = {"epoch": 0, "step": 0, "best": None, "best_epoch": None,
                                       "bad_epochs": 0, "elapsed": 0.0, "history": [], "stopped": None,
-                                      "partial": None}
+                                      "partial": None, "train_flops": 0}
         self._resume_aug: torch.Tensor | None = None
 
     def release(self) -> None:
@@ -91,6 +97,11 @@ class Trainer:
             self.forward = self.model
             import gc
             gc.collect()
+
+    def train_flops_per_image(self, size: int) -> int:
+        if size not in self._flops_at:
+            self._flops_at[size] = 6 * count_macs(_cpu_copy(self.model), size)
+        return self._flops_at[size]
 
     # ----------------------------------------------------------------------------------------------
     @property
@@ -140,6 +151,7 @@ class Trainer:
             torch.cuda.set_rng_state_all(cuda_states)
         self.state = resume["trainer"]
         self.state.setdefault("partial", None)
+        self.state.setdefault("train_flops", 0)
         self._resume_aug = extra.get("rng/augment")
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -253,35 +265,42 @@ class Trainer:
             train_loss = g_loss / max(g_seen, 1)
             self._check_finite(train_loss, epoch)
             train_time = time.perf_counter() - t0
-            val = evaluate(self.eval_model, self.val_loader, self.num_classes, tta=False,
-                           amp_dtype=self.amp_dtype)
-            if not math.isfinite(val.loss):
-                self._check_finite(val.loss, epoch)
-            self.last_val = val
+            size = getattr(self.train_loader, "epoch_size", lambda e: None)(epoch) or self.meta["input_size"]
+            self.state["train_flops"] += g_seen * self.train_flops_per_image(size)
+            finished = epoch + 1 == t.epochs or self.state["step"] >= total
+            val = None
+            if finished or (epoch + 1) % t.eval_every == 0:
+                val = evaluate(self.eval_model, self.val_loader, self.num_classes, tta=False,
+                               amp_dtype=self.amp_dtype)
+                if not math.isfinite(val.loss):
+                    self._check_finite(val.loss, epoch)
+                self.last_val = val
             self.state["epoch"] = epoch + 1
             self.state["partial"] = None
             self.state["elapsed"] += time.perf_counter() - t0
             row = {"epoch": epoch + 1, "step": self.state["step"], "lr": base_lr * f,
                    "train_loss": train_loss, "train_acc": g_correct / max(g_seen, 1),
                    "eval_split": "test" if self.monitor_only else "val",
-                   "val_loss": val.loss, "val_top1": val.top1, "val_top5": val.top5,
+                   "val_loss": val.loss if val else None, "val_top1": val.top1 if val else None,
+                   "val_top5": val.top5 if val else None,
                    # measured: images of all ranks this epoch over this epoch's wall time
                    "img_per_s": (g_seen - partial.get("seen", 0)) / max(train_time - partial.get("time", 0.0), 1e-9),
-                   "epoch_time_s": time.perf_counter() - t0, "elapsed_s": self.state["elapsed"]}
+                   "epoch_time_s": time.perf_counter() - t0, "elapsed_s": self.state["elapsed"],
+                   "train_pflop": self.state["train_flops"] / 1e15}
             self.state["history"].append(row)
-            improved = False if self.monitor_only else self._early_stopping(row)
-            finished = epoch + 1 == t.epochs or self.state["step"] >= total
+            improved = False if (self.monitor_only or val is None) else self._early_stopping(row)
             if finished and not self.state["stopped"]:
                 self.state["stopped"] = "completed"  # recorded in this epoch's `last`, written once
             if improved:
                 self.save("best", self.eval_model, False, {"val": val.summary()})
-            self.save("last", self.model, True, {"val": val.summary()})
+            self.save("last", self.model, True, {"val": val.summary()} if val else {})
             if self.dist.is_main:
                 self._write_metrics(writer, row)
             barrier()  # the others wait until rank 0 has written this epoch's files
             label = "test (monitoring)" if self.monitor_only else "val"
+            seen_text = f"  {label} {val.top1:.4f} (top5 {val.top5:.4f})" if val else ""
             self.log(f"{self.prefix}epoch {epoch + 1}/{t.epochs}  loss {train_loss:.4f}  "
-                     f"train {row['train_acc']:.4f}  {label} {val.top1:.4f} (top5 {val.top5:.4f})  "
+                     f"train {row['train_acc']:.4f}{seen_text}  "
                      f"{row['img_per_s']:.0f} img/s  {row['epoch_time_s']:.1f}s")
             if self.on_epoch is not None:
                 self.on_epoch(self.prefix, row)
@@ -339,6 +358,11 @@ class Trainer:
             for k, v in row.items():
                 if k != "epoch" and isinstance(v, (int, float)):
                     writer.add_scalar(f"{self.prefix}{k}", v, row["epoch"])
+
+
+def _cpu_copy(model: nn.Module) -> nn.Module:
+    import copy
+    return copy.deepcopy(model).float().cpu().to(memory_format=torch.contiguous_format)
 
 
 def _tensorboard(run_dir: Path):

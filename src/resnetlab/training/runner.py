@@ -14,14 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..data import (AugmentConfig, BatchLoader, ImageSet, channel_stats, load_cifar_splits, load_image_folder,
                     resolve_data_root)
 from ..data.folders import stratified_split, subset
 from ..errors import UserError
 from ..evaluation.metrics import evaluate
-from ..evaluation.profile import count_macs, count_params
+from ..evaluation.profile import count_params
 from ..evaluation.report import write_confusion
 from ..files import atomic_write_text
 from ..models import build_model, natural_input_size
@@ -84,7 +83,8 @@ def make_loaders(recipe: Recipe, splits: Splits, device: torch.device, channels_
                  input_size: int | None = None) -> tuple[BatchLoader, BatchLoader, BatchLoader]:
     a = recipe.data.augment
     aug = AugmentConfig(a.crop_padding, a.pad_mode, a.flip, a.cutout, a.jpeg, tuple(a.jpeg_quality), a.resample,
-                        tuple(a.resample_scale), a.artifacts_from_epoch)
+                        tuple(a.resample_scale), a.artifacts_from_epoch, flip_mode=a.flip_mode,
+                        epoch_sizes=tuple(a.epoch_sizes))
     t = recipe.train
     resize = input_size if input_size and input_size != splits.train.images.shape[-1] else None
     common = dict(mean=splits.mean, std=splits.std, device=device, channels_last=channels_last,
@@ -128,7 +128,7 @@ def setup_runtime(recipe: Recipe, distributed: bool = False) -> tuple[torch.devi
 # Keys a resumed run may change: they extend or rescue a run without making it a different experiment
 # (e.g. train.epochs to train longer, optim.lr after a divergence, the device it runs on).
 RESUME_SAFE = ("train.epochs", "train.max_steps", "optim.lr", "train.device", "train.log_every",
-               "train.checkpoint_every_min", "train.tta", "train.eval_batch_size", "train.grad_clip",
+               "train.checkpoint_every_min", "train.tta", "train.tta_shift", "train.eval_every", "train.eval_batch_size", "train.grad_clip",
                "data.verify", "data.strict", "train.early_stopping.patience", "train.early_stopping.min_delta")
 
 
@@ -257,7 +257,7 @@ def finish_run(trainer: Trainer, splits: Splits, test_loader, state: dict, log=p
         test = trainer.last_val  # the last epoch already evaluated these weights on the test split
     else:
         test = evaluate(trainer.eval_model, test_loader, trainer.num_classes, tta=trainer.recipe.train.tta,
-                        amp_dtype=trainer.amp_dtype)
+                        amp_dtype=trainer.amp_dtype, tta_shift=trainer.recipe.train.tta_shift)
     if not dist_context().is_main:  # rank 0 writes the results; the others took part in the evaluation
         barrier()
         return {"test": test.summary()}
@@ -266,8 +266,9 @@ def finish_run(trainer: Trainer, splits: Splits, test_loader, state: dict, log=p
     model = trainer.eval_model
     results = {
         "model": trainer.meta["arch"], "test": test.summary(), "weights": chosen,
-        "params": count_params(model), "macs": count_macs(_cpu_copy(model), trainer.meta["input_size"]),
-        "train_time_min": state["elapsed"] / 60, "epochs": state["epoch"], "steps": state["step"],
+        "params": count_params(model), "macs": trainer.flops_per_image // 6,
+        "train_time_min": state["elapsed"] / 60,
+        "train_pflop": hist[-1]["train_pflop"] if hist else 0.0, "epochs": state["epoch"], "steps": state["step"],
         "img_per_s": sum(speeds) / max(1, len(speeds)), "device": describe_device(trainer.device, trainer.amp_dtype),
         "stopped": state["stopped"], "per_class": dict(zip(splits.classes, test.per_class())),
     }
@@ -277,14 +278,9 @@ def finish_run(trainer: Trainer, splits: Splits, test_loader, state: dict, log=p
     atomic_write_text(run_dir / f"{prefix}results.json", json.dumps(results, indent=2))
     write_confusion(test, splits.classes, run_dir / f"{prefix}confusion")
     log(f"test ({chosen} weights): top-1 {test.top1:.4f}  top-5 {test.top5:.4f}  loss {test.loss:.4f}  "
-        f"[{state['elapsed'] / 60:.1f} min training]")
+        f"[{state['elapsed'] / 60:.1f} min training, {results['train_pflop']:.3f} PFLOP]")
     barrier()
     return results
-
-
-def _cpu_copy(model: nn.Module) -> nn.Module:
-    import copy
-    return copy.deepcopy(model).float().cpu().to(memory_format=torch.contiguous_format)
 
 
 def data_ref(cfg: DataConfig, data_dir: str | None) -> dict:

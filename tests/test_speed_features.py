@@ -1,0 +1,144 @@
+"""The pieces the fast recipes are made of (issue 13): shifted TTA, evaluation every N epochs, the
+training compute each run prints, the airbench-ordered pooling layers."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from resnetlab import UserError
+from resnetlab.cli import main
+from resnetlab.evaluation.metrics import evaluate, tta_views
+from resnetlab.evaluation.profile import count_macs
+from resnetlab.models import build_model
+from resnetlab.training.config import load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_tta_views_are_the_mirror_and_reflect_shifted_copies():
+    x = torch.arange(2 * 3 * 6 * 6, dtype=torch.float32).view(2, 3, 6, 6)
+    two = tta_views(x, 0)
+    assert len(two) == 2 and torch.equal(two[0], x) and torch.equal(two[1], x.flip(3))
+    six = tta_views(x, 2)
+    assert len(six) == 6 and all(v.shape == x.shape for v in six)
+    down_right, up_left = six[2], six[4]
+    # content moves by +2 / -2 pixels on both axes; the uncovered border is the reflection
+    assert torch.equal(down_right[..., 2:, 2:], x[..., :-2, :-2])
+    assert torch.equal(up_left[..., :-2, :-2], x[..., 2:, 2:])
+    assert torch.equal(down_right[..., 0, 2:], x[..., 2, :-2])  # reflect padding, not zeros
+    assert torch.equal(six[3], down_right.flip(3)) and torch.equal(six[5], up_left.flip(3))
+
+
+class _Loader(list):
+    pass
+
+
+def test_evaluate_with_shift_averages_the_six_softmaxes():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 8 * 8, 5)).eval()
+    x, y = torch.randn(7, 3, 8, 8), torch.randint(0, 5, (7,))
+    res = evaluate(model, _Loader([(x, y)]), 5, tta=True, tta_shift=1)
+    with torch.no_grad():
+        probs = sum(model(v).softmax(1) for v in tta_views(x, 1)) / 6
+    assert res.top1 == pytest.approx((probs.argmax(1) == y).float().mean().item())
+    assert res.loss == pytest.approx(F.nll_loss(probs.log(), y).item(), rel=1e-5)
+    plain = evaluate(model, _Loader([(x, y)]), 5, tta=True, tta_shift=0)
+    with torch.no_grad():
+        p2 = (model(x).softmax(1) + model(x.flip(3)).softmax(1)) / 2
+    assert plain.loss == pytest.approx(F.nll_loss(p2.log(), y).item(), rel=1e-5)
+
+
+def test_eval_every_skips_monitoring_and_the_run_prints_its_training_compute(tiny_cifar, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--recipe", str(ROOT / "recipes" / "cifar10_quick.yaml"), "--data-dir", str(tiny_cifar),
+                 "--out", str(out), "--no-progress", "--no-verify", "train.epochs=4", "train.eval_every=3",
+                 "train.batch_size=20", "train.eval_batch_size=40", "train.precision=fp32", "train.tta_shift=1",
+                 "model.kwargs.pool_first=true"]) == 0
+    printed = capsys.readouterr().out
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["val_top1"] is not None for r in rows] == [False, False, True, True]  # every 3rd, and the last
+    assert "test (monitoring)" not in printed.split("epoch 2/4")[1].split("\n")[0]
+    res = json.loads((out / "results.json").read_text())
+    model = build_model("resnet9", 10, {"widths": [16, 32, 64, 128], "whiten": True, "pool_first": True})
+    macs = count_macs(model, 32)
+    assert res["macs"] == macs
+    images = res["steps"] * 20  # drop_last: every step is a full batch
+    assert res["steps"] == 4 * (200 // 20)
+    assert res["train_pflop"] == pytest.approx(6 * macs * images / 1e15)
+    assert rows[-1]["train_pflop"] == res["train_pflop"] and rows[0]["train_pflop"] == pytest.approx(res["train_pflop"] / 4)
+    assert f"{res['train_pflop']:.3f} PFLOP]" in printed
+
+
+def test_eval_every_refused_with_early_stopping():
+    with pytest.raises(UserError, match="train.eval_every: early stopping counts epochs"):
+        load_recipe(None, ["train.eval_every=2", "train.early_stopping.patience=3", "data.val_size=5000"])
+    with pytest.raises(UserError, match="train.tta_shift: must be in \\[0, 8\\]"):
+        load_recipe(None, ["train.tta_shift=9"])
+
+
+def test_pool_first_orders_pool_before_bn_and_keeps_the_parameters():
+    a = build_model("resnet9", 10, {"widths": [8, 16, 32, 64]})
+    b = build_model("resnet9", 10, {"widths": [8, 16, 32, 64], "pool_first": True})
+    assert sum(p.numel() for p in a.parameters()) == sum(p.numel() for p in b.parameters())
+    assert [type(m).__name__ for m in b.layer2] == ["Conv2d", "MaxPool2d", "BatchNorm2d", "ReLU"]
+    assert [type(m).__name__ for m in a.layer2] == ["Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d"]
+    assert b(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    # BN then sees the pooled map: a quarter of the activations at that layer
+    seen = {}
+    b.layer2[2].register_forward_hook(lambda m, i, o: seen.setdefault("shape", i[0].shape))
+    b(torch.zeros(2, 3, 32, 32))
+    assert seen["shape"] == (2, 32, 8, 8)
+
+
+def test_alternating_flips_mirror_each_image_every_other_epoch():
+    from resnetlab.data import AugmentConfig, BatchLoader, ImageSet
+    n = 64
+    # each image is a left-to-right ramp tagged with its index, so a mirror is visible in the output
+    ramp = torch.arange(8, dtype=torch.uint8).expand(n, 3, 8, 8).clone()
+    ramp[:, 1] = torch.arange(n, dtype=torch.uint8)[:, None, None]
+    ds = ImageSet(ramp, torch.zeros(n, dtype=torch.long), ["a"])
+    aug = AugmentConfig(crop_padding=0, flip=True, flip_mode="alternate")
+    loader = BatchLoader(ds, 16, (0.0,) * 3, (1.0,) * 3, train=True, augment=aug, seed=3)
+
+    def mirrored(epoch: int) -> dict[int, bool]:
+        loader.set_epoch(epoch)
+        seen = {}
+        for x, _ in loader:
+            for img in x:
+                seen[int(img[1, 0, 0])] = bool(img[0, 0, 0] > img[0, 0, -1])
+        return seen
+
+    e0, e1, e2 = mirrored(0), mirrored(1), mirrored(2)
+    assert len(e0) == n and 0.25 < sum(e0.values()) / n < 0.75  # a random half in the first epoch
+    assert all(e1[i] != e0[i] for i in range(n)) and e2 == e0  # then the other half, and back
+    with pytest.raises(UserError, match="data.augment.epoch_sizes: expected a list of image sides"):
+        load_recipe(None, ["data.augment.epoch_sizes=[16,4]"])
+    with pytest.raises(UserError, match="data.augment.flip_mode: 'sometimes' is not allowed"):
+        load_recipe(None, ["data.augment.flip_mode=sometimes"])
+
+
+def test_progressive_resizing_trains_early_epochs_small_and_counts_their_compute(tiny_cifar, tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "--recipe", str(ROOT / "recipes" / "cifar10_quick.yaml"), "--data-dir", str(tiny_cifar),
+                 "--out", str(out), "--no-progress", "--no-verify", "train.epochs=3", "train.batch_size=20",
+                 "train.eval_batch_size=40", "train.precision=fp32", "data.augment.epoch_sizes=[24,24]", "data.augment.flip_mode=alternate"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    model = build_model("resnet9", 10, {"widths": [16, 32, 64, 128], "whiten": True})
+    small, full = count_macs(model, 24), count_macs(model, 32)
+    assert small < 0.6 * full
+    assert res["train_pflop"] == pytest.approx(6 * 200 * (2 * small + full) / 1e15)
+    assert res["macs"] == full  # the model as tested: full size
+
+
+def test_loader_epoch_size_follows_the_schedule():
+    from resnetlab.data import AugmentConfig, BatchLoader, ImageSet
+    ds = ImageSet(torch.zeros(8, 3, 32, 32, dtype=torch.uint8), torch.zeros(8, dtype=torch.long), ["a"])
+    loader = BatchLoader(ds, 4, (0.0,) * 3, (1.0,) * 3, train=True,
+                         augment=AugmentConfig(epoch_sizes=(20,)))
+    loader.set_epoch(0)
+    assert next(iter(loader))[0].shape == (4, 3, 20, 20) and loader.epoch_size(1) is None
+    loader.set_epoch(1)
+    assert next(iter(loader))[0].shape == (4, 3, 32, 32)
