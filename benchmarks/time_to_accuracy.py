@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -36,6 +37,8 @@ def machine() -> dict:
 
 
 def run(recipe: str, seed: int, out: Path) -> dict:
+    if (out / "results.json").exists() or (out / "last.safetensors").exists():
+        shutil.rmtree(out)  # this benchmark's own folder from an earlier run: measure afresh
     cmd = [sys.executable, "-m", "resnetlab", "train", "--recipe", recipe, "--out", str(out), "--no-progress",
            f"train.seed={seed}"]
     t0 = time.perf_counter()

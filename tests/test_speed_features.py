@@ -56,7 +56,7 @@ def test_eval_every_skips_monitoring_and_the_run_prints_its_training_compute(tin
     assert main(["train", "--recipe", str(ROOT / "recipes" / "cifar10_quick.yaml"), "--data-dir", str(tiny_cifar),
                  "--out", str(out), "--no-progress", "--no-verify", "train.epochs=4", "train.eval_every=3",
                  "train.batch_size=20", "train.eval_batch_size=40", "train.precision=fp32", "train.tta_shift=1",
-                 "model.kwargs.pool_first=true"]) == 0
+                 "model.kwargs.pool_first=true", "data.augment.epoch_sizes=[]"]) == 0
     printed = capsys.readouterr().out
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["val_top1"] is not None for r in rows] == [False, False, True, True]  # every 3rd, and the last
@@ -72,11 +72,16 @@ def test_eval_every_skips_monitoring_and_the_run_prints_its_training_compute(tin
     assert f"{res['train_pflop']:.3f} PFLOP]" in printed
 
 
-def test_eval_every_refused_with_early_stopping():
-    with pytest.raises(UserError, match="train.eval_every: early stopping counts epochs"):
-        load_recipe(None, ["train.eval_every=2", "train.early_stopping.patience=3", "data.val_size=5000"])
+def test_eval_every_thins_out_monitoring_only(tiny_cifar, tmp_path):
+    """With a validation split every epoch is evaluated (selection, early stopping and pruning read it)."""
+    out = tmp_path / "run"
+    assert main(["train", "--data-dir", str(tiny_cifar), "--out", str(out), "--no-progress", "--no-verify",
+                 "model.name=resnet20", "train.epochs=3", "train.eval_every=5", "train.batch_size=20",
+                 "data.val_size=40", "train.precision=fp32", "data.augment.epoch_sizes=[]"]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["eval_split"] for r in rows] == ["val"] * 3 and all(r["val_top1"] is not None for r in rows)
     with pytest.raises(UserError, match="train.tta_shift: must be in \\[0, 8\\]"):
-        load_recipe(None, ["train.tta_shift=9"])
+        load_recipe(ROOT / "recipes" / "cifar10_quick.yaml", ["train.tta_shift=9"])
 
 
 def test_pool_first_orders_pool_before_bn_and_keeps_the_parameters():
@@ -88,7 +93,7 @@ def test_pool_first_orders_pool_before_bn_and_keeps_the_parameters():
     assert b(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
     # BN then sees the pooled map: a quarter of the activations at that layer
     seen = {}
-    b.layer2[2].register_forward_hook(lambda m, i, o: seen.setdefault("shape", i[0].shape))
+    b.layer2[2].register_forward_hook(lambda m, i, o: seen.update(shape=i[0].shape))
     b(torch.zeros(2, 3, 32, 32))
     assert seen["shape"] == (2, 32, 8, 8)
 
@@ -108,16 +113,16 @@ def test_alternating_flips_mirror_each_image_every_other_epoch():
         seen = {}
         for x, _ in loader:
             for img in x:
-                seen[int(img[1, 0, 0])] = bool(img[0, 0, 0] > img[0, 0, -1])
+                seen[round(255 * img[1, 0, 0].item())] = bool(img[0, 0, 0] > img[0, 0, -1])
         return seen
 
     e0, e1, e2 = mirrored(0), mirrored(1), mirrored(2)
     assert len(e0) == n and 0.25 < sum(e0.values()) / n < 0.75  # a random half in the first epoch
     assert all(e1[i] != e0[i] for i in range(n)) and e2 == e0  # then the other half, and back
     with pytest.raises(UserError, match="data.augment.epoch_sizes: expected a list of image sides"):
-        load_recipe(None, ["data.augment.epoch_sizes=[16,4]"])
+        load_recipe(ROOT / "recipes" / "cifar10_quick.yaml", ["data.augment.epoch_sizes=[16,4]"])
     with pytest.raises(UserError, match="data.augment.flip_mode: 'sometimes' is not allowed"):
-        load_recipe(None, ["data.augment.flip_mode=sometimes"])
+        load_recipe(ROOT / "recipes" / "cifar10_quick.yaml", ["data.augment.flip_mode=sometimes"])
 
 
 def test_progressive_resizing_trains_early_epochs_small_and_counts_their_compute(tiny_cifar, tmp_path):
@@ -131,6 +136,14 @@ def test_progressive_resizing_trains_early_epochs_small_and_counts_their_compute
     assert small < 0.6 * full
     assert res["train_pflop"] == pytest.approx(6 * 200 * (2 * small + full) / 1e15)
     assert res["macs"] == full  # the model as tested: full size
+
+    # a run shorter than the schedule still ends on full-size images: 3 epochs of [16, 16, 24, 24, 24] → 16, 16, 32
+    short = tmp_path / "short"
+    assert main(["train", "--recipe", str(ROOT / "recipes" / "cifar10_quick.yaml"), "--data-dir", str(tiny_cifar),
+                 "--out", str(short), "--no-progress", "--no-verify", "train.epochs=3", "train.batch_size=20",
+                 "train.eval_batch_size=40", "train.precision=fp32", "data.augment.epoch_sizes=[16,16,24,24,24]"]) == 0
+    tiny = count_macs(model, 16)
+    assert json.loads((short / "results.json").read_text())["train_pflop"] == pytest.approx(6 * 200 * (2 * tiny + full) / 1e15)
 
 
 def test_loader_epoch_size_follows_the_schedule():

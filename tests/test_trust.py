@@ -283,7 +283,7 @@ def test_13_mid_epoch_checkpoint_resume_is_exact(tiny_cifar, tmp_path, monkeypat
 def test_14_without_a_validation_split_nothing_is_selected_on_test(tiny_cifar, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--data-dir", str(tiny_cifar), "--out", str(out), "--no-progress", *TINY,
-                 "data.val_size=0", "train.epochs=2"]) == 0
+                 "data.val_size=0", "train.epochs=2", "train.eval_every=1"]) == 0
     text = capsys.readouterr().out
     epochs = [line for line in text.splitlines() if line.startswith("epoch ")]
     assert len(epochs) == 2 and all("test (monitoring)" in e and " val " not in e for e in epochs)

@@ -33,7 +33,8 @@ class AugmentSection:
     flip: bool = True
     flip_mode: str = "random"       # random | alternate (each image mirrored every other epoch, airbench)
     epoch_sizes: list = field(default_factory=list)  # progressive resizing: image side of each of the
-                                    # first epochs, e.g. [16, 24, 24]; the epochs after them at full size
+                                    # first epochs, e.g. [16, 24, 24]; later epochs, and always the last one,
+                                    # at full size
     cutout: int = 0
     jpeg: float = 0.0               # share of training images JPEG-compressed (in the batch, simulated)
     jpeg_quality: list = field(default_factory=lambda: [30, 95])
@@ -102,7 +103,7 @@ class TrainConfig:
     device: str = "auto"            # auto | cpu | cuda | cuda:N | mps
     tta: bool = False               # flip TTA for the final test (per-epoch validation stays plain: cheaper)
     tta_shift: int = 0              # with tta: also the two views moved by ±N pixels (6 views in all)
-    eval_every: int = 1             # evaluate every N epochs (and always after the last); monitoring costs time
+    eval_every: int = 1             # monitoring on test (no val split): every N epochs and after the last
     log_every: int = 50
     checkpoint_every_min: float = 0  # also write last.safetensors every N minutes mid-epoch (exact resume); 0 = off
     sync_bn: bool = False           # distributed runs: BatchNorm statistics over the whole global batch
@@ -311,9 +312,6 @@ def validate(r: Recipe) -> None:
     if r.train.early_stopping.patience and not r.data.val_size:
         raise UserError("recipe key train.early_stopping.patience: early stopping needs a validation split "
                         "(data.val_size > 0); it never stops on the test split")
-    if r.train.early_stopping.patience and r.train.eval_every != 1:
-        raise UserError("recipe key train.eval_every: early stopping counts epochs, so it needs an evaluation "
-                        "after every epoch (train.eval_every: 1)")
     validate_model_args(r.model.name, r.model.kwargs, where="recipe key model.kwargs")
 
 

@@ -269,7 +269,9 @@ class Trainer:
             self.state["train_flops"] += g_seen * self.train_flops_per_image(size)
             finished = epoch + 1 == t.epochs or self.state["step"] >= total
             val = None
-            if finished or (epoch + 1) % t.eval_every == 0:
+            # eval_every thins out monitoring only: a validation split is evaluated after every epoch, as
+            # checkpoint selection, early stopping and tune's pruning read it
+            if finished or not self.monitor_only or (epoch + 1) % t.eval_every == 0:
                 val = evaluate(self.eval_model, self.val_loader, self.num_classes, tta=False,
                                amp_dtype=self.amp_dtype)
                 if not math.isfinite(val.loss):

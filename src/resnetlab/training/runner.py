@@ -82,10 +82,12 @@ def _slice(ds: ImageSet, n: int, seed: int) -> ImageSet:
 def make_loaders(recipe: Recipe, splits: Splits, device: torch.device, channels_last: bool,
                  input_size: int | None = None) -> tuple[BatchLoader, BatchLoader, BatchLoader]:
     a = recipe.data.augment
+    t = recipe.train
+    # progressive resizing never reaches the last epoch: a short run (train.epochs=1 for a try) still
+    # ends on full-size images, the size it is tested at
     aug = AugmentConfig(a.crop_padding, a.pad_mode, a.flip, a.cutout, a.jpeg, tuple(a.jpeg_quality), a.resample,
                         tuple(a.resample_scale), a.artifacts_from_epoch, flip_mode=a.flip_mode,
-                        epoch_sizes=tuple(a.epoch_sizes))
-    t = recipe.train
+                        epoch_sizes=tuple(a.epoch_sizes)[:max(t.epochs - 1, 0)])
     resize = input_size if input_size and input_size != splits.train.images.shape[-1] else None
     common = dict(mean=splits.mean, std=splits.std, device=device, channels_last=channels_last,
                   image_size=resize)
