@@ -82,9 +82,9 @@ class Trainer:
         self.ema = EMA(self.model, recipe.train.ema_decay) if recipe.train.ema_decay > 0 else None
         # Training compute, counted as 3 forward passes per image (forward + a backward of twice its cost,
         # the usual estimate, e.g. Kaplan et al. 2020): 6 FLOPs per multiply-accumulate of one forward.
-        # Counted per epoch at the size that epoch trains on (progressive resizing makes early epochs cheaper).
+        # Counted per epoch at the size that epoch trains on (progressive resizing makes early epochs cheaper),
+        # once per size, when first needed.
         self._flops_at: dict[int, int] = {}
-        self.flops_per_image = self.train_flops_per_image(meta["input_size"])
         self.last_val: EvalResult | None = None  # latest validation, reused when it equals the final test
         self.state: dict[str, Any] = {"epoch": 0, "step": 0, "best": None, "best_epoch": None,
                                       "bad_epochs": 0, "elapsed": 0.0, "history": [], "stopped": None,
@@ -265,7 +265,7 @@ class Trainer:
             train_loss = g_loss / max(g_seen, 1)
             self._check_finite(train_loss, epoch)
             train_time = time.perf_counter() - t0
-            size = getattr(self.train_loader, "epoch_size", lambda e: None)(epoch) or self.meta["input_size"]
+            size = self.train_loader.epoch_size(epoch) or self.meta["input_size"]
             self.state["train_flops"] += g_seen * self.train_flops_per_image(size)
             finished = epoch + 1 == t.epochs or self.state["step"] >= total
             val = None

@@ -268,7 +268,7 @@ def finish_run(trainer: Trainer, splits: Splits, test_loader, state: dict, log=p
     model = trainer.eval_model
     results = {
         "model": trainer.meta["arch"], "test": test.summary(), "weights": chosen,
-        "params": count_params(model), "macs": trainer.flops_per_image // 6,
+        "params": count_params(model), "macs": trainer.train_flops_per_image(trainer.meta["input_size"]) // 6,
         "train_time_min": state["elapsed"] / 60,
         "train_pflop": hist[-1]["train_pflop"] if hist else 0.0, "epochs": state["epoch"], "steps": state["step"],
         "img_per_s": sum(speeds) / max(1, len(speeds)), "device": describe_device(trainer.device, trainer.amp_dtype),
