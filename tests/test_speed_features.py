@@ -155,3 +155,42 @@ def test_loader_epoch_size_follows_the_schedule():
     assert next(iter(loader))[0].shape == (4, 3, 20, 20) and loader.epoch_size(1) is None
     loader.set_epoch(1)
     assert next(iter(loader))[0].shape == (4, 3, 32, 32)
+
+
+def test_lookahead_pull_rises_with_the_cube_of_progress_and_ends_on_the_slow_copy():
+    from resnetlab.training.optim import Lookahead
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    la = Lookahead(net, every=5, decay=0.9)
+    assert la.pull(3, 100) is None and la.pull(100, 100) == 1.0
+    assert la.pull(50, 100) == pytest.approx(0.9 ** 5 * 0.5 ** 3)
+    assert set(la.slow) == {"0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var"}
+    start = {k: v.clone() for k, v in la.slow.items()}
+    with torch.no_grad():  # the fast net moves (weights and BN statistics alike)
+        for v in net.state_dict().values():
+            if v.is_floating_point():
+                v.add_(1.0)
+    la.update(net, 3, 100)  # not a multiple of 5: nothing happens
+    assert torch.equal(net[0].weight, start["0.weight"] + 1)
+    la.update(net, 50, 100)
+    d = 0.9 ** 5 * 0.5 ** 3
+    for k, v in net.state_dict().items():
+        if k in start:  # slow moved by 1 - d toward fast, and fast restarts from it
+            assert torch.allclose(v, start[k] + (1 - d)), k
+            assert torch.equal(v, la.slow[k]), k
+    with torch.no_grad():
+        net[0].weight.add_(5.0)
+    la.update(net, 100, 100)  # the last step: the net is the slow copy, whatever the fast weights did
+    assert torch.equal(net[0].weight, la.slow["0.weight"])
+    assert torch.allclose(net[0].weight, start["0.weight"] + (1 - d))
+
+
+def test_lookahead_run_records_its_state_for_resume(tiny_cifar, tmp_path):
+    from resnetlab.weights import read_full
+    out = tmp_path / "la"
+    assert main(["train", "--data-dir", str(tiny_cifar), "--out", str(out), "--no-progress", "data.verify=false",
+                 "model.name=resnet20", "train.epochs=2", "train.batch_size=10", "data.val_size=20",
+                 "train.precision=fp32", "train.lookahead_every=2"]) == 0
+    weights, _meta, _resume, extra = read_full(out / "last.safetensors")
+    slow = {k[len("lookahead/"):]: v for k, v in extra.items() if k.startswith("lookahead/")}
+    assert slow and all(torch.equal(weights[k], v) for k, v in slow.items())  # ended on the slow copy

@@ -115,7 +115,8 @@ def _train_cmd(data, out, extra=()):
     return [sys.executable, "-m", "resnetlab", "train", "--recipe", str(ROOT / "recipes" / "cifar10_quick.yaml"),
             "--data-dir", str(data), "--out", str(out), "--no-progress", "data.verify=false", "train.epochs=4",
             "train.batch_size=10", "data.val_size=20", "train.precision=fp32", "model.name=resnet20",
-            "train.eval_batch_size=40", "optim.lr=0.05", "train.ema_decay=0.8", "schedule.name=onecycle", *extra]
+            "train.eval_batch_size=40", "optim.lr=0.05", "train.ema_decay=0.8", "schedule.name=onecycle",
+            "train.lookahead_every=3", *extra]
 
 
 def test_resume_after_sigkill_is_bit_identical(tiny_cifar, tmp_path):

@@ -94,6 +94,8 @@ class TrainConfig:
     eval_batch_size: int = 1000
     label_smoothing: float = 0.0
     ema_decay: float = 0.0          # 0 = no EMA; else evaluate and save the EMA weights
+    lookahead_every: int = 0        # 0 = off; else Lookahead with airbench's rising pull every N steps
+    lookahead_decay: float = 0.95   # per-step decay of the Lookahead pull (d = decay**N * progress**3)
     grad_clip: float = 0.0
     seed: int = 0
     deterministic: bool = False
@@ -245,6 +247,8 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "train.eval_batch_size": (1, None, True, True),
     "train.label_smoothing": (0, 1, True, False),
     "train.ema_decay": (0, 1, True, False),
+    "train.lookahead_every": (0, None, True, True),
+    "train.lookahead_decay": (0, 1, True, True),
     "train.grad_clip": (0, None, True, True),
     "train.seed": (0, 2**63 - 1, True, True),
     "train.log_every": (1, None, True, True),

@@ -27,7 +27,7 @@ from ..runtime import all_reduce_sum, autocast_for, barrier, broadcast_flag, dis
 from ..weights import optimizer_from_flat, optimizer_to_flat, read_full, save_checkpoint
 from .config import Recipe
 from .distributed import convert_sync_bn, wrap
-from .optim import EMA, build_optimizer, lr_factor, param_groups
+from .optim import EMA, Lookahead, build_optimizer, lr_factor, param_groups
 
 
 class TrainingDiverged(UserError):
@@ -80,6 +80,8 @@ class Trainer:
         self.scaler = (torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 and device.type == "cuda"
                        else None)
         self.ema = EMA(self.model, recipe.train.ema_decay) if recipe.train.ema_decay > 0 else None
+        la = recipe.train.lookahead_every
+        self.lookahead = Lookahead(self.model, la, recipe.train.lookahead_decay) if la else None
         # Training compute, counted as 3 forward passes per image (forward + a backward of twice its cost,
         # the usual estimate, e.g. Kaplan et al. 2020): 6 FLOPs per multiply-accumulate of one forward.
         # Counted per epoch at the size that epoch trains on (progressive resizing makes early epochs cheaper),
@@ -114,6 +116,8 @@ class Trainer:
             tensors["rng/augment"] = aug_state
         if self.ema is not None:
             tensors.update({f"ema/{k}": v for k, v in self.ema.module.state_dict().items()})
+        if self.lookahead is not None:
+            tensors.update({f"lookahead/{k}": v for k, v in self.lookahead.slow.items()})
         tensors.update(_rng_state())
         scaler = self.scaler.state_dict() if self.scaler is not None else None
         return {"trainer": self.state, "optimizer": info, "grad_scaler": scaler}, tensors
@@ -143,6 +147,13 @@ class Trainer:
             raise UserError(f"{path}: does not match this recipe's model/optimizer ({e})") from None
         if self.ema is not None:
             self.ema.module.load_state_dict({k[4:]: v for k, v in extra.items() if k.startswith("ema/")})
+        if self.lookahead is not None:
+            missing = [k for k in self.lookahead.slow if f"lookahead/{k}" not in extra]
+            if missing:
+                raise UserError(f"{path}: has no Lookahead state ({missing[0]}); resume with the recipe it was "
+                                f"trained with (train.lookahead_every=0)")
+            for k, v in self.lookahead.slow.items():
+                v.copy_(extra[f"lookahead/{k}"])
         if self.scaler is not None and resume.get("grad_scaler"):
             self.scaler.load_state_dict(resume["grad_scaler"])
         torch.set_rng_state(extra["rng/torch"])
@@ -235,6 +246,8 @@ class Trainer:
                 for g in self.optimizer.param_groups:
                     g["lr"] = base_lr * g.get("lr_scale", 1.0) * f
                 loss, out = self.train_step(x, y)
+                if self.lookahead is not None:
+                    self.lookahead.update(self.model, step + 1, total)
                 loss_sum += loss.detach() * len(y)
                 correct += (out.detach().argmax(1) == y).sum()
                 seen += len(y)

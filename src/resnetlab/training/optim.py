@@ -1,4 +1,4 @@
-"""Optimizers, learning-rate schedules (as a pure function of the step) and an EMA of weights.
+"""Optimizers, learning-rate schedules (as a pure function of the step), an EMA of weights and Lookahead.
 
 The schedule is a function of the global step rather than a stateful torch scheduler: resuming only
 needs the step count, and train/finetune share it unchanged.
@@ -82,3 +82,37 @@ class EMA:
         torch._foreach_lerp_(ema_p, cur_p, 1.0 - self.decay)
         for eb, b in zip(self.module.buffers(), model.buffers()):
             eb.copy_(b)
+
+
+class Lookahead:
+    """Lookahead (Zhang et al. 2019, "Lookahead Optimizer: k steps forward, 1 step back") with the pull
+    airbench uses (Jordan 2024): every `every` steps a slow copy moves toward the live ("fast") net by
+    1 - d and the net restarts from it. d rises with the cube of training progress, d = decay**every *
+    progress**3, so early steps run free and late ones are averaged; after the last step the net *is* the
+    slow copy. Unlike our EMA (a separate model for evaluation), the average is fed back into training,
+    and BN statistics are averaged with the weights (every floating-point state entry), so the result
+    needs no statistics of its own."""
+
+    def __init__(self, model: nn.Module, every: int, decay: float) -> None:
+        self.every, self.decay = every, decay
+        self.slow = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    def pull(self, step: int, total: int) -> float | None:
+        """The d used after global step `step` (1-based count of steps done), or None: no update then."""
+        if step >= total:
+            return 1.0
+        if step % self.every:
+            return None
+        return self.decay ** self.every * (step / total) ** 3
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int, total: int) -> None:
+        d = self.pull(step, total)
+        if d is None:
+            return
+        live = model.state_dict()
+        slow = list(self.slow.values())
+        fast = [live[k] for k in self.slow]
+        torch._foreach_lerp_(slow, fast, 1.0 - d)
+        for f, s in zip(fast, slow):
+            f.copy_(s)
