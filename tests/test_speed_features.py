@@ -194,3 +194,15 @@ def test_lookahead_run_records_its_state_for_resume(tiny_cifar, tmp_path):
     weights, _meta, _resume, extra = read_full(out / "last.safetensors")
     slow = {k[len("lookahead/"):]: v for k, v in extra.items() if k.startswith("lookahead/")}
     assert slow and all(torch.equal(weights[k], v) for k, v in slow.items())  # ended on the slow copy
+
+
+def test_dirac_init_starts_the_first_filters_as_the_identity():
+    plain = build_model("resnet9", 10, {"widths": [8, 16, 32, 64]})
+    model = build_model("resnet9", 10, {"widths": [8, 16, 32, 64], "dirac": True})
+    conv = model.layer1[1].conv1  # 16 → 16 inside the residual block
+    x = torch.randn(2, 16, 8, 8)
+    assert torch.allclose(F.conv2d(x, conv.weight, padding=1), x, atol=1e-6)
+    c = model.layer1[0][0]  # 8 → 16: the first 8 output channels copy the input, the rest stay random
+    y = F.conv2d(torch.randn(2, 8, 8, 8), c.weight, padding=1)
+    assert c.weight[8:].abs().sum() > 0 and y.shape[1] == 16
+    assert not torch.allclose(F.conv2d(x, plain.layer1[1].conv1.weight, padding=1), x, atol=1e-2)

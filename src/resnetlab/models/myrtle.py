@@ -34,7 +34,7 @@ class ResNet9(nn.Module):
     def __init__(self, num_classes: int = 10, widths: Sequence[int] = (64, 128, 256, 512),
                  in_channels: int = 3, head_scale: float = 0.125, whiten: bool = False,
                  whiten_eps: float = 1e-2, block: str = "standard", drop_rate: float = 0.0,
-                 drop_path_rate: float = 0.0, pool_first: bool = False) -> None:
+                 drop_path_rate: float = 0.0, pool_first: bool = False, dirac: bool = False) -> None:
         super().__init__()
         if block not in ("standard", "separable"):
             raise ValueError(f"unknown block kind {block!r}; use standard or separable")
@@ -67,6 +67,10 @@ class ResNet9(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d) and m is not self.whiten:
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                # dirac: the first c_in filters start as the identity (airbench, Jordan 2024), so every
+                # layer initially passes its input through next to its random features
+                if dirac and m.groups == 1 and m.out_channels >= m.in_channels:
+                    nn.init.dirac_(m.weight[: m.in_channels])
         if self.whiten is not None:
             nn.init.dirac_(self.whiten.weight[: in_channels])  # until init_whitening: pass-through
             nn.init.zeros_(self.whiten.weight[in_channels:])

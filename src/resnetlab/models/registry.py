@@ -94,6 +94,7 @@ _RESNET9_ARGS = {
                  "depthwise + pointwise"),
     "pool_first": Arg(_bool, "conv → max-pool → BN → ReLU in the pooling layers (airbench's order; "
                       "cheaper on CPUs)"),
+    "dirac": Arg(_bool, "the first c_in filters of each conv start as the identity (airbench)"),
     **_REGULARISERS,
 }
 
