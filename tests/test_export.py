@@ -57,6 +57,8 @@ def test_torch_export_program_matches_pytorch(small_checkpoint, tmp_path, capsys
                  "--check-count", "200"]) == 0
     diff, agree = _check_line(capsys.readouterr().out)
     assert diff <= 1e-4 and agree == 1.0
+    weights = small_checkpoint.stat().st_size  # the archive holds the weights, the graph and a 2-image example,
+    assert out.stat().st_size < weights + 500_000, (out.stat().st_size, weights)  # not the 200 check images
     module, meta = load_exported_program(out)
     clf = load(small_checkpoint, device="cpu")
     assert meta["classes"] == clf.classes

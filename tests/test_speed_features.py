@@ -203,6 +203,8 @@ def test_dirac_init_starts_the_first_filters_as_the_identity():
     x = torch.randn(2, 16, 8, 8)
     assert torch.allclose(F.conv2d(x, conv.weight, padding=1), x, atol=1e-6)
     c = model.layer1[0][0]  # 8 → 16: the first 8 output channels copy the input, the rest stay random
-    y = F.conv2d(torch.randn(2, 8, 8, 8), c.weight, padding=1)
-    assert c.weight[8:].abs().sum() > 0 and y.shape[1] == 16
+    xi = torch.randn(2, 8, 8, 8)
+    y = F.conv2d(xi, c.weight, padding=1)
+    assert y.shape[1] == 16 and torch.allclose(y[:, :8], xi, atol=1e-6)
+    assert c.weight[8:].abs().sum() > 0 and not torch.allclose(y[:, 8:], xi, atol=1e-2)
     assert not torch.allclose(F.conv2d(x, plain.layer1[1].conv1.weight, padding=1), x, atol=1e-2)
