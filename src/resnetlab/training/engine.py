@@ -140,20 +140,16 @@ class Trainer:
         weights, _meta, resume, extra = read_full(path)
         if resume is None:
             raise UserError(f"{path}: has no resume state (only last.safetensors can be resumed)")
-        try:
+        try:  # every piece of state the recipe asks for, or one line naming what does not fit
             self.model.load_state_dict(weights)
             optimizer_from_flat(self.optimizer, resume["optimizer"], extra)
+            if self.ema is not None:
+                self.ema.module.load_state_dict({k[4:]: v for k, v in extra.items() if k.startswith("ema/")})
+            if self.lookahead is not None:
+                for k, v in self.lookahead.slow.items():
+                    v.copy_(extra[f"lookahead/{k}"])
         except (RuntimeError, ValueError, KeyError) as e:
             raise UserError(f"{path}: does not match this recipe's model/optimizer ({e})") from None
-        if self.ema is not None:
-            self.ema.module.load_state_dict({k[4:]: v for k, v in extra.items() if k.startswith("ema/")})
-        if self.lookahead is not None:
-            missing = [k for k in self.lookahead.slow if f"lookahead/{k}" not in extra]
-            if missing:
-                raise UserError(f"{path}: has no Lookahead state ({missing[0]}); resume with the recipe it was "
-                                f"trained with (train.lookahead_every=0)")
-            for k, v in self.lookahead.slow.items():
-                v.copy_(extra[f"lookahead/{k}"])
         if self.scaler is not None and resume.get("grad_scaler"):
             self.scaler.load_state_dict(resume["grad_scaler"])
         torch.set_rng_state(extra["rng/torch"])
