@@ -10,7 +10,10 @@
    4096^3 matmul; each training rate as a fraction of the ceiling of its precision, and the ratio's ceiling
    (bf16 conv ceiling / the seeds' achieved fp32 rate).
 
-    python benchmarks/speed.py [--data-dir DIR] [--steps 8] [--json benchmarks/out/speed.json]
+    python benchmarks/speed.py [--data-dir DIR] [--steps 8] [--device cpu|cuda] [--json benchmarks/out/speed.json]
+
+With --device cuda both ways train on the GPU (the seeds' way moves each DataLoader batch there, as the
+tutorials do), the ceilings are measured on the GPU, and the inference section is skipped.
 """
 from __future__ import annotations
 
@@ -30,6 +33,12 @@ HERE = Path(__file__).resolve().parent
 MODELS = [("resnet20", {}), ("resnet56", {}), ("resnet18", {"stem": "cifar"})]
 
 
+def sync(device: torch.device) -> None:
+    """CUDA work is asynchronous: a timer must wait for the device, not for the launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def worker_train(args) -> dict:
     """Runs in its own process so its peak RSS is its own."""
     import torch.nn.functional as F
@@ -41,14 +50,16 @@ def worker_train(args) -> dict:
     from resnetlab.training.engine import Trainer
 
     kw = json.loads(args.kwargs)
-    train, test = cifar10(resolve_data_root(args.data_dir))
+    train, test = cifar10(resolve_data_root(args.data_dir), verify=not args.no_verify)
     torch.manual_seed(0)
     model = create_model(args.model, num_classes=10, **kw)
     macs = count_macs(model, 32)
-    bs, steps, warm = args.batch_size, args.steps, 2
+    dev = torch.device(args.device)
+    # cudnn picks its kernels during the first steps (benchmark mode): more warm-up on a GPU
+    bs, steps, warm = args.batch_size, args.steps, 2 if dev.type == "cpu" else 5
     if args.path == "fast":
         recipe = load_recipe(None, [f"model.name={args.model}", f"train.batch_size={bs}", "data.val_size=0",
-                                    "schedule.name=constant"])
+                                    "schedule.name=constant", f"train.device={args.device}"])
         device, amp, cl = setup_runtime(recipe)
         splits = Splits(train, None, test, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
         train_l, _, _ = make_loaders(recipe, splits, device, cl)
@@ -57,6 +68,7 @@ def worker_train(args) -> dict:
         it = iter(train_l)
         for _ in range(warm):
             tr.train_step(*next(it))
+        sync(dev)
         t0 = time.perf_counter()
         for _ in range(steps):
             loss, _ = tr.train_step(*next(it))
@@ -71,14 +83,19 @@ def worker_train(args) -> dict:
         tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
         ds = PILCifar(train.images.permute(0, 2, 3, 1).numpy(), train.labels.numpy(), tf)
         dl = torch.utils.data.DataLoader(ds, batch_size=bs, shuffle=True, num_workers=2, drop_last=True)
+        if dev.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # what GPU tutorials set
+        model.to(dev)
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
         model.train()
         it = iter(dl)
         t0 = None
         for i in range(warm + steps):
             if i == warm:
+                sync(dev)
                 t0 = time.perf_counter()
             x, y = next(it)
+            x, y = x.to(dev), y.to(dev)
             loss = F.cross_entropy(model(x), y)
             opt.zero_grad()
             loss.backward()
@@ -93,7 +110,7 @@ def worker_train(args) -> dict:
 
 def run_worker(model: str, kw: dict, path: str, args) -> dict:
     cmd = [sys.executable, __file__, "--worker", "--model", model, "--kwargs", json.dumps(kw), "--path", path,
-           "--steps", str(args.steps), "--batch-size", str(args.batch_size)]
+           "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--device", args.device]
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
@@ -134,24 +151,30 @@ def inference(name: str, kw: dict) -> list[dict]:
     return rows
 
 
-def ceilings(reps: int = 5) -> dict[str, float]:
+def ceilings(device: torch.device, reps: int = 5) -> dict[str, float]:
     """This machine's ceilings, measured now: TFLOP/s of a ResNet-18-sized 3x3 convolution forward (128 -> 128
-    channels, 16x16, batch 128, channels_last) in fp32 and under bf16 autocast, and of a 4096^3 matmul."""
+    channels, 16x16, batch 128, channels_last) in fp32 and under bf16 autocast, and of a 4096^3 matmul.
+    On a GPU one such call lasts microseconds, so each timing there covers 50 calls between syncs."""
     out = {}
-    conv = torch.nn.Conv2d(128, 128, 3, padding=1, bias=False).to(memory_format=torch.channels_last)
-    x = torch.randn(128, 128, 16, 16).contiguous(memory_format=torch.channels_last)
+    conv = torch.nn.Conv2d(128, 128, 3, padding=1, bias=False).to(device, memory_format=torch.channels_last)
+    x = torch.randn(128, 128, 16, 16, device=device).contiguous(memory_format=torch.channels_last)
     conv_flop = 2 * 128 * 128 * 9 * 16 * 16 * 128
-    a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
+    a, b = torch.randn(4096, 4096, device=device), torch.randn(4096, 4096, device=device)
+    calls = 1 if device.type == "cpu" else 50
     for prec in ("fp32", "bf16"):
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16, enabled=prec == "bf16")
+        ctx = torch.autocast(device.type, dtype=torch.bfloat16, enabled=prec == "bf16")
         with torch.no_grad(), ctx:
             for name, fn, flop in (("conv", lambda: conv(x), conv_flop), ("matmul", lambda: a @ b, 2 * 4096 ** 3)):
-                fn()
+                for _ in range(3 if device.type == "cuda" else 1):
+                    fn()
                 times = []
                 for _ in range(reps):
+                    sync(device)
                     t0 = time.perf_counter()
-                    fn()
-                    times.append(time.perf_counter() - t0)
+                    for _ in range(calls):
+                        fn()
+                    sync(device)
+                    times.append((time.perf_counter() - t0) / calls)
                 out[f"{name}_{prec}"] = flop / min(times) / 1e12
     return out
 
@@ -166,6 +189,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--skip-inference", action="store_true")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--no-verify", action="store_true", help=argparse.SUPPRESS)  # gpu.sh's smoke test: random data
     ap.add_argument("--json", default=str(HERE / "out" / "speed.json"))
     args = ap.parse_args()
     if args.worker:
@@ -173,8 +198,10 @@ def main() -> None:
         return
     report: dict = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "threads": torch.get_num_threads()}
     from resnetlab.runtime import describe_device
-    report["device"] = describe_device(torch.device("cpu"), None)
-    ceil = ceilings()
+    device = torch.device(args.device)
+    report["device"] = describe_device(device, None)
+    print(f"device: {report['device']}, torch {torch.__version__}", flush=True)
+    ceil = ceilings(device)
     report["ceilings_tflops"] = ceil
     print(f"ceilings (TFLOP/s): 3x3 conv fp32 {ceil['conv_fp32']:.3f}, bf16 {ceil['conv_bf16']:.3f}; "
           f"matmul 4096^3 fp32 {ceil['matmul_fp32']:.3f}, bf16 {ceil['matmul_bf16']:.3f}", flush=True)
@@ -192,7 +219,7 @@ def main() -> None:
               f"(bf16 conv ceiling / the seeds' achieved fp32 rate)", flush=True)
         rows[-1].update(fast_fraction=fast["tflops"] / fast_ceiling, ratio_ceiling=ceil["conv_bf16"] / seed["tflops"])
     report["training"] = rows
-    if not args.skip_inference:
+    if not args.skip_inference and device.type == "cpu":
         report["inference"] = []
         for name, kw in (("resnet20", {}), ("resnet18", {"stem": "cifar"})):
             for r in inference(name, kw):

@@ -32,8 +32,11 @@ def machine() -> dict:
     import torch
     from resnetlab.runtime import cpu_flags, cpu_model
     flags = sorted(f for f in cpu_flags() if f in {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "fma"})
-    return {"cpu": cpu_model(), "flags": flags, "torch": torch.__version__, "threads": torch.get_num_threads(),
+    info = {"cpu": cpu_model(), "flags": flags, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
+    if torch.cuda.is_available():  # the recipes' device: auto picks the GPU
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
 
 
 def run(recipe: str, seed: int, out: Path) -> dict:
@@ -81,7 +84,8 @@ def main() -> None:
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     info = machine()
-    print(f"machine: {info['cpu']} ({', '.join(info['flags'])}), {info['cpus']} CPUs, torch {info['torch']}")
+    print(f"machine: {info['cpu']} ({', '.join(info['flags'])}), {info['cpus']} CPUs, torch {info['torch']}"
+          + (f", GPU {info['gpu']} (the runs train there)" if "gpu" in info else ""))
     runs = []
     plan = []
     for item in args.recipes:
@@ -93,8 +97,9 @@ def main() -> None:
     for recipe, seed in plan:
         r = run(recipe, seed, args.out / f"{Path(recipe).stem}-seed{seed}")
         runs.append(r)
-        print(f"\n{recipe} seed {seed}: final test top-1 {100 * r['test_top1']:.2f} % ({r['wall_s'] / 60:.1f} min "
-              f"wall, {r['train_s'] / 60:.1f} min training, {r['train_pflop']:.3f} PFLOP)", flush=True)
+        print(f"\n{recipe} seed {seed}: final test top-1 {100 * r['test_top1']:.2f} % ({r['wall_s'] / 60:.2f} min "
+              f"wall, {r['train_s'] / 60:.2f} min = {r['train_s']:.1f} s training, {r['train_pflop']:.3f} PFLOP)",
+              flush=True)
         print("| epoch | training min | top-1 | split |\n|---|---|---|---|")
         for e in r["epochs"]:
             print(f"| {e['epoch']} | {e['elapsed_s'] / 60:.2f} | {100 * e['top1']:.2f} % | {e['split']} |")
