@@ -59,6 +59,9 @@ def test_torch_export_program_matches_pytorch(small_checkpoint, tmp_path, capsys
     assert diff <= 1e-4 and agree == 1.0
     weights = small_checkpoint.stat().st_size  # the archive holds the weights, the graph and a 2-image example,
     assert out.stat().st_size < weights + 500_000, (out.stat().st_size, weights)  # not the 200 check images
+    import zipfile
+    roots = {name.split("/")[0] for name in zipfile.ZipFile(out).namelist()}
+    assert roots == {"archive"}, roots  # not the name of the temporary file it was written to
     module, meta = load_exported_program(out)
     clf = load(small_checkpoint, device="cpu")
     assert meta["classes"] == clf.classes

@@ -17,6 +17,7 @@ check is not written.
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -119,7 +120,12 @@ def _export_program(model: torch.nn.Module, example: torch.Tensor, path: str, me
         program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
     except Exception as e:
         raise UserError(f"torch.export failed: {str(e).splitlines()[0]}") from None
-    torch.export.save(program, path, extra_files={f"{META_KEY}.json": json.dumps(meta)})
+    # Saved through a buffer: given a path, the archive's inner folder would take the name of the temporary
+    # file this is written to (".best.pt2.XXXX.tmp/..."); a buffer gets a neutral one.
+    buf = io.BytesIO()
+    torch.export.save(program, buf, extra_files={f"{META_KEY}.json": json.dumps(meta)})
+    with open(path, "wb") as f:
+        f.write(buf.getvalue())
 
 
 def load_exported_program(path: str | Path) -> tuple[torch.nn.Module, dict]:
