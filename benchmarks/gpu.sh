@@ -10,6 +10,8 @@
 #      and the GPU's conv/matmul ceilings;
 #   3. the paper recipe (ResNet-20, 64k iterations) with whatever is left of SECONDS (default 540) counted
 #      from the start of this script; its metrics.jsonl/results.json are copied even when time runs out.
+#      On the H200 lent for issue 13 its batch-128 steps took ~10.8 ms (launch-bound), ~11.5 min in all: more
+#      than one 10-minute command of that lease, so it ran there with SECONDS=0 (skipped) and on a CPU instead.
 # Everything it prints goes to OUT_DIR/gpu.log; the JSON and PNG outputs are copied beside it.
 set -u
 MODE=${1:?usage: gpu.sh smoke|all OUT_DIR [SECONDS]}

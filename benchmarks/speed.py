@@ -199,7 +199,7 @@ def main() -> None:
     report: dict = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "threads": torch.get_num_threads()}
     from resnetlab.runtime import describe_device
     device = torch.device(args.device)
-    report["device"] = describe_device(device, None)
+    report["device"] = describe_device(device, None).rsplit(",", 1)[0]  # each row names its own precision
     print(f"device: {report['device']}, torch {torch.__version__}", flush=True)
     ceil = ceilings(device)
     report["ceilings_tflops"] = ceil

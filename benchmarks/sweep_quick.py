@@ -8,7 +8,7 @@ A (issue 11 §6): the default recipe with photo-artefact augmentation in the bat
 B (issue 13 §1): candidate changes screened on a 45k/5k validation split, 3 seeds each; the figure read
    is the last epoch's validation top-1 (the test figures are recorded but choose nothing).
 
-    RESNETLAB_DATA=... python benchmarks/sweep_quick.py [OUT_DIR]   # default benchmarks/out/sweep_quick
+    RESNETLAB_DATA=... python benchmarks/sweep_quick.py [OUT_DIR]   # a fresh folder; default benchmarks/out/sweep_quick
 Prints one JSON line per run and a table of means at the end; writes OUT_DIR/sweep.json.
 """
 import json
@@ -37,8 +37,9 @@ VAL = {
     "ls0.1": ["train.label_smoothing=0.1"],
     "bs256": ["train.batch_size=256", "optim.lr=0.2"],
 }
-# The default recipe as it was when this sweep ran (label smoothing 0.2); B's "ls0.1" made it 0.1.
-BASE = ["train.label_smoothing=0.2"]
+# The default recipe as it was when this sweep ran (label smoothing 0.2, epochs 1-2 at 16 px and 3-5 at 24 px);
+# B's "ls0.1" is how it became 0.1 (the third 16 px epoch came after, for time).
+BASE = ["train.label_smoothing=0.2", "data.augment.epoch_sizes=[16,16,24,24,24]"]
 ROOT = Path(__file__).resolve().parent.parent
 jobs = [("rob", k, s, v) for k, v in ROB.items() for s in (0, 1)] + \
        [("val", k, s, v + ["data.val_size=5000"]) for k, v in VAL.items() for s in (0, 1, 2)]
