@@ -33,19 +33,10 @@ grep -m1 "model name" /proc/cpuinfo | tee -a "$LOG"; nproc | tee -a "$LOG"
 
 if [ "$MODE" = smoke ]; then
   # random bytes in the official binary layout (labels 0-9): exercises the CUDA paths, proves nothing about accuracy
-  $PY - "$W/fake/cifar-10-batches-bin" <<'EOF' 2>&1 | tee -a "$LOG"
-import sys
-from pathlib import Path
-import numpy as np
-d = Path(sys.argv[1]); d.mkdir(parents=True, exist_ok=True)
-rng = np.random.default_rng(0)
-for name in ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin", "test_batch.bin"]:
-    rec = rng.integers(0, 256, (10000, 3073), dtype=np.uint8)
-    rec[:, 0] = rng.integers(0, 10, 10000)
-    (d / name).write_bytes(rec.tobytes())
-(d / "batches.meta.txt").write_text("\n".join(["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]) + "\n")
-print("fake data in", d)
-EOF
+  $PY -c "import sys, numpy as np; from resnetlab.data.cifar import write_cifar10_binary as w
+r = np.random.default_rng(0); x = lambda n: r.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
+print('fake data in', w(sys.argv[1], (x(50000), r.integers(0, 10, 50000)), (x(10000), r.integers(0, 10, 10000))))" \
+    "$W/fake" 2>&1 | tee -a "$LOG"
   export RESNETLAB_DATA="$W/fake"
   say "smoke: fast94, 7 short epochs on 5000 random images"
   $PY -m resnetlab train --recipe recipes/cifar10_fast94.yaml --out "$W/smoke94" --no-progress data.verify=false \

@@ -4,12 +4,13 @@ Each variant of the CIFAR-10 test set is encoded as a file would be (PIL, in mem
 saves them) and decoded by resnetlab's own preprocessing with the checkpoint's resize policy, exactly as
 `resnetlab predict` and `serve` decode uploads; predictions come from the same Classifier (no TTA).
 
-    python benchmarks/robustness.py runs/cifar10_quick/best.safetensors [--limit N] [--write DIR]
+    python benchmarks/robustness.py runs/cifar10_quick/best.safetensors [--limit N] [--write DIR] [--json FILE]
 """
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import sys
 import time
 from pathlib import Path
@@ -121,6 +122,7 @@ def main() -> None:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--limit", type=int, default=None, help="first N test images (default: all 10,000)")
     ap.add_argument("--write", type=Path, default=None, help="also save every variant as files here")
+    ap.add_argument("--json", type=Path, default=None, help="also write {checkpoint: {variant: top-1}} here")
     args = ap.parse_args()
     if args.cost:
         pipeline_cost(args.recipe, args.data_dir, args.cost)
@@ -129,6 +131,8 @@ def main() -> None:
     for ckpt in args.checkpoints:
         print(f"{ckpt}:", flush=True)
         tables[ckpt] = measure(ckpt, args.data_dir, args.limit, args.write)
+    if args.json:
+        args.json.write_text(json.dumps(tables, indent=1))
     names = list(VARIANTS)
     print("\n| variant | " + " | ".join(Path(c).parent.name or c for c in tables) + " |")
     print("|---|" + "---|" * len(tables))

@@ -15,10 +15,7 @@ import argparse
 import asyncio
 import io
 import os
-import signal
-import socket
 import subprocess
-import sys
 import time
 
 import httpx
@@ -29,28 +26,7 @@ from PIL import Image
 from resnetlab import load
 from resnetlab.data.cifar import load_cifar
 from resnetlab.runtime import cpu_model
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(checkpoint: str, *extra: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "resnetlab", "serve", checkpoint, "--port", str(port),
-                             "--no-access-log", *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("server did not become ready")
+from resnetlab.serving.process import ServeProcess
 
 
 async def drive(url: str, bodies: list[bytes], clients: int, seconds: float) -> dict:
@@ -157,7 +133,8 @@ def main() -> None:
     results = {}
     for label, extra in (("batching on (64 / 5 ms)", ["--max-batch", "64", "--max-wait-ms", "5"]),
                          ("batching off", ["--max-batch", "1"])):
-        proc, url = start(args.checkpoint, *extra)
+        server = ServeProcess(args.checkpoint, *extra, capture=False)
+        url = server.url
         try:
             asyncio.run(drive(url, bodies, 8, 2.0))  # warm-up
             for clients in args.clients:
@@ -167,8 +144,7 @@ def main() -> None:
                 print(f"| {label} | {clients} | {r['req_s']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} | "
                       f"{batch_histogram(url)} | {r['failures']} |", flush=True)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
+            server.stop()
     top = max(args.clients)
     on, off = results[("batching on (64 / 5 ms)", top)], results[("batching off", top)]
     print(f"\nat {top} clients: batching on {on['req_s']:.0f} req/s vs off {off['req_s']:.0f} req/s = "

@@ -1,107 +1,141 @@
-"""Accuracy-only sweep of the default recipe, many runs side by side (issue 11 §6 and issue 13 §1).
+"""Accuracy sweeps of the default recipe: photo-artefact augmentation (issue 11 §6) and candidate changes on a
+validation split (issue 13 §1).
 
-Runs share the machine, so their times mean nothing here; only accuracies are read. Measured on a lent
-NVIDIA H200 (16 CPU cores) with WORKERS=17, all runs at once; on a 2-core CPU use WORKERS=1 (hours).
+    RESNETLAB_DATA=... python benchmarks/sweep_quick.py SWEEP [SWEEP ...] [--only NAME ...] [--seeds 0 1]
+                                                        [--workers N] [--out DIR]
 
-A (issue 11 §6): the default recipe with photo-artefact augmentation in the batch, 2 seeds each, all 50k
-   training images; then benchmarks/robustness.py on each final model (its CPU inference, no TTA).
-B (issue 13 §1): candidate changes screened on a 45k/5k validation split, 3 seeds each; the figure read
-   is the last epoch's validation top-1 (the test figures are recorded but choose nothing).
+Sweeps (each a set of named override lists, run with several seeds):
+  rob13  issue 11 §6 on the default as it was during issue 13 (label smoothing 0.2, 16/16/24/24/24 px), 2 seeds,
+         all 50k training images; then benchmarks/robustness.py on each final model (CPU inference, no TTA).
+         Run on a lent H200 with --workers 17.
+  val13  issue 13 §1 candidates on a 45k/5k validation split, 3 seeds; the figure read is the last epoch's
+         validation top-1 (the test figures are recorded but choose nothing). Run there too.
+  rob11  issue 11 §6 again, on the default recipe as it is now, with the augmentations tried after issue 13.
 
-    RESNETLAB_DATA=... python benchmarks/sweep_quick.py [OUT_DIR]   # a fresh folder; default benchmarks/out/sweep_quick
-Prints one JSON line per run and a table of means at the end; writes OUT_DIR/sweep.json.
+With --workers > 1 the runs share the machine, so their times mean nothing; with --workers 1 (the default; a
+2-core CPU) they run one after another and the training minutes are comparable. Prints one JSON line per run
+and a table of means; writes OUT/sweep.json (default benchmarks/out/sweep_quick).
 """
+from __future__ import annotations
+
+import argparse
 import json
 import os
-import re
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-OUT = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent / "out" / "sweep_quick"
-OUT.mkdir(parents=True, exist_ok=True)
-W = OUT / "runs"
-W.mkdir(parents=True, exist_ok=True)
-T0 = time.time()
-ROB = {
-    "none": [],
-    "j50q30r30": ["data.augment.jpeg=0.5", "data.augment.jpeg_quality=[30,95]", "data.augment.resample=0.3"],
-    "j30q50r20": ["data.augment.jpeg=0.3", "data.augment.jpeg_quality=[50,95]", "data.augment.resample=0.2"],
-    "j50q30r30from5": ["data.augment.jpeg=0.5", "data.augment.jpeg_quality=[30,95]", "data.augment.resample=0.3",
-                       "data.augment.artifacts_from_epoch=5"],
+from time_to_accuracy import HERE, RunFailed, run
+
+RECIPE = "recipes/cifar10_quick.yaml"
+JPEG30 = ["data.augment.jpeg=0.5", "data.augment.jpeg_quality=[30,95]", "data.augment.resample=0.3"]
+SWEEPS = {
+    "rob13": {"kind": "rob", "seeds": (0, 1),
+              # the default as it was when this ran (B's "ls0.1" is how it became 0.1; the third 16 px epoch
+              # came after, for time)
+              "base": ["train.label_smoothing=0.2", "data.augment.epoch_sizes=[16,16,24,24,24]"],
+              "runs": {"none": [],
+                       "j50q30r30": JPEG30,
+                       "j30q50r20": ["data.augment.jpeg=0.3", "data.augment.jpeg_quality=[50,95]",
+                                     "data.augment.resample=0.2"],
+                       "j50q30r30from5": JPEG30 + ["data.augment.artifacts_from_epoch=5"]}},
+    "val13": {"kind": "val", "seeds": (0, 1, 2),
+              "base": ["train.label_smoothing=0.2", "data.augment.epoch_sizes=[16,16,24,24,24]",
+                       "data.val_size=5000"],
+              "runs": {"base": [], "ls0.1": ["train.label_smoothing=0.1"],
+                       "bs256": ["train.batch_size=256", "optim.lr=0.2"]}},
+    "rob11": {"kind": "rob", "seeds": (0, 1), "base": [],
+              "runs": {"none": [],
+                       # the softening of a larger photo scaled down to 32 px, alone
+                       "r30": ["data.augment.resample=0.3"],
+                       # + JPEG at quality 100: 4:2:0 chroma subsampling and rounding only
+                       "r30j50q100": ["data.augment.resample=0.3", "data.augment.jpeg=0.5",
+                                      "data.augment.jpeg_quality=[100,100]"],
+                       # qualities only where issue 11 bounds the loss (q >= 75), a little below it
+                       "j50q70r30": ["data.augment.jpeg=0.5", "data.augment.jpeg_quality=[70,95]",
+                                     "data.augment.resample=0.3"]}},
 }
-VAL = {
-    "base": [],
-    "ls0.1": ["train.label_smoothing=0.1"],
-    "bs256": ["train.batch_size=256", "optim.lr=0.2"],
-}
-# The default recipe as it was when this sweep ran (label smoothing 0.2, epochs 1-2 at 16 px and 3-5 at 24 px);
-# B's "ls0.1" is how it became 0.1 (the third 16 px epoch came after, for time).
-BASE = ["train.label_smoothing=0.2", "data.augment.epoch_sizes=[16,16,24,24,24]"]
-ROOT = Path(__file__).resolve().parent.parent
-jobs = [("rob", k, s, v) for k, v in ROB.items() for s in (0, 1)] + \
-       [("val", k, s, v + ["data.val_size=5000"]) for k, v in VAL.items() for s in (0, 1, 2)]
-results = {}
-env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONUNBUFFERED="1")
 
 
-def save():
-    (OUT / "sweep.json").write_text(json.dumps(results, indent=1))
+def robustness(checkpoint: str, env: dict) -> dict:
+    """benchmarks/robustness.py on one checkpoint, in its own process (it loads torch with its own threads)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "rob.json"
+        r = subprocess.run([sys.executable, str(HERE / "robustness.py"), checkpoint, "--json", str(out)],
+                           capture_output=True, text=True, env=env, cwd=HERE.parent)
+        if r.returncode or not out.exists():
+            return {"error": r.stderr.strip().splitlines()[-3:]}
+        return json.loads(out.read_text())[checkpoint]
 
 
-def one(job):
-    kind, name, seed, ov = job
-    d = W / f"{kind}-{name}-s{seed}"
-    cmd = [sys.executable, "-m", "resnetlab", "train", "--recipe", "recipes/cifar10_quick.yaml", "--out", str(d),
-           "--no-progress", f"train.seed={seed}"] + BASE + ov
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
-    key = f"{kind}/{name}/s{seed}"
-    if r.returncode:
-        results[key] = {"error": r.stderr.strip().splitlines()[-3:]}
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("sweeps", nargs="+", choices=list(SWEEPS))
+    ap.add_argument("--only", nargs="+", default=None, help="run only these names of the sweeps")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="instead of each sweep's own seeds")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=HERE / "out" / "sweep_quick")
+    args = ap.parse_args()
+    runs_dir = args.out / "runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"), PYTHONUNBUFFERED="1")
+    jobs = [(sweep, name, seed, spec["base"] + ov)
+            for sweep in args.sweeps for spec in [SWEEPS[sweep]] for name, ov in spec["runs"].items()
+            if args.only is None or name in args.only for seed in (args.seeds or spec["seeds"])]
+    results: dict[str, dict] = {}
+    t0 = time.time()
+
+    def save() -> None:
+        (args.out / "sweep.json").write_text(json.dumps(results, indent=1))
+
+    def one(job) -> None:
+        sweep, name, seed, overrides = job
+        key = f"{sweep}/{name}/s{seed}"
+        try:
+            r = run(RECIPE, seed, runs_dir / f"{sweep}-{name}-s{seed}", overrides, env)
+        except RunFailed as e:
+            results[key] = {"error": str(e)}
+            save()
+            print(key, "failed:", e, flush=True)
+            return
+        last = r["epochs"][-1]
+        results[key] = {"overrides": overrides, "test_top1": r["test_top1"], "train_s": r["train_s"],
+                        "last_top1": last["top1"], "split": last["split"], "done_s": time.time() - t0}
+        if SWEEPS[sweep]["kind"] == "rob":
+            results[key]["robustness"] = robustness(r["checkpoint"], env)
         save()
-        return
-    rows = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
-    res = json.loads((d / "results.json").read_text())
-    results[key] = {"test_top1": res["test"]["top1"], "last_val_top1": rows[-1]["val_top1"],
-                    "split": rows[-1]["eval_split"], "done_s": time.time() - T0}
-    save()
-    if kind == "rob":
-        ck = d / "best.safetensors"
-        r = subprocess.run([sys.executable, "benchmarks/robustness.py", str(ck)], capture_output=True, text=True,
-                           env=env, cwd=ROOT)
-        table = {}
-        for line in r.stdout.splitlines():
-            m = re.match(r"\s+(.+?)\s+top-1 ([0-9.]+)\s", line)
-            if m:
-                table[m.group(1)] = float(m.group(2))
-        results[key]["robustness"] = table if table else {"error": r.stderr.strip().splitlines()[-3:]}
-        results[key]["rob_done_s"] = time.time() - T0
-        save()
-    print(key, json.dumps(results[key]), flush=True)
+        print(key, json.dumps(results[key]), flush=True)
+
+    with ThreadPoolExecutor(max_workers=args.workers) as ex:
+        list(ex.map(one, jobs))
+    print(f"all done in {time.time() - t0:.0f} s\n")
+
+    def mean(xs: list[float]) -> float:
+        return sum(xs) / len(xs)
+
+    print("| runs | seeds | training min | last-epoch val top-1 | test top-1, TTA | clean (no TTA) | JPEG q95 | "
+          "JPEG q75 | upscaled x4 + q75 |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for group in dict.fromkeys(k.rsplit("/", 1)[0] for k in results):
+        rs = [v for k, v in results.items() if k.rsplit("/", 1)[0] == group and "error" not in v]
+        if not rs:
+            continue
+        val = f"{100 * mean([r['last_top1'] for r in rs]):.2f} %" if rs[0]["split"] == "val" else "-"
+        cells = [f"{mean([r['train_s'] for r in rs]) / 60:.2f}", val, f"{100 * mean([r['test_top1'] for r in rs]):.2f} %"]
+        rob = [r["robustness"] for r in rs if "clean (PNG)" in r.get("robustness", {})]
+        if rob:
+            clean = mean([t["clean (PNG)"] for t in rob])
+            cells.append(f"{100 * clean:.2f} %")
+            for v in ("JPEG q95", "JPEG q75", "upscaled x4 + JPEG q75"):
+                m = mean([t[v] for t in rob])
+                cells.append(f"{100 * m:.2f} % ({100 * (m - clean):+.2f})")
+        else:
+            cells += ["-"] * 4
+        print(f"| {group} | {len(rs)} | " + " | ".join(cells) + " |")
 
 
-with ThreadPoolExecutor(max_workers=int(os.environ.get("WORKERS", "17"))) as ex:
-    list(ex.map(one, jobs))
-print(f"all done in {time.time() - T0:.0f} s\n")
-
-names = list(dict.fromkeys(k.rsplit("/", 1)[0] for k in results))
-print("| runs | seeds | last-epoch val top-1 (B) | test top-1, TTA | clean (no TTA) | JPEG q75 | upscaled x4 + q75 |")
-print("|---|---|---|---|---|---|---|")
-for n in names:
-    rs = [v for k, v in results.items() if k.rsplit("/", 1)[0] == n and "error" not in v]
-    if not rs:
-        continue
-    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    val = f"{100 * mean([r['last_val_top1'] for r in rs]):.2f} %" if rs[0]["split"] == "val" else "-"
-    cells = [val, f"{100 * mean([r['test_top1'] for r in rs]):.2f} %"]
-    rob = [r["robustness"] for r in rs if "clean (PNG)" in r.get("robustness", {})]
-    if rob:
-        clean = mean([t["clean (PNG)"] for t in rob])
-        cells.append(f"{100 * clean:.2f} %")
-        for v in ("JPEG q75", "upscaled x4 + JPEG q75"):
-            cells.append(f"{100 * mean([t[v] for t in rob]):.2f} % ({100 * (mean([t[v] for t in rob]) - clean):+.2f})")
-    else:
-        cells += ["-"] * 3
-    print(f"| {n} | {len(rs)} | " + " | ".join(cells) + " |")
+if __name__ == "__main__":
+    main()

@@ -39,21 +39,28 @@ def machine() -> dict:
     return info
 
 
-def run(recipe: str, seed: int, out: Path) -> dict:
+class RunFailed(RuntimeError):
+    pass
+
+
+def run(recipe: str, seed: int, out: Path, overrides: list[str] | tuple[str, ...] = (),
+        env: dict | None = None) -> dict:
+    """One `resnetlab train` in its own process (recipe, seed, KEY=VALUE overrides); its measured figures.
+    Also used by sweep_quick.py, which runs several side by side (env: their thread counts)."""
     if (out / "results.json").exists() or (out / "last.safetensors").exists():
         shutil.rmtree(out)  # this benchmark's own folder from an earlier run: measure afresh
     cmd = [sys.executable, "-m", "resnetlab", "train", "--recipe", recipe, "--out", str(out), "--no-progress",
-           f"train.seed={seed}"]
+           f"train.seed={seed}", *overrides]
     t0 = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE.parent)
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE.parent, env=env)
     wall = time.perf_counter() - t0
     if r.returncode:
-        raise SystemExit(f"{recipe}: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else 'failed'}")
+        raise RunFailed(f"{recipe}: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else 'failed'}")
     rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     results = json.loads((out / "results.json").read_text())
-    return {"recipe": recipe, "seed": seed, "wall_s": wall, "test_top1": results["test"]["top1"],
-            "train_s": 60 * results["train_time_min"],
-            "train_pflop": results.get("train_pflop"),
+    return {"recipe": recipe, "seed": seed, "overrides": list(overrides), "wall_s": wall,
+            "test_top1": results["test"]["top1"], "train_s": 60 * results["train_time_min"],
+            "train_pflop": results.get("train_pflop"), "checkpoint": str(out / "best.safetensors"),
             "epochs": [{"epoch": r["epoch"], "elapsed_s": r["elapsed_s"], "top1": r["val_top1"],
                         "split": r["eval_split"]} for r in rows if r["val_top1"] is not None]}
 
@@ -95,7 +102,10 @@ def main() -> None:
         except ValueError:
             raise SystemExit(f"{item}: seeds after @ must be integers separated by commas, e.g. {recipe}@0,1")
     for recipe, seed in plan:
-        r = run(recipe, seed, args.out / f"{Path(recipe).stem}-seed{seed}")
+        try:
+            r = run(recipe, seed, args.out / f"{Path(recipe).stem}-seed{seed}")
+        except RunFailed as e:
+            raise SystemExit(str(e))
         runs.append(r)
         print(f"\n{recipe} seed {seed}: final test top-1 {100 * r['test_top1']:.2f} % ({r['wall_s'] / 60:.2f} min "
               f"wall, {r['train_s'] / 60:.2f} min = {r['train_s']:.1f} s training, {r['train_pflop']:.3f} PFLOP)",

@@ -24,15 +24,10 @@ def synthetic_images(n: int, num_classes: int = 10, seed: int = 0, size: int = 3
 
 
 def write_cifar10_bin(root: Path, per_file: int = 40, seed: int = 0) -> Path:
-    folder = root / "cifar-10-batches-bin"
-    folder.mkdir(parents=True)
-    names = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]
-    for k, name in enumerate(names):
-        x, y = synthetic_images(per_file, seed=seed + k)
-        recs = np.concatenate([y[:, None], x.reshape(per_file, -1)], axis=1)
-        (folder / name).write_bytes(recs.astype(np.uint8).tobytes())
-    (folder / "batches.meta.txt").write_text("\n".join(CLASSES) + "\n")
-    return folder
+    from resnetlab.data.cifar import write_cifar10_binary
+    parts = [synthetic_images(per_file, seed=seed + k) for k in range(6)]  # one seed per official file
+    train = (np.concatenate([x for x, _ in parts[:5]]), np.concatenate([y for _, y in parts[:5]]))
+    return write_cifar10_binary(root, train, parts[5], CLASSES)
 
 
 @pytest.fixture

@@ -35,6 +35,19 @@ def test_reads_binary_records_in_official_layout(tiny_cifar):
     assert train.classes[0] == "airplane" and len(train.classes) == 10
 
 
+def test_written_binary_reads_back_in_order(tmp_path):
+    from resnetlab.data.cifar import write_cifar10_binary
+    x, y = synthetic_images(53, seed=3)  # 53: the five training files get 11/11/11/10/10 records
+    tx, ty = synthetic_images(7, seed=4)
+    write_cifar10_binary(tmp_path, (x, y), (tx, ty), [f"c{i}" for i in range(10)])
+    train, test = cifar10(tmp_path, verify=False)
+    assert torch.equal(train.images, torch.from_numpy(x)) and torch.equal(train.labels, torch.from_numpy(y).long())
+    assert torch.equal(test.images, torch.from_numpy(tx)) and train.classes[3] == "c3"
+    assert (tmp_path / "cifar-10-batches-bin" / "data_batch_5.bin").stat().st_size == 10 * 3073
+    with pytest.raises(ValueError, match="labels must be 0-9"):
+        write_cifar10_binary(tmp_path / "bad", (x, y + 5), (tx, ty))
+
+
 def test_accepts_the_batches_folder_itself(tiny_cifar):
     a = load_cifar(tiny_cifar / "cifar-10-batches-bin", split="test", verify=False)
     assert len(a) == 40
@@ -390,8 +403,24 @@ def test_photo_artifacts_share_determinism_and_start_epoch(tiny_cifar):
         assert torch.equal(next(iter(loader))[0], next(iter(plain))[0]) == same
 
 
+def test_sensor_noise_has_the_drawn_strength_on_its_share_only():
+    x = torch.full((400, 3, 32, 32), 128, dtype=torch.uint8)  # mid-grey: no clipping
+    cfg = AugmentConfig(noise=0.5, noise_std=(4, 4))
+    a = photo_artifacts(x, cfg, torch.Generator().manual_seed(2))
+    assert torch.equal(a, photo_artifacts(x, cfg, torch.Generator().manual_seed(2))) and (x == 128).all()
+    noisy = (a != x).flatten(1).any(1)
+    assert 0.4 < noisy.float().mean() < 0.6
+    assert (a[~noisy] == 128).all()
+    std = (a[noisy].float() - 128).std().item()
+    assert 3.8 < std < 4.2  # 4 grey levels (+ rounding's 0.29 in quadrature)
+    graded = photo_artifacts(x, AugmentConfig(noise=1.0, noise_std=(0, 8)), torch.Generator().manual_seed(3))
+    per_image = (graded.float() - 128).flatten(1).std(1)
+    assert per_image.min() < 1 and per_image.max() > 7  # drawn per image across the range
+
+
 def test_artifact_keys_are_validated(tmp_path, capsys):
-    for bad in ("data.augment.jpeg_quality=[95,30]", "data.augment.resample_scale=[0.5,2]", "data.augment.jpeg=1.5"):
+    for bad in ("data.augment.jpeg_quality=[95,30]", "data.augment.resample_scale=[0.5,2]", "data.augment.jpeg=1.5",
+                "data.augment.noise=2", "data.augment.noise_std=[8,2]"):
         assert main(["train", "--out", str(tmp_path / "x"), bad]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and bad.split("=")[0] in err

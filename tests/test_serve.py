@@ -27,6 +27,7 @@ from resnetlab.data.cifar import load_cifar
 from resnetlab.serving.app import create_app
 from resnetlab.serving.settings import ServeSettings
 from resnetlab.serving.batcher import DynamicBatcher
+from resnetlab.serving.process import ServeProcess as Server
 
 
 @pytest.fixture(scope="module")
@@ -166,38 +167,6 @@ def test_batcher_stop_answers_what_was_queued():
 
 
 # --- a real server process -------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, checkpoint: Path, *extra: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "resnetlab", "serve", str(checkpoint), "--port",
-                                      str(self.port), "--no-access-log", *extra],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"serve exited early: {self.proc.stdout.read()}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError("serve never became ready")
-
-    def stop(self) -> tuple[int, str]:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        out, _ = self.proc.communicate(timeout=60)
-        return self.proc.returncode, out
-
 
 @pytest.fixture(scope="module")
 def server(small_checkpoint):

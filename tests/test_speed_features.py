@@ -11,7 +11,7 @@ from torch import nn
 from resnetlab import UserError
 from resnetlab.cli import main
 from resnetlab.evaluation.metrics import evaluate, tta_views
-from resnetlab.evaluation.profile import count_macs
+from resnetlab.evaluation.profile import count_macs, count_train_flops
 from resnetlab.models import build_model
 from resnetlab.training.config import load_recipe
 
@@ -67,9 +67,26 @@ def test_eval_every_skips_monitoring_and_the_run_prints_its_training_compute(tin
     assert res["macs"] == macs
     images = res["steps"] * 20  # drop_last: every step is a full batch
     assert res["steps"] == 4 * (200 // 20)
-    assert res["train_pflop"] == pytest.approx(6 * macs * images / 1e15)
+    assert res["train_pflop"] == pytest.approx(count_train_flops(model, 32) * images / 1e15)
     assert rows[-1]["train_pflop"] == res["train_pflop"] and rows[0]["train_pflop"] == pytest.approx(res["train_pflop"] / 4)
     assert f"{res['train_pflop']:.3f} PFLOP]" in printed
+
+
+def test_training_flops_come_from_a_real_backward():
+    """Forward, input gradient, weight gradient per layer — minus what autograd skips: the weight gradient of
+    a frozen layer and every input gradient below the lowest trainable layer."""
+    from torch import nn
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.Flatten(),
+                        nn.Linear(8 * 8 * 8, 10))
+    f1, f12, fwd = (2 * count_macs(m, 8) for m in (net[0], net[:3], net))
+    f2, f3 = f12 - f1, fwd - f12  # each layer's forward FLOPs
+    assert count_train_flops(net, 8) == fwd + f1 + 2 * f2 + 2 * f3  # no input gradient for the first layer
+    net[0].requires_grad_(False)
+    assert count_train_flops(net, 8) == fwd + f2 + 2 * f3
+    net[2].requires_grad_(False)
+    assert count_train_flops(net, 8) == fwd + f3  # a linear probe: only the head's weight gradient
+    assert net.training and all(p.grad is None for p in net.parameters())
 
 
 def test_eval_every_thins_out_monitoring_only(tiny_cifar, tmp_path):
@@ -134,7 +151,8 @@ def test_progressive_resizing_trains_early_epochs_small_and_counts_their_compute
     model = build_model("resnet9", 10, {"widths": [16, 32, 64, 128], "whiten": True})
     small, full = count_macs(model, 24), count_macs(model, 32)
     assert small < 0.6 * full
-    assert res["train_pflop"] == pytest.approx(6 * 200 * (2 * small + full) / 1e15)
+    t_small, t_full = count_train_flops(model, 24), count_train_flops(model, 32)
+    assert res["train_pflop"] == pytest.approx(200 * (2 * t_small + t_full) / 1e15)
     assert res["macs"] == full  # the model as tested: full size
 
     # a run shorter than the schedule still ends on full-size images: 3 epochs of [16, 16, 24, 24, 24] → 16, 16, 32
@@ -142,8 +160,8 @@ def test_progressive_resizing_trains_early_epochs_small_and_counts_their_compute
     assert main(["train", "--recipe", str(ROOT / "recipes" / "cifar10_quick.yaml"), "--data-dir", str(tiny_cifar),
                  "--out", str(short), "--no-progress", "--no-verify", "train.epochs=3", "train.batch_size=20",
                  "train.eval_batch_size=40", "train.precision=fp32", "data.augment.epoch_sizes=[16,16,24,24,24]"]) == 0
-    tiny = count_macs(model, 16)
-    assert json.loads((short / "results.json").read_text())["train_pflop"] == pytest.approx(6 * 200 * (2 * tiny + full) / 1e15)
+    t_tiny = count_train_flops(model, 16)
+    assert json.loads((short / "results.json").read_text())["train_pflop"] == pytest.approx(200 * (2 * t_tiny + t_full) / 1e15)
 
 
 def test_loader_epoch_size_follows_the_schedule():

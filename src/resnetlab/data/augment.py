@@ -29,6 +29,12 @@ class AugmentConfig:
     flip_mode: str = "random"    # "alternate": each image mirrored in every other epoch (see BatchLoader)
     epoch_sizes: tuple[int, ...] = ()  # progressive resizing: image side for each of the first epochs
                                        # (downscaled: cheaper steps); later epochs at full size
+    noise: float = 0.0           # share of images with Gaussian pixel noise (a camera's sensor noise)
+    noise_std: tuple[float, float] = (0, 8)  # its standard deviation in grey levels, drawn per image
+
+    @property
+    def artifacts(self) -> bool:
+        return bool(self.jpeg or self.resample or self.noise)
 
     def __post_init__(self) -> None:
         if self.pad_mode not in ("zeros", "reflect"):
@@ -182,8 +188,15 @@ def resample(images: torch.Tensor, factor: float) -> torch.Tensor:
     return out.round().clamp(0, 255).to(torch.uint8)
 
 
+def add_noise(images: torch.Tensor, std: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Gaussian noise of a per-image standard deviation (grey levels), rounded back to uint8."""
+    noise = torch.randn(images.shape, generator=generator).to(images.device) * std.view(-1, 1, 1, 1)
+    return (images.float() + noise).round().clamp(0, 255).to(torch.uint8)
+
+
 def photo_artifacts(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
-    """Resampling and JPEG compression, each applied to a random share of a uint8 batch."""
+    """Resampling, sensor noise and JPEG compression (in that order, as in a camera's or an upload's
+    pipeline), each applied to a random share of a uint8 batch."""
     b = len(images)
     if cfg.resample > 0:
         pick = (torch.rand(b, generator=generator) < cfg.resample).to(images.device)
@@ -193,11 +206,18 @@ def photo_artifacts(images: torch.Tensor, cfg: AugmentConfig, generator: torch.G
         if pick.any():
             images = images.clone()
             images[pick] = resample(images[pick], factor)
+    if cfg.noise > 0:
+        pick = (torch.rand(b, generator=generator) < cfg.noise).to(images.device)
+        lo, hi = cfg.noise_std
+        std = (lo + (hi - lo) * torch.rand(b, generator=generator)).to(images.device)
+        if pick.any():
+            images = images.clone() if cfg.resample <= 0 else images
+            images[pick] = add_noise(images[pick], std[pick], generator)
     if cfg.jpeg > 0:
         pick = (torch.rand(b, generator=generator) < cfg.jpeg).to(images.device)
         lo, hi = cfg.jpeg_quality
         quality = torch.randint(int(lo), int(hi) + 1, (b,), generator=generator).to(images.device)
         if pick.any():
-            images = images.clone() if cfg.resample <= 0 else images
+            images = images.clone() if cfg.resample <= 0 and cfg.noise <= 0 else images
             images[pick] = jpeg_compress(images[pick], quality[pick])
     return images

@@ -124,7 +124,7 @@ class BatchLoader:
             x = self.images[idx]
             if self.augment is not None and (self.augment.crop_padding or self.augment.flip):
                 x = crop_flip(x, self.augment, g, self._alternate_flips(idx))
-            if self.augment is not None and (self.augment.jpeg or self.augment.resample) \
+            if self.augment is not None and self.augment.artifacts \
                     and self.epoch >= self.augment.artifacts_from_epoch:
                 x = photo_artifacts(x, self.augment, g)
             x = normalize(x, self.mean, self.std, self.dtype)

@@ -24,3 +24,25 @@ def count_macs(model: nn.Module, input_size: int, in_channels: int = 3) -> int:
         model(x)
     model.train(was_training)
     return counter.get_total_flops() // 2
+
+
+def count_train_flops(model: nn.Module, input_size: int, in_channels: int = 3) -> int:
+    """FLOPs (2 per multiply-add, convs and matmuls) of one training step's forward and backward on one image.
+
+    Counted on a real backward rather than as 3x the forward (the usual estimate: forward, input gradient,
+    weight gradient), because autograd skips what nothing needs: weight gradients of frozen layers (a
+    fine-tuning stage, a fixed whitening layer) and input gradients below the lowest trainable layer.
+    Runs in eval mode (batch-norm statistics do not change the count, and one image is enough).
+    """
+    was_training = model.training
+    model.eval()
+    x = torch.zeros(1, in_channels, input_size, input_size)
+    try:
+        with FlopCounterMode(display=False) as counter:
+            out = model(x)
+            if out.requires_grad:
+                out.float().sum().backward()
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    return counter.get_total_flops()

@@ -40,7 +40,9 @@ class AugmentSection:
     jpeg_quality: list = field(default_factory=lambda: [30, 95])
     resample: float = 0.0           # share of training images up- then down-sampled
     resample_scale: list = field(default_factory=lambda: [1.5, 4.0])
-    artifacts_from_epoch: int = 0   # jpeg/resample start at this 0-based epoch
+    noise: float = 0.0              # share of training images with Gaussian pixel noise added
+    noise_std: list = field(default_factory=lambda: [0, 8])  # its standard deviation in grey levels, per image
+    artifacts_from_epoch: int = 0   # jpeg/resample/noise start at this 0-based epoch
 
 
 @dataclass
@@ -233,6 +235,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "data.augment.cutout": (0, 4096, True, True),
     "data.augment.jpeg": (0, 1, True, True),
     "data.augment.resample": (0, 1, True, True),
+    "data.augment.noise": (0, 1, True, True),
     "data.augment.artifacts_from_epoch": (0, None, True, True),
     "optim.lr": (0, None, False, True),
     "optim.momentum": (0, 1, True, False),
@@ -301,7 +304,8 @@ def validate(r: Recipe) -> None:
     b = r.optim.betas
     if not (len(b) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < 1 for x in b)):
         raise UserError(f"recipe key optim.betas: expected two numbers in [0, 1), got {b!r}")
-    for key, lo, hi in (("data.augment.jpeg_quality", 1, 100), ("data.augment.resample_scale", 1, 16)):
+    for key, lo, hi in (("data.augment.jpeg_quality", 1, 100), ("data.augment.resample_scale", 1, 16),
+                        ("data.augment.noise_std", 0, 64)):
         pair = _get(r, key)
         if not (isinstance(pair, (list, tuple)) and len(pair) == 2
                 and all(isinstance(x, (int, float)) and not isinstance(x, bool) and lo <= x <= hi for x in pair)

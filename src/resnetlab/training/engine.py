@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from ..errors import UserError
 from ..evaluation.metrics import EvalResult, evaluate
-from ..evaluation.profile import count_macs
+from ..evaluation.profile import count_macs, count_train_flops
 from ..files import atomic_write_text
 from ..runtime import all_reduce_sum, autocast_for, barrier, broadcast_flag, dist_context
 from ..weights import optimizer_from_flat, optimizer_to_flat, read_full, save_checkpoint
@@ -100,9 +100,12 @@ class Trainer:
             import gc
             gc.collect()
 
+    def forward_macs(self, size: int) -> int:
+        return count_macs(_cpu_copy(self.model), size)
+
     def train_flops_per_image(self, size: int) -> int:
         if size not in self._flops_at:
-            self._flops_at[size] = 6 * count_macs(_cpu_copy(self.model), size)
+            self._flops_at[size] = count_train_flops(_cpu_copy(self.model), size)
         return self._flops_at[size]
 
     # ----------------------------------------------------------------------------------------------

@@ -87,6 +87,7 @@ def make_loaders(recipe: Recipe, splits: Splits, device: torch.device, channels_
     # ends on full-size images, the size it is tested at
     aug = AugmentConfig(a.crop_padding, a.pad_mode, a.flip, a.cutout, a.jpeg, tuple(a.jpeg_quality), a.resample,
                         tuple(a.resample_scale), a.artifacts_from_epoch, flip_mode=a.flip_mode,
+                        noise=a.noise, noise_std=tuple(a.noise_std),
                         epoch_sizes=tuple(a.epoch_sizes)[:max(t.epochs - 1, 0)])
     resize = input_size if input_size and input_size != splits.train.images.shape[-1] else None
     common = dict(mean=splits.mean, std=splits.std, device=device, channels_last=channels_last,
@@ -268,7 +269,7 @@ def finish_run(trainer: Trainer, splits: Splits, test_loader, state: dict, log=p
     model = trainer.eval_model
     results = {
         "model": trainer.meta["arch"], "test": test.summary(), "weights": chosen,
-        "params": count_params(model), "macs": trainer.train_flops_per_image(trainer.meta["input_size"]) // 6,
+        "params": count_params(model), "macs": trainer.forward_macs(trainer.meta["input_size"]),
         "train_time_min": state["elapsed"] / 60,
         "train_pflop": hist[-1]["train_pflop"] if hist else 0.0, "epochs": state["epoch"], "steps": state["step"],
         "img_per_s": sum(speeds) / max(1, len(speeds)), "device": describe_device(trainer.device, trainer.amp_dtype),
