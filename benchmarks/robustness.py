@@ -1,10 +1,11 @@
 """How a checkpoint holds up on images as users send them: JPEGs, other sizes, grayscale, other exposure.
 
-Each variant of the CIFAR-10 test set is encoded as a file would be (PIL, in memory; --write DIR also
-saves them) and decoded by resnetlab's own preprocessing with the checkpoint's resize policy, exactly as
+Each variant of the CIFAR-10 test set (or, with --split val, of the images the checkpoint's run held out for
+validation) is encoded as a file would be (PIL, in memory; --write DIR also saves them) and decoded by resnetlab's own preprocessing with the checkpoint's resize policy, exactly as
 `resnetlab predict` and `serve` decode uploads; predictions come from the same Classifier (no TTA).
 
-    python benchmarks/robustness.py runs/cifar10_quick/best.safetensors [--limit N] [--write DIR] [--json FILE]
+    python benchmarks/robustness.py runs/cifar10_quick/best.safetensors [--split test|val] [--limit N] [--write DIR]
+                                 [--json FILE]
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from PIL import Image, ImageEnhance
 
 from _common import median_step_seconds
 from resnetlab import load
-from resnetlab.data.cifar import load_cifar
+from resnetlab.data.cifar import ImageSet, load_cifar
+from resnetlab.data.folders import stratified_split, subset
 from resnetlab.preprocessing import load_uint8
 
 
@@ -30,10 +32,19 @@ def _png(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def _jpeg(img: Image.Image, quality: int) -> bytes:
+def _jpeg(img: Image.Image, quality: int, subsampling: int = -1) -> bytes:
     buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=quality)  # PIL's defaults otherwise (4:2:0 chroma subsampling), as most cameras
+    # PIL's defaults otherwise (4:2:0 chroma subsampling), as most cameras; subsampling=0 keeps 4:4:4
+    img.save(buf, "JPEG", quality=quality, subsampling=subsampling)
     return buf.getvalue()
+
+
+def _chroma_420(img: Image.Image) -> bytes:
+    """JPEG's chroma subsampling without its quantisation: Cb/Cr halved and brought back, luma untouched."""
+    y, cb, cr = img.convert("YCbCr").split()
+    half = (img.width // 2, img.height // 2)
+    cb, cr = (c.resize(half, Image.BILINEAR).resize(img.size, Image.BILINEAR) for c in (cb, cr))
+    return _png(Image.merge("YCbCr", (y, cb, cr)).convert("RGB"))
 
 
 JPEG_MAGIC = b"\xff\xd8"
@@ -47,23 +58,44 @@ VARIANTS = {
     "brightness +15 %, contrast -15 %": lambda im: _png(ImageEnhance.Contrast(
         ImageEnhance.Brightness(im).enhance(1.15)).enhance(0.85)),
 }
+# --diagnose: which part of JPEG costs the accuracy (its chroma subsampling, its quantisation of luma)
+DIAGNOSTIC = {
+    "JPEG q75, 4:4:4 (no chroma subsampling)": lambda im: _jpeg(im, 75, subsampling=0),
+    "chroma 4:2:0 only (PNG)": _chroma_420,
+}
 
 
-def measure(checkpoint: str, data_dir: str | None, limit: int | None, write: Path | None) -> dict[str, float]:
+def held_out(clf, data_dir: str | None, split: str) -> ImageSet:
+    """The test split, or the validation images the checkpoint's own run held out of training (its recipe's
+    val_size and split_seed, as the runner split them): robustness read there can choose a recipe."""
+    ds = clf.metadata.get("dataset") or {}
+    root = data_dir or ds.get("data_dir")
+    if split == "test":
+        return load_cifar(root, "cifar10", "test")
+    val_size = ds.get("val_size") or 0
+    if not val_size:
+        raise SystemExit("--split val: this checkpoint's run held out no validation split (data.val_size=0)")
+    train = load_cifar(root, "cifar10", "train")
+    frac = val_size / len(train) if val_size >= 1 else val_size
+    return subset(train, stratified_split(train.labels, frac, ds.get("split_seed", 0))[1])
+
+
+def measure(checkpoint: str, data_dir: str | None, limit: int | None, write: Path | None,
+            split: str = "test", diagnose: bool = False) -> dict[str, float]:
     clf = load(checkpoint, device="cpu", batch_size=500)
-    test = load_cifar(data_dir or (clf.metadata.get("dataset") or {}).get("data_dir"), "cifar10", "test")
+    test = held_out(clf, data_dir, split)
     n = min(limit or len(test), len(test))
     images = test.images[:n].permute(0, 2, 3, 1).numpy()
     labels = test.labels[:n]
     out = {}
-    for name, encode in VARIANTS.items():
+    for name, encode in (VARIANTS | DIAGNOSTIC if diagnose else VARIANTS).items():
         t = time.perf_counter()
         pixels, sizes = [], 0
         for i in range(n):
             data = encode(Image.fromarray(images[i]))
             sizes += len(data)
             if write is not None:
-                folder = write / name.split(" (")[0].replace(" ", "_").replace("%", "pct").replace(",", "")
+                folder = write / name.split(" (")[0].replace(" ", "_").replace("%", "pct").replace(",", "").replace(":", "")
                 folder.mkdir(parents=True, exist_ok=True)
                 suffix = "jpg" if data.startswith(JPEG_MAGIC) else "png"
                 (folder / f"{i:05d}.{suffix}").write_bytes(data)
@@ -122,6 +154,10 @@ def main() -> None:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--limit", type=int, default=None, help="first N test images (default: all 10,000)")
     ap.add_argument("--write", type=Path, default=None, help="also save every variant as files here")
+    ap.add_argument("--split", choices=["test", "val"], default="test",
+                    help="val: the images the checkpoint's run held out of training (to choose a recipe on)")
+    ap.add_argument("--diagnose", action="store_true",
+                    help="also JPEG q75 without chroma subsampling, and chroma subsampling alone")
     ap.add_argument("--json", type=Path, default=None, help="also write {checkpoint: {variant: top-1}} here")
     args = ap.parse_args()
     if args.cost:
@@ -130,10 +166,10 @@ def main() -> None:
     tables = {}
     for ckpt in args.checkpoints:
         print(f"{ckpt}:", flush=True)
-        tables[ckpt] = measure(ckpt, args.data_dir, args.limit, args.write)
+        tables[ckpt] = measure(ckpt, args.data_dir, args.limit, args.write, args.split, args.diagnose)
     if args.json:
         args.json.write_text(json.dumps(tables, indent=1))
-    names = list(VARIANTS)
+    names = list(VARIANTS | DIAGNOSTIC if args.diagnose else VARIANTS)
     print("\n| variant | " + " | ".join(Path(c).parent.name or c for c in tables) + " |")
     print("|---|" + "---|" * len(tables))
     for v in names:
