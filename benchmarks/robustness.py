@@ -1,11 +1,13 @@
 """How a checkpoint holds up on images as users send them: JPEGs, other sizes, grayscale, other exposure.
 
 Each variant of the CIFAR-10 test set (or, with --split val, of the images the checkpoint's run held out for
-validation) is encoded as a file would be (PIL, in memory; --write DIR also saves them) and decoded by resnetlab's own preprocessing with the checkpoint's resize policy, exactly as
-`resnetlab predict` and `serve` decode uploads; predictions come from the same Classifier (no TTA).
+validation) is encoded as a file would be (PIL, in memory; --write DIR also saves them) and decoded by
+resnetlab's own preprocessing with the checkpoint's resize policy, exactly as `resnetlab predict` and `serve`
+decode uploads; predictions come from the same Classifier (no TTA).
 
-    python benchmarks/robustness.py runs/cifar10_quick/best.safetensors [--split test|val] [--limit N] [--write DIR]
-                                 [--json FILE]
+    python benchmarks/robustness.py runs/cifar10_quick/best.safetensors [--split test|val] [--diagnose]
+                                    [--limit N] [--write DIR] [--json FILE]
+    python benchmarks/robustness.py --cost KEY=VALUE ...   # the augmentation's batch-pipeline cost instead
 """
 from __future__ import annotations
 
@@ -95,7 +97,8 @@ def measure(checkpoint: str, data_dir: str | None, limit: int | None, write: Pat
             data = encode(Image.fromarray(images[i]))
             sizes += len(data)
             if write is not None:
-                folder = write / name.split(" (")[0].replace(" ", "_").replace("%", "pct").replace(",", "").replace(":", "")
+                folder = write / "".join(c for c in name.split(" (")[0].replace(" ", "_").replace("%", "pct")
+                                         if c.isalnum() or c in "_-.")
                 folder.mkdir(parents=True, exist_ok=True)
                 suffix = "jpg" if data.startswith(JPEG_MAGIC) else "png"
                 (folder / f"{i:05d}.{suffix}").write_bytes(data)
