@@ -24,7 +24,8 @@ from PIL import Image, ImageEnhance
 from _common import median_step_seconds
 from resnetlab import load
 from resnetlab.data.cifar import ImageSet, load_cifar
-from resnetlab.data.folders import stratified_split, subset
+from resnetlab.training.config import recipe_from_dict
+from resnetlab.training.runner import load_splits
 from resnetlab.preprocessing import load_uint8
 
 
@@ -68,18 +69,15 @@ DIAGNOSTIC = {
 
 
 def held_out(clf, data_dir: str | None, split: str) -> ImageSet:
-    """The test split, or the validation images the checkpoint's own run held out of training (its recipe's
-    val_size and split_seed, as the runner split them): robustness read there can choose a recipe."""
-    ds = clf.metadata.get("dataset") or {}
-    root = data_dir or ds.get("data_dir")
+    """The test split, or the validation images the checkpoint's own run held out of training — split by the
+    runner's own load_splits from the recipe stored in the checkpoint: robustness read there can choose a recipe."""
+    root = data_dir or (clf.metadata.get("dataset") or {}).get("data_dir")
     if split == "test":
         return load_cifar(root, "cifar10", "test")
-    val_size = ds.get("val_size") or 0
-    if not val_size:
+    splits = load_splits(recipe_from_dict(clf.metadata["recipe"]).data, root, progress=False)
+    if splits.val is None:
         raise SystemExit("--split val: this checkpoint's run held out no validation split (data.val_size=0)")
-    train = load_cifar(root, "cifar10", "train")
-    frac = val_size / len(train) if val_size >= 1 else val_size
-    return subset(train, stratified_split(train.labels, frac, ds.get("split_seed", 0))[1])
+    return splits.val
 
 
 def measure(checkpoint: str, data_dir: str | None, limit: int | None, write: Path | None,

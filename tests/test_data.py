@@ -393,6 +393,9 @@ def test_photo_artifacts_share_determinism_and_start_epoch(tiny_cifar):
     changed = (a != x).flatten(1).any(1).float().mean()
     assert torch.equal(a, b) and 0.35 < changed < 0.65
     assert torch.equal(x, _photo_like(200))  # the input batch is not modified in place
+    # nor when an earlier step (resampling) drew no image of this batch and a later one (JPEG) did
+    photo_artifacts(x, AugmentConfig(resample=1e-9, jpeg=1.0), torch.Generator().manual_seed(1))
+    assert torch.equal(x, _photo_like(200))
     train, _ = cifar10(tiny_cifar, verify=False)
     aug = AugmentConfig(crop_padding=0, flip=False, jpeg=1.0, artifacts_from_epoch=1)
     loader = BatchLoader(train, 50, (0.5,) * 3, (0.25,) * 3, train=True, augment=aug, seed=0)

@@ -198,26 +198,35 @@ def photo_artifacts(images: torch.Tensor, cfg: AugmentConfig, generator: torch.G
     """Resampling, sensor noise and JPEG compression (in that order, as in a camera's or an upload's
     pipeline), each applied to a random share of a uint8 batch."""
     b = len(images)
+    copied = False  # each step writes into its share of the batch: copy the caller's batch once, first
+
+    def writable() -> torch.Tensor:
+        nonlocal copied
+        if not copied:
+            copied = True
+            return images.clone()
+        return images
+
     if cfg.resample > 0:
         pick = (torch.rand(b, generator=generator) < cfg.resample).to(images.device)
         lo, hi = cfg.resample_scale
         factor = lo + (hi - lo) * float(torch.rand((), generator=generator))
         factor = round(factor * 4) / 4  # quarter steps: a handful of cached operators
         if pick.any():
-            images = images.clone()
+            images = writable()
             images[pick] = resample(images[pick], factor)
     if cfg.noise > 0:
         pick = (torch.rand(b, generator=generator) < cfg.noise).to(images.device)
         lo, hi = cfg.noise_std
         std = (lo + (hi - lo) * torch.rand(b, generator=generator)).to(images.device)
         if pick.any():
-            images = images.clone() if cfg.resample <= 0 else images
+            images = writable()
             images[pick] = add_noise(images[pick], std[pick], generator)
     if cfg.jpeg > 0:
         pick = (torch.rand(b, generator=generator) < cfg.jpeg).to(images.device)
         lo, hi = cfg.jpeg_quality
         quality = torch.randint(int(lo), int(hi) + 1, (b,), generator=generator).to(images.device)
         if pick.any():
-            images = images.clone() if cfg.resample <= 0 and cfg.noise <= 0 else images
+            images = writable()
             images[pick] = jpeg_compress(images[pick], quality[pick])
     return images
