@@ -13,7 +13,10 @@ Sweeps (each a set of named override lists, run with several seeds):
   val11  issue 11 §6: the default with and without resampling augmentation on a 45k/5k validation split, 2 seeds;
          robustness.py on the 5k held-out images (--split val): the choice of the default is made there.
   rob11  issue 11 §6 on the full training set with the augmentations tried after issue 13, robustness on the
-         test set (reporting only). "none" and "r30" are the default recipe before and after val11's choice.
+         test set (reporting only). "none" and "r30" are the default recipe before and after val11's choice;
+         "j50q30r30e20" is recipes/cifar10_quick_robust.yaml.
+  val11b after val11, on the same validation split, seed 0: a softer whitening (whiten_eps), JPEG settings at
+         10 epochs, and the JPEG-augmented recipe at 15 and 20 epochs (how much time the bound needs).
 
 With --workers > 1 the runs share the machine, so their times mean nothing; with --workers 1 (the default; a
 2-core CPU) they run one after another and the training minutes are comparable. Prints one JSON line per run
@@ -68,7 +71,19 @@ SWEEPS = {
                                     "data.augment.noise_std=[0,8]"],
                        # qualities only where issue 11 bounds the loss (q >= 75), a little below it
                        "j50q70r30": ["data.augment.jpeg=0.5", "data.augment.jpeg_quality=[70,95]",
-                                     "data.augment.resample=0.3"]}},
+                                     "data.augment.resample=0.3"],
+                       # recipes/cifar10_quick_robust.yaml: the robust setting with twice the epochs (val11b)
+                       "j50q30r30e20": JPEG30 + ["train.epochs=20"]}},
+    # after val11, seed 0 only: is the JPEG loss the whitening's amplification of fine detail (a larger
+    # whiten_eps amplifies it less)? How do JPEG settings trade clean accuracy at 10 epochs, and with more epochs?
+    "val11b": {"kind": "rob", "seeds": (0,), "base": ["data.val_size=5000"], "split": "val",
+               "runs": {"r30": [], "r30we0.1": ["model.kwargs.whiten_eps=0.1"],
+                        "r30we1": ["model.kwargs.whiten_eps=1.0"],
+                        "j50q70r30": ["data.augment.jpeg=0.5", "data.augment.jpeg_quality=[70,95]"],
+                        "j50q30r30": JPEG30, "j50q30r30e15": JPEG30 + ["train.epochs=15"],
+                        "j50q30r30e20": JPEG30 + ["train.epochs=20"],
+                        "j70q30r30e20": ["data.augment.jpeg=0.7", "data.augment.jpeg_quality=[30,95]",
+                                         "train.epochs=20"]}},
 }
 
 

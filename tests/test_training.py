@@ -53,6 +53,24 @@ def test_bundled_recipes_build_their_model(path):
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 
 
+def test_robust_recipe_is_the_measured_default_plus_jpeg():
+    """cifar10_quick_robust.yaml was measured as the default recipe + sweep_quick's overrides (val11b, rob11):
+    if the default changes, the robust recipe must change with it (or be measured again)."""
+    import dataclasses
+    import sys
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from sweep_quick import RECIPE, SWEEPS
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    overrides = SWEEPS["rob11"]["base"] + SWEEPS["rob11"]["runs"]["j50q30r30e20"]
+    assert overrides == SWEEPS["val11b"]["runs"]["j50q30r30e20"]
+    robust = dataclasses.replace(load_recipe(ROOT / "recipes" / "cifar10_quick_robust.yaml"), name="")
+    measured = dataclasses.replace(load_recipe(ROOT / RECIPE, overrides), name="")
+    assert robust == measured
+    assert robust.train.epochs == 20 and robust.data.augment.jpeg == 0.5
+
+
 def test_paper_recipe_runs_the_papers_schedule():
     """He et al. 2015: 45k/5k split, batch 128, lr 0.1 divided by 10 at 32k and 48k iterations, stop at 64k."""
     r = load_recipe(ROOT / "recipes" / "cifar10_resnet20_paper.yaml")
