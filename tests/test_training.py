@@ -57,7 +57,6 @@ def test_robust_recipe_is_the_measured_default_plus_jpeg():
     """cifar10_quick_robust.yaml was measured as the default recipe + sweep_quick's overrides (val11b, rob11):
     if the default changes, the robust recipe must change with it (or be measured again)."""
     import dataclasses
-    import sys
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         from sweep_quick import RECIPE, SWEEPS
