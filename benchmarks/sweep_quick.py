@@ -16,7 +16,7 @@ Sweeps (each a set of named override lists, run with several seeds):
          test set (reporting only). "none" and "r30" are the default recipe before and after val11's choice;
          "j50q30r30e20" is recipes/cifar10_quick_robust.yaml.
   val11b after val11, on the same validation split, seed 0: a softer whitening (whiten_eps), JPEG settings at
-         10 epochs, and the JPEG-augmented recipe at 15 and 20 epochs (how much time the bound needs).
+         10 epochs, and the JPEG-augmented recipe at 15, 20 and 30 epochs (how much time the bound needs).
 
 With --workers > 1 the runs share the machine, so their times mean nothing; with --workers 1 (the default; a
 2-core CPU) they run one after another and the training minutes are comparable. Prints one JSON line per run
@@ -82,6 +82,7 @@ SWEEPS = {
                         "j50q70r30": ["data.augment.jpeg=0.5", "data.augment.jpeg_quality=[70,95]"],
                         "j50q30r30": JPEG30, "j50q30r30e15": JPEG30 + ["train.epochs=15"],
                         "j50q30r30e20": JPEG30 + ["train.epochs=20"],
+                        "j50q30r30e30": JPEG30 + ["train.epochs=30"],
                         "j70q30r30e20": ["data.augment.jpeg=0.7", "data.augment.jpeg_quality=[30,95]",
                                          "train.epochs=20"]}},
 }
