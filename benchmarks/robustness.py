@@ -68,6 +68,10 @@ DIAGNOSTIC = {
 }
 
 
+def variants(diagnose: bool) -> dict:
+    return VARIANTS | DIAGNOSTIC if diagnose else VARIANTS
+
+
 def held_out(clf, data_dir: str | None, split: str) -> ImageSet:
     """The test split, or the validation images the checkpoint's own run held out of training — split by the
     runner's own load_splits from the recipe stored in the checkpoint: robustness read there can choose a recipe."""
@@ -88,7 +92,7 @@ def measure(checkpoint: str, data_dir: str | None, limit: int | None, write: Pat
     images = test.images[:n].permute(0, 2, 3, 1).numpy()
     labels = test.labels[:n]
     out = {}
-    for name, encode in (VARIANTS | DIAGNOSTIC if diagnose else VARIANTS).items():
+    for name, encode in variants(diagnose).items():
         t = time.perf_counter()
         pixels, sizes = [], 0
         for i in range(n):
@@ -170,7 +174,7 @@ def main() -> None:
         tables[ckpt] = measure(ckpt, args.data_dir, args.limit, args.write, args.split, args.diagnose)
     if args.json:
         args.json.write_text(json.dumps(tables, indent=1))
-    names = list(VARIANTS | DIAGNOSTIC if args.diagnose else VARIANTS)
+    names = list(variants(args.diagnose))
     print("\n| variant | " + " | ".join(Path(c).parent.name or c for c in tables) + " |")
     print("|---|" + "---|" * len(tables))
     for v in names:
