@@ -39,10 +39,10 @@ print('fake data in', w(sys.argv[1], (x(50000), r.integers(0, 10, 50000)), (x(10
     "$W/fake" 2>&1 | tee -a "$LOG"
   export RESNETLAB_DATA="$W/fake"
   say "smoke: fast94, 7 short epochs on 5000 random images"
-  $PY -m resnetlab train --recipe recipes/cifar10_fast94.yaml --out "$W/smoke94" --no-progress data.verify=false \
+  $PY -m resnetlab train --recipe cifar10_fast94 --out "$W/smoke94" --no-progress data.verify=false \
     data.subset=5000 train.epochs=7 train.eval_every=1 2>&1 | tail -n 25 | tee -a "$LOG"
   say "smoke: paper recipe, 400 steps"
-  $PY -m resnetlab train --recipe recipes/cifar10_resnet20_paper.yaml --out "$W/smokepaper" --no-progress \
+  $PY -m resnetlab train --recipe cifar10_resnet20_paper --out "$W/smokepaper" --no-progress \
     data.verify=false data.val_size=1000 train.max_steps=400 train.epochs=2 2>&1 | tail -n 12 | tee -a "$LOG"
   say "smoke: speed.py worker (fast path, resnet18)"
   $PY benchmarks/speed.py --worker --model resnet18 --kwargs '{"stem": "cifar"}' --path fast --steps 20 \
@@ -53,7 +53,7 @@ fi
 
 : "${RESNETLAB_DATA:?set RESNETLAB_DATA to the folder that holds cifar-10-batches-bin}"
 say "1. fast94, seeds 0 1 2"
-$PY benchmarks/time_to_accuracy.py recipes/cifar10_fast94.yaml@0,1,2 --out "$W/tta" 2>&1 | tee -a "$LOG"
+$PY benchmarks/time_to_accuracy.py cifar10_fast94@0,1,2 --out "$W/tta" 2>&1 | tee -a "$LOG"
 cp "$W/tta/time_to_accuracy.json" "$OUT/fast94.json" 2>/dev/null
 cp "$W/tta/time_to_accuracy.png" "$OUT/fast94.png" 2>/dev/null
 say "2. speed.py on the GPU"
@@ -61,7 +61,7 @@ $PY benchmarks/speed.py --device cuda --steps 100 --skip-inference --json "$OUT/
 LEFT=$(( BUDGET - ($(date +%s) - START) - 15 ))
 say "3. paper recipe, ${LEFT} s left for it"
 if [ "$LEFT" -gt 30 ]; then
-  timeout "$LEFT" $PY -m resnetlab train --recipe recipes/cifar10_resnet20_paper.yaml --out "$W/paper" --no-progress \
+  timeout "$LEFT" $PY -m resnetlab train --recipe cifar10_resnet20_paper --out "$W/paper" --no-progress \
     2>&1 | tee -a "$LOG"
   cp "$W/paper/metrics.jsonl" "$OUT/paper_metrics.jsonl" 2>/dev/null
   cp "$W/paper/results.json" "$OUT/paper_results.json" 2>/dev/null

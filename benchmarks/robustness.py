@@ -155,7 +155,7 @@ def main() -> None:
     ap.add_argument("checkpoints", nargs="*")
     ap.add_argument("--cost", nargs="+", metavar="KEY=VALUE", default=None,
                     help="instead: time the pipeline with these augmentation overrides vs the default recipe")
-    ap.add_argument("--recipe", default="recipes/cifar10_quick.yaml")
+    ap.add_argument("--recipe", default="cifar10_quick")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--limit", type=int, default=None, help="first N test images (default: all 10,000)")
     ap.add_argument("--write", type=Path, default=None, help="also save every variant as files here")

@@ -59,7 +59,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=20)
     args = ap.parse_args()
-    device, amp, cl = setup_runtime(load_recipe("recipes/cifar10_quick.yaml", []))
+    device, amp, cl = setup_runtime(load_recipe("cifar10_quick", []))
     print(f"machine: {cpu_model()}, {torch.get_num_threads()} threads; precision {amp or 'fp32'}, "
           f"channels_last {cl}; batch 128 (train), 256 (inference)\n")
     print("| model | block | params | MACs (M) | train img/s | infer img/s | train MAC/s (G) |")

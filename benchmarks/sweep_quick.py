@@ -36,7 +36,7 @@ from pathlib import Path
 
 from time_to_accuracy import HERE, RunFailed, run
 
-RECIPE = "recipes/cifar10_quick.yaml"
+RECIPE = "cifar10_quick"
 JPEG30 = ["data.augment.jpeg=0.5", "data.augment.jpeg_quality=[30,95]", "data.augment.resample=0.3"]
 SWEEPS = {
     "rob13": {"kind": "rob", "seeds": (0, 1),

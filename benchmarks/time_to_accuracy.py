@@ -85,7 +85,7 @@ def plot(runs: list[dict], path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("recipes", nargs="*", default=["benchmarks/recipes/cifar10_quick_v1.yaml@0,1",
-                                                   "recipes/cifar10_quick.yaml@0,1", "recipes/cifar10_fast94.yaml@0"])
+                                                   "cifar10_quick@0,1", "cifar10_fast94@0"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--out", type=Path, default=HERE / "out" / "time_to_accuracy")
     args = ap.parse_args()

@@ -13,7 +13,7 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[1] / "src" / "resnetlab"
 
 LAYERS = {
-    "errors": 0,
+    "errors": 0, "_version": 0,
     "files": 1, "download": 1, "runtime": 1, "preprocessing": 1, "weights": 1,
     "models": 2, "data": 2, "evaluation": 2,
     "training": 3, "finetune": 3, "inference": 3, "serving": 3, "tune": 3,

@@ -53,7 +53,7 @@ def test_evaluate_with_shift_averages_the_six_softmaxes():
 
 def test_eval_every_skips_monitoring_and_the_run_prints_its_training_compute(tiny_cifar, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "--recipe", str(ROOT / "recipes" / "cifar10_quick.yaml"), "--data-dir", str(tiny_cifar),
+    assert main(["train", "--recipe", "cifar10_quick", "--data-dir", str(tiny_cifar),
                  "--out", str(out), "--no-progress", "--no-verify", "train.epochs=4", "train.eval_every=3",
                  "train.batch_size=20", "train.eval_batch_size=40", "train.precision=fp32", "train.tta_shift=1",
                  "model.kwargs.pool_first=true", "data.augment.epoch_sizes=[]"]) == 0
@@ -98,7 +98,7 @@ def test_eval_every_thins_out_monitoring_only(tiny_cifar, tmp_path):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["eval_split"] for r in rows] == ["val"] * 3 and all(r["val_top1"] is not None for r in rows)
     with pytest.raises(UserError, match="train.tta_shift: must be in \\[0, 8\\]"):
-        load_recipe(ROOT / "recipes" / "cifar10_quick.yaml", ["train.tta_shift=9"])
+        load_recipe("cifar10_quick", ["train.tta_shift=9"])
 
 
 def test_pool_first_orders_pool_before_bn_and_keeps_the_parameters():
@@ -137,14 +137,14 @@ def test_alternating_flips_mirror_each_image_every_other_epoch():
     assert len(e0) == n and 0.25 < sum(e0.values()) / n < 0.75  # a random half in the first epoch
     assert all(e1[i] != e0[i] for i in range(n)) and e2 == e0  # then the other half, and back
     with pytest.raises(UserError, match="data.augment.epoch_sizes: expected a list of image sides"):
-        load_recipe(ROOT / "recipes" / "cifar10_quick.yaml", ["data.augment.epoch_sizes=[16,4]"])
+        load_recipe("cifar10_quick", ["data.augment.epoch_sizes=[16,4]"])
     with pytest.raises(UserError, match="data.augment.flip_mode: 'sometimes' is not allowed"):
-        load_recipe(ROOT / "recipes" / "cifar10_quick.yaml", ["data.augment.flip_mode=sometimes"])
+        load_recipe("cifar10_quick", ["data.augment.flip_mode=sometimes"])
 
 
 def test_progressive_resizing_trains_early_epochs_small_and_counts_their_compute(tiny_cifar, tmp_path):
     out = tmp_path / "run"
-    assert main(["train", "--recipe", str(ROOT / "recipes" / "cifar10_quick.yaml"), "--data-dir", str(tiny_cifar),
+    assert main(["train", "--recipe", "cifar10_quick", "--data-dir", str(tiny_cifar),
                  "--out", str(out), "--no-progress", "--no-verify", "train.epochs=3", "train.batch_size=20",
                  "train.eval_batch_size=40", "train.precision=fp32", "data.augment.epoch_sizes=[24,24]", "data.augment.flip_mode=alternate"]) == 0
     res = json.loads((out / "results.json").read_text())
@@ -157,7 +157,7 @@ def test_progressive_resizing_trains_early_epochs_small_and_counts_their_compute
 
     # a run shorter than the schedule still ends on full-size images: 3 epochs of [16, 16, 24, 24, 24] → 16, 16, 32
     short = tmp_path / "short"
-    assert main(["train", "--recipe", str(ROOT / "recipes" / "cifar10_quick.yaml"), "--data-dir", str(tiny_cifar),
+    assert main(["train", "--recipe", "cifar10_quick", "--data-dir", str(tiny_cifar),
                  "--out", str(short), "--no-progress", "--no-verify", "train.epochs=3", "train.batch_size=20",
                  "train.eval_batch_size=40", "train.precision=fp32", "data.augment.epoch_sizes=[16,16,24,24,24]"]) == 0
     t_tiny = count_train_flops(model, 16)

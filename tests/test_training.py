@@ -15,7 +15,7 @@ from resnetlab import UserError
 from resnetlab.cli import main
 from resnetlab import weights as ckpt_mod
 from resnetlab.weights import read_full, save_checkpoint
-from resnetlab.training.config import ScheduleConfig, load_recipe
+from resnetlab.training.config import ScheduleConfig, bundled_recipes, load_recipe
 from resnetlab.training.optim import lr_factor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,38 +41,33 @@ def test_bad_recipe_keys_and_values(tmp_path):
         load_recipe(write_recipe(tmp_path, "train: {epochs: ten}\n"))
     with pytest.raises(UserError, match="not valid YAML"):
         load_recipe(write_recipe(tmp_path, "train: [\n"))
-    with pytest.raises(UserError, match="recipe file not found"):
+    with pytest.raises(UserError, match="nope.yaml: no such recipe file and no bundled recipe of that name; "
+                                        "bundled: cifar10_fast94, cifar10_quick"):
         load_recipe(tmp_path / "nope.yaml")
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.name)
-def test_bundled_recipes_build_their_model(path):
+@pytest.mark.parametrize("name", sorted(bundled_recipes()))
+def test_bundled_recipes_build_their_model(name):
     from resnetlab.models import build_model
-    r = load_recipe(path)
+    r = load_recipe(name)
     model = build_model(r.model.name, 10, r.model.kwargs)
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 
 
-def test_robust_recipe_is_the_measured_default_plus_jpeg():
-    """cifar10_quick_robust.yaml was measured as the default recipe + sweep_quick's overrides (val11b, rob11):
-    if the default changes, the robust recipe must change with it (or be measured again)."""
+def test_robust_recipe_is_the_default_plus_jpeg_for_twice_the_epochs():
+    """cifar10_quick_robust was measured as the default recipe + JPEG on half the images (quality 30-95) at 20
+    epochs: if the default changes, the robust recipe must change with it (or be measured again)."""
     import dataclasses
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        from sweep_quick import RECIPE, SWEEPS
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    overrides = SWEEPS["rob11"]["base"] + SWEEPS["rob11"]["runs"]["j50q30r30e20"]
-    assert overrides == SWEEPS["val11b"]["runs"]["j50q30r30e20"]
-    robust = dataclasses.replace(load_recipe(ROOT / "recipes" / "cifar10_quick_robust.yaml"), name="")
-    measured = dataclasses.replace(load_recipe(ROOT / RECIPE, overrides), name="")
+    robust = dataclasses.replace(load_recipe("cifar10_quick_robust"), name="", description="")
+    measured = dataclasses.replace(load_recipe("cifar10_quick", [
+        "data.augment.jpeg=0.5", "data.augment.jpeg_quality=[30,95]", "data.augment.resample=0.3",
+        "train.epochs=20"]), name="", description="")
     assert robust == measured
-    assert robust.train.epochs == 20 and robust.data.augment.jpeg == 0.5
 
 
 def test_paper_recipe_runs_the_papers_schedule():
     """He et al. 2015: 45k/5k split, batch 128, lr 0.1 divided by 10 at 32k and 48k iterations, stop at 64k."""
-    r = load_recipe(ROOT / "recipes" / "cifar10_resnet20_paper.yaml")
+    r = load_recipe("cifar10_resnet20_paper")
     steps_per_epoch = (50000 - int(r.data.val_size)) // r.train.batch_size
     total = min(r.train.epochs * steps_per_epoch, r.train.max_steps or 10**9)
     assert total == 64000  # enough epochs to reach the paper's 64k iterations, and no more
@@ -97,7 +92,7 @@ def test_schedules():
 # ---------------------------------------------------------------- engine
 def test_tiny_training_learns_and_writes_run(tiny_cifar, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "--recipe", str(ROOT / "recipes" / "cifar10_quick.yaml"), "--data-dir", str(tiny_cifar),
+    assert main(["train", "--recipe", "cifar10_quick", "--data-dir", str(tiny_cifar),
                  "--out", str(out), "--no-progress", "--no-verify", "train.epochs=6", "train.ema_decay=0.9",
                  "train.tta=false", *TINY]) == 0  # no TTA, so that `eval` below (no TTA) must give the same figure
     printed = capsys.readouterr().out
@@ -124,12 +119,12 @@ def test_tiny_training_learns_and_writes_run(tiny_cifar, tmp_path, capsys):
     assert "| run | model | top-1 | top-5 | params (M) | MACs (G) | training time (min) | img/s | device |" in report
     assert (out / "curves.png").stat().st_size > 1000
 
-    assert main(["train", "--recipe", str(ROOT / "recipes" / "cifar10_quick.yaml"), "--out", str(out)]) == 2
+    assert main(["train", "--recipe", "cifar10_quick", "--out", str(out)]) == 2
     assert "already holds a run" in capsys.readouterr().err
 
 
 def _train_cmd(data, out, extra=()):
-    return [sys.executable, "-m", "resnetlab", "train", "--recipe", str(ROOT / "recipes" / "cifar10_quick.yaml"),
+    return [sys.executable, "-m", "resnetlab", "train", "--recipe", "cifar10_quick",
             "--data-dir", str(data), "--out", str(out), "--no-progress", "data.verify=false", "train.epochs=4",
             "train.batch_size=10", "data.val_size=20", "train.precision=fp32", "model.name=resnet20",
             "train.eval_batch_size=40", "optim.lr=0.05", "train.ema_decay=0.8", "schedule.name=onecycle",
@@ -210,7 +205,7 @@ def test_resume_without_run_is_a_clear_error(tmp_path, capsys):
 
 def test_real_data_slice_end_to_end(real_data, tmp_path, capsys):
     out = tmp_path / "real"
-    assert main(["train", "--recipe", str(ROOT / "recipes" / "cifar10_quick.yaml"), "--data-dir", str(real_data),
+    assert main(["train", "--recipe", "cifar10_quick", "--data-dir", str(real_data),
                  "--out", str(out), "--no-progress", "data.subset=2000", "train.epochs=3", "data.val_size=100",
                  "data.augment.epoch_sizes=[]"]) == 0
     res = json.loads((out / "results.json").read_text())

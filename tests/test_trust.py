@@ -79,7 +79,7 @@ def test_2_torch_floor_excludes_the_weights_only_bypass():
 @pytest.mark.parametrize("name", ["../../x", "/tmp/abs", "a/b", ".."])
 def test_3_recipe_name_cannot_place_a_run(tmp_path, capsys, monkeypatch, name):
     monkeypatch.chdir(tmp_path)
-    assert main(["train", "--recipe", str(ROOT / "recipes" / "cifar10_quick.yaml"), "--data-dir", str(tmp_path),
+    assert main(["train", "--recipe", "cifar10_quick", "--data-dir", str(tmp_path),
                  f"name={name}"]) == 2
     assert "recipe key name" in one_line_error(capsys)
     assert list(tmp_path.iterdir()) == []
@@ -239,7 +239,7 @@ def test_12_resume_uses_stored_data_root_honours_flags_and_safe_overrides(tiny_c
     monkeypatch.delenv("RESNETLAB_DATA", raising=False)
     monkeypatch.chdir(tmp_path)  # ./data does not exist: only the stored data root can work
     out = tmp_path / "run"
-    assert main(["train", "--recipe", str(ROOT / "recipes" / "cifar10_quick.yaml"), "--data-dir", str(tiny_cifar), "--out", str(out), "--no-progress", *TINY,
+    assert main(["train", "--recipe", "cifar10_quick", "--data-dir", str(tiny_cifar), "--out", str(out), "--no-progress", *TINY,
                  "train.epochs=1"]) == 0
     assert main(["train", "--resume", str(out), "model.name=resnet56"]) == 2
     assert "recipe key model.name cannot change when resuming" in one_line_error(capsys)

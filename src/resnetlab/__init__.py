@@ -1,7 +1,60 @@
-"""resnetlab: ResNets from scratch in PyTorch — build, train, evaluate, fine-tune, serve."""
+"""resnetlab: ResNets from scratch in PyTorch — build, train, evaluate, fine-tune, serve.
+
+The Python API: models (`create_model`, `list_models`, `load_model`), inference (`load`, `Classifier`) and the
+two workflows of the command line, `train` and `finetune`, which take a recipe (a bundled name, a YAML file
+or a `Recipe`) and return the results they also write into the run folder.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from ._version import __version__
 from .errors import UserError
 from .inference.predict import Classifier, load
 from .models import create_model, list_models, load_model
+from .training.config import Recipe, bundled_recipes, load_recipe
 
-__version__ = "0.1.0"
-__all__ = ["create_model", "list_models", "load", "load_model", "Classifier", "UserError", "__version__"]
+__all__ = ["create_model", "list_models", "load", "load_model", "Classifier", "UserError", "Recipe",
+           "load_recipe", "bundled_recipes", "train", "finetune", "__version__"]
+
+
+def _recipe(recipe: str | Path | Recipe, overrides: dict[str, Any] | list[str] | None,
+            literal: dict[str, Any] | None = None) -> Recipe:
+    """A Recipe from a name, file or Recipe, with overrides: a dict {dotted key: Python value} or a list of
+    "key=value" strings (YAML values, as on the command line)."""
+    if isinstance(recipe, Recipe):
+        base, path = recipe.to_dict(), None
+    else:
+        base, path = None, recipe
+    pairs = dict(overrides) if isinstance(overrides, dict) else {}
+    strings = list(overrides) if isinstance(overrides, (list, tuple)) else []
+    return load_recipe(path, strings, literal={**(literal or {}), **pairs}, base=base)
+
+
+def train(recipe: str | Path | Recipe = "cifar10_quick", out: str | Path | None = None,
+          data_dir: str | Path | None = None, overrides: dict[str, Any] | list[str] | None = None,
+          progress: bool = False, log: Callable[..., None] = print) -> dict[str, Any]:
+    """Train a recipe as `resnetlab train` does; returns the results (also in <out>/results.json).
+
+    resnetlab.train("cifar10_quick", out="runs/try", overrides={"train.epochs": 1, "data.subset": 1000})
+    out None: runs/<recipe name>[-N] under the working folder; data_dir None: $RESNETLAB_DATA, else ./data."""
+    from .training.runner import train_recipe
+    r = _recipe(recipe, overrides)
+    return train_recipe(r, Path(out) if out is not None else None, str(data_dir) if data_dir else None,
+                        progress=progress, log=log)
+
+
+def finetune(weights: str | Path, data: str | Path, recipe: str | Path | Recipe = "finetune_cifar100_subset",
+             out: str | Path | None = None, data_dir: str | Path | None = None,
+             overrides: dict[str, Any] | list[str] | None = None, arch: str | None = None,
+             progress: bool = False, log: Callable[..., None] = print) -> dict[str, Any]:
+    """Fine-tune weights (resnetlab .safetensors, torchvision .pth, `torchvision:NAME`) on an image folder,
+    or on "cifar10" / "cifar100", as `resnetlab finetune` does; returns the summary (also summary.json)."""
+    from .finetune import run_finetune
+    data = str(data)
+    literal = ({"data.dataset": data} if data in ("cifar10", "cifar100") else
+               {"data.dataset": "folder", "data.path": data})
+    r = _recipe(recipe, overrides, literal)
+    return run_finetune(str(weights), r, Path(out) if out is not None else None,
+                        str(data_dir) if data_dir else None, arch, progress=progress, log=log)

@@ -3,3 +3,7 @@
 
 class UserError(Exception):
     """A problem with the user's input (file, option, data) rather than a bug in resnetlab."""
+
+
+class RunInterrupted(Exception):
+    """Ctrl-C during a run: the message says what was saved and the command that continues it (exit 130)."""

@@ -20,13 +20,12 @@ from .errors import UserError
 from .evaluation.profile import count_params
 from .evaluation.report import write_report
 from .files import atomic_write_text
-from .models import apply_strategy, build_model, natural_input_size, stage_lr_scales
+from .models import apply_strategy, build_model, stage_lr_scales
+from .runtime import dist_context
 from .training.config import Recipe
-from .training.engine import Trainer
-from .runtime import broadcast_str, dist_context
-from .training.rundir import claim, next_run_dir
-from .training.runner import (check_out_dir, data_ref, finish_run, load_splits, make_loaders, model_meta, quiet,
-                               setup_runtime)
+from .training.engine import Stage, Trainer
+from .training.rundir import claim
+from .training.runner import finish_run, interruptible, prepare_run, quiet, write_recipe_file
 from .weights import IMAGENET_MEAN, IMAGENET_STD, load_backbone_weights, map_head, read_weights
 
 
@@ -34,52 +33,27 @@ def run_finetune(weights: str, recipe: Recipe, out: str | Path | None, data_dir:
                  arch: str | None = None, progress: bool = True, log=print, on_epoch=None) -> dict[str, Any]:
     """Fine-tune and write the run folder (out None: runs/finetune-<strategy>[-N], chosen by rank 0 in a
     distributed run, where only rank 0 logs and writes)."""
-    device, amp, cl = setup_runtime(recipe, distributed=True)
-    ctx = dist_context()
-    if not ctx.is_main:
-        log = quiet
-    if out is None:
-        default = next_run_dir(Path("runs") / f"finetune-{recipe.finetune.strategy}")
-        out = broadcast_str(str(default) if ctx.is_main else "")
-    run_dir = Path(out)
-    if (run_dir / "summary.json").exists() or (run_dir / "last.safetensors").exists():
-        raise UserError(f"{run_dir}: already holds a run; choose another --out")
-    check_out_dir(run_dir)
     sd, src_meta = read_weights(weights)
     name = src_meta.get("arch") or arch or recipe.model.name
     kwargs = src_meta.get("kwargs") or dict(recipe.model.kwargs)
     f = recipe.finetune
-    input_size = recipe.data.image_size or src_meta.get("input_size") or natural_input_size(name, **kwargs)
-    if recipe.data.dataset == "folder":
-        recipe.data.image_size = input_size
     mean_std = (tuple(src_meta["mean"]), tuple(src_meta["std"])) if src_meta.get("mean") else (
         (IMAGENET_MEAN, IMAGENET_STD) if Path(str(weights)).suffix in (".pth", ".pt") else None)
-    splits = load_splits(recipe.data, data_dir, progress and ctx.is_main, mean_std=mean_std)
-    classes = list(splits.classes)
     old = src_meta.get("classes")
-    if old and set(old) <= set(classes) and old != classes[:len(old)]:
-        # keep the old order, append new classes: the head rows stay where they were
-        classes = old + [c for c in classes if c not in old]
-        remap = torch.tensor([classes.index(c) for c in splits.classes])
-        for ds in (splits.train, splits.val, splits.test):
-            if ds is not None:
-                ds.labels = remap[ds.labels]
-                ds.classes = classes
+    run = prepare_run(recipe, out, data_dir, arch=name, kwargs=kwargs, default_name=f"finetune-{f.strategy}",
+                      progress=progress, log=log, on_epoch=on_epoch, mean_std=mean_std, pretrained=True,
+                      pretrained_size=src_meta.get("input_size"), class_order=old, finetuned_from=str(weights))
+    log, splits, ctx = run.ctx.log, run.splits, run.ctx
+    classes = list(splits.classes)
     torch.manual_seed(recipe.train.seed)
 
-    def fresh_model() -> nn.Module:
+    def pretrained_model(say=quiet) -> tuple[nn.Module, dict[str, list[str]]]:
         m = build_model(name, len(classes), kwargs)
-        load_backbone_weights(m, sd, verbose=False)
-        map_head(m, sd, old, classes, log=lambda *_: None)
-        return m
+        report = load_backbone_weights(m, sd, verbose=say is not quiet, log=say)
+        map_head(m, sd, old, classes, log=say)
+        return m, report
 
-    model = build_model(name, len(classes), kwargs)
-    report = load_backbone_weights(model, sd, log=log)
-    map_head(model, sd, old, classes, log=log)
-    meta = model_meta(name, kwargs, classes, splits.mean, splits.std, input_size, recipe,
-                      decode_size=splits.train.images.shape[-1], dataset=data_ref(recipe.data, data_dir),
-                      finetuned_from=str(weights))
-    train_l, val_l, test_l = make_loaders(recipe, splits, device, cl, input_size)
+    model, report = pretrained_model(log)
 
     def stage(m: nn.Module, strategy: str, prefix: str, lr_mult: float = 1.0, epochs: int | None = None,
               freeze_stats: bool = False) -> dict:
@@ -89,20 +63,20 @@ def run_finetune(weights: str, recipe: Recipe, out: str | Path | None, data_dir:
             r.train.epochs = epochs
         frozen = apply_strategy(m, strategy, f.unfreeze_stages, freeze_stats)
         scales = stage_lr_scales(m, f.layer_decay) if strategy != "linear-probe" else None
-        tr = Trainer(m, r, train_l, val_l, run_dir, meta, device, amp, cl, lr_scales=scales,
-                     frozen_bn=frozen, progress=progress, log=log, prefix=prefix, monitor_only=splits.val is None,
-                     on_epoch=on_epoch)
+        tr = Trainer(m, r, run.train, run.val, ctx, Stage(prefix, scales, frozen))
         log(f"[{prefix.rstrip('-')}] {strategy}: {count_params(m, trainable_only=True):,} trainable params")
         state = tr.fit()
-        res = finish_run(tr, splits, test_l, state, log=log)
+        res = finish_run(tr, splits, run.test, state, log=log)
         tr.release()  # the next stage wraps the model anew (other parameters train)
         res["strategy"] = strategy
         return res
 
     log(f"fine-tuning {name} ({count_params(model):,} params) on {len(splits.train)} images, "
-        f"{len(classes)} classes, input {input_size}px, strategy {f.strategy}")
+        f"{len(classes)} classes, input {ctx.meta['input_size']}px, strategy {f.strategy}")
 
-    with claim(run_dir, log) if ctx.is_main else contextlib.nullcontext():
+    main = dist_context().is_main
+    with claim(run.run_dir, log) if main else contextlib.nullcontext(), interruptible(run.run_dir, resume_hint=False):
+        write_recipe_file(run, recipe)
         results: dict[str, Any] = {"loaded": len(report["loaded"]), "new": report["new"]}
         if f.strategy == "two-stage":
             r1 = stage(model, "linear-probe", "stage1-", epochs=f.stage1_epochs)
@@ -111,18 +85,18 @@ def run_finetune(weights: str, recipe: Recipe, out: str | Path | None, data_dir:
         else:
             after = stage(model, f.strategy, f"{f.strategy}-", freeze_stats=f.freeze_bn_stats)
             before = after if f.strategy == "linear-probe" else (
-                stage(fresh_model(), "linear-probe", "probe-") if f.compare else None)
+                stage(pretrained_model()[0], "linear-probe", "probe-") if f.compare else None)
             results.update(before=before, after=after)
-        if not ctx.is_main:
+        if not main:
             return results
         b, a = results["before"], results["after"]
         summary = {"weights": str(weights), "strategy": f.strategy, "classes": classes,
                    "before_linear_probe": b["test"] if b else None, "after": a["test"],
                    "time_min": sum(x["train_time_min"] for x in {id(b): b, id(a): a}.values() if x)}
-        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
-        write_report(run_dir)
+        atomic_write_text(run.run_dir / "summary.json", json.dumps(summary, indent=2))
+        write_report(run.run_dir)
         if b:
             log(f"before (linear probe of pretrained net): top-1 {b['test']['top1']:.4f}  top-5 {b['test']['top5']:.4f}")
         log(f"after ({f.strategy}): top-1 {a['test']['top1']:.4f}  top-5 {a['test']['top5']:.4f}")
-    log(f"run folder: {run_dir}")
+    log(f"run folder: {run.run_dir}")
     return summary

@@ -196,7 +196,7 @@ def tune(recipe_path: str | None, space_path: str, trials: int, study_name: str 
     try:
         import optuna
     except ImportError:
-        raise UserError("tune needs Optuna: pip install -e '.[tune]'") from None
+        raise UserError("tune needs Optuna: pip install 'resnetlab[tune]'") from None
     if trials < 1:
         raise UserError(f"--trials must be positive, got {trials}")
     if pruner not in PRUNERS:

@@ -6,16 +6,18 @@ import argparse
 import os
 import sys
 
-from ..errors import UserError
+from ..errors import RunInterrupted, UserError
 from ..runtime import shutdown_distributed
-from . import download, evaluate, export, finetune, models, predict, report, serve, train, tune
+from .._version import __version__
+from . import download, evaluate, export, finetune, models, predict, recipes, report, serve, train, tune
 
-COMMANDS = (models, train, evaluate, report, download, finetune, predict, export, serve, tune)
+COMMANDS = (models, recipes, train, evaluate, report, download, finetune, predict, export, serve, tune)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="resnetlab", description="ResNets from scratch: build, train, "
                                 "evaluate, fine-tune, serve.")
+    p.add_argument("--version", action="version", version=f"resnetlab {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         command.add_parser(sub)
@@ -42,6 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `resnetlab models | head`
+        sys.stderr = open(os.devnull, "w")
+        return 0
+    except RunInterrupted as e:  # what was saved, and the command that continues the run
+        print(e, file=sys.stderr)
+        return 130
     except OSError as e:  # disk full, permission denied, read-only file system…: the user's environment
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
         print(f"error: {where}{e.strerror or e}", file=sys.stderr)
@@ -49,9 +57,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # e.g. `resnetlab models | head`
-        sys.stderr = open(os.devnull, "w")
-        return 0
     finally:
         shutdown_distributed()  # leave a torchrun job's process group, on success and on error alike
     return 0

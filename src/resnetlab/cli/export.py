@@ -8,7 +8,7 @@ import torch
 from ..inference.export import DEFAULT_OPSET, FORMATS, export
 from ..inference.classifier import ImageClassifier
 from ..inference.predict import collect_images
-from ..models.registry import validate_meta
+from ..models import validate_meta
 from ..weights import read_metadata, resolve_checkpoint
 from .common import recorded_test_split
 

@@ -11,7 +11,7 @@ from .common import add_data_flags, add_overrides, flag_overrides
 
 def add_parser(sub) -> None:
     s = sub.add_parser("train", help="train a recipe")
-    s.add_argument("--recipe", default="recipes/cifar10_quick.yaml")
+    s.add_argument("--recipe", default="cifar10_quick", help="a bundled recipe name (resnetlab recipes) or a YAML file (default: cifar10_quick)")
     s.add_argument("--data-dir", default=None, help="data root (default: $RESNETLAB_DATA, else ./data)")
     s.add_argument("--out", default=None, help="run folder (default: runs/<recipe name>)")
     s.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue an interrupted run exactly")

@@ -8,7 +8,7 @@ from .common import add_overrides
 
 def add_parser(sub) -> None:
     s = sub.add_parser("tune", help="search hyperparameters (Optuna) on the validation split")
-    s.add_argument("--recipe", default="recipes/cifar10_quick.yaml")
+    s.add_argument("--recipe", default="cifar10_quick", help="a bundled recipe name (resnetlab recipes) or a YAML file (default: cifar10_quick)")
     s.add_argument("--space", required=True, help="YAML: recipe key → {low, high[, log][, type]} or {choices}")
     s.add_argument("--trials", type=int, required=True, help="trials to run in this process")
     s.add_argument("--timeout", type=float, default=None, metavar="MIN", help="stop starting trials after MIN minutes")

@@ -2,8 +2,8 @@
 from .augment import AugmentConfig
 from .cifar import ImageSet, cifar10, cifar100, download, load_cifar, load_cifar_splits, resolve_data_root
 from .folders import load_image_folder, stratified_split, subset
-from .loader import BatchLoader, channel_stats
+from .loader import BatchLoader, BatchSource, channel_stats
 
 __all__ = ["AugmentConfig", "ImageSet", "cifar10", "cifar100", "download", "load_cifar", "load_cifar_splits",
-           "resolve_data_root", "load_image_folder", "stratified_split", "subset", "BatchLoader",
+           "resolve_data_root", "load_image_folder", "stratified_split", "subset", "BatchLoader", "BatchSource",
            "channel_stats"]

@@ -7,7 +7,7 @@ be replayed exactly after a resume.
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from typing import Iterator, Protocol, runtime_checkable
 
 import torch
 
@@ -31,8 +31,30 @@ def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float,
     return tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std)
 
 
+@runtime_checkable
+class BatchSource(Protocol):
+    """What the training engine needs of a source of training batches (BatchLoader implements it).
+
+    Iterating yields one epoch of (inputs, labels) batches on the device, in an order that is a function of
+    (seed, epoch) alone, so that a resumed epoch replays exactly; len() is the number of batches an epoch
+    yields on this process."""
+
+    def set_epoch(self, epoch: int, start_batch: int = 0, aug_state: torch.Tensor | None = None) -> None:
+        """Select the epoch the next iteration yields; start_batch/aug_state continue it mid-way (resume)."""
+
+    def aug_state(self) -> torch.Tensor | None:
+        """The augmentation generator's state after the batches yielded so far (saved mid-epoch)."""
+
+    def epoch_size(self, epoch: int | None = None) -> int | None:
+        """Side of the images that epoch yields (progressive resizing); None: as stored."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
 class BatchLoader:
-    """Iterates (inputs, labels) batches from an ImageSet held on `device`."""
+    """Iterates (inputs, labels) batches from an ImageSet held on `device` (a BatchSource)."""
 
     def __init__(self, data: ImageSet, batch_size: int, mean: tuple[float, ...], std: tuple[float, ...],
                  train: bool = False, augment: AugmentConfig | None = None, device: str | torch.device = "cpu",

@@ -11,15 +11,16 @@ def count_params(model: nn.Module, trainable_only: bool = False) -> int:
 
 
 @torch.no_grad()
-def count_macs(model: nn.Module, input_size: int, in_channels: int = 3) -> int:
-    """Multiply-accumulates of one forward pass on one image.
+def count_macs(model: nn.Module, input_size: int, in_channels: int = 3, device: str | torch.device = "cpu") -> int:
+    """Multiply-accumulates of one forward pass on one image (device "meta" for a model built there: shapes
+    only, no arithmetic).
 
     torch.utils.flop_counter counts FLOPs as 2 per multiply-add (convs and matmuls only), so
     MACs = FLOPs / 2 — the convention of the papers' "1.8 GFLOPs" for ResNet-18, which are MACs.
     """
     was_training = model.training
     model.eval()
-    x = torch.zeros(1, in_channels, input_size, input_size)
+    x = torch.zeros(1, in_channels, input_size, input_size, device=device)
     with FlopCounterMode(display=False) as counter:
         model(x)
     model.train(was_training)

@@ -70,7 +70,7 @@ def _onnx_modules():
         import onnx
         import onnxruntime
     except ImportError:
-        raise UserError("ONNX export needs onnx and onnxruntime: pip install -e '.[deploy]'") from None
+        raise UserError("ONNX export needs onnx and onnxruntime: pip install 'resnetlab[deploy]'") from None
     return onnx, onnxruntime
 
 

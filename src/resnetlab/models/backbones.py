@@ -20,6 +20,7 @@ from torch import nn
 
 from ..errors import UserError
 from .blocks import ZeroPadShortcut
+from .contract import ClassifierNet, level_shapes, run_plan
 from .freeze import freeze_except
 
 
@@ -36,35 +37,6 @@ class FeatureInfo(list):
         return [f["module"] for f in self]
 
 
-def _run_plan(owner: nn.Module, plan: list[tuple[str, list[str]]], x: torch.Tensor) -> list[torch.Tensor]:
-    """The output of every level of a feature plan, running owner's modules by name."""
-    outs = []
-    for _, names in plan:
-        for n in names:
-            mod = getattr(owner, n, None)
-            if mod is not None:
-                x = mod(x)
-        outs.append(x)
-    return outs
-
-
-def _in_channels(model: nn.Module) -> int:
-    return next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
-
-
-@torch.no_grad()
-def _level_shapes(model: nn.Module, plan: list[tuple[str, list[str]]], size: int = 64) -> list[tuple[int, int]]:
-    """(channels, reduction) of every level, from one eval-mode forward of a size x size input."""
-    was_training = model.training
-    model.eval()
-    try:
-        p = next(model.parameters())
-        outs = _run_plan(model, plan, torch.zeros(1, _in_channels(model), size, size, device=p.device, dtype=p.dtype))
-    finally:
-        model.train(was_training)
-    return [(o.shape[1], size // o.shape[-1]) for o in outs]
-
-
 def _dilate(model: nn.Module, output_stride: int) -> None:
     """Replace the strides that would take the net past output_stride by dilation, in place.
 
@@ -72,7 +44,7 @@ def _dilate(model: nn.Module, output_stride: int) -> None:
     strided 3x3 keeps the previous dilation (with stride 1) and every later 3x3 gets the new, doubled
     one; the shortcut stops subsampling."""
     plan = model.feature_plan()
-    red = [r for _, r in _level_shapes(model, plan)]
+    red = [r for _, r in level_shapes(model, plan)]
     if output_stride not in {red[1] * 2 ** k for k in range(8)}:
         raise UserError(f"output_stride must be a power of two from {red[1]} (the first stage's reduction) up, "
                         f"got {output_stride!r}")
@@ -95,14 +67,14 @@ def _dilate(model: nn.Module, output_stride: int) -> None:
 
 
 class FeatureExtractor(nn.Module):
-    """Stage feature maps of a resnetlab ResNet or ResNet-9 (any model with `feature_plan()`)."""
+    """Stage feature maps of any model of the contract (models.contract.ClassifierNet: its feature_plan)."""
 
-    def __init__(self, model: nn.Module, out_indices: Sequence[int] | None = None,
+    def __init__(self, model: ClassifierNet, out_indices: Sequence[int] | None = None,
                  output_stride: int | None = None) -> None:
         super().__init__()
         self._bn_policy = None
-        if not hasattr(model, "feature_plan"):
-            raise UserError(f"{type(model).__name__} does not expose feature maps (no feature_plan)")
+        if not isinstance(model, ClassifierNet):
+            raise UserError(f"{type(model).__name__} is not a resnetlab model (models.contract.ClassifierNet)")
         plan = model.feature_plan()
         levels = len(plan)
         if out_indices is None:
@@ -113,7 +85,7 @@ class FeatureExtractor(nn.Module):
             raise UserError(f"out_indices must be increasing, distinct levels in 0..{levels - 1} "
                             f"({', '.join(f'{i}: {n}' for i, (n, _) in enumerate(plan))}); got {out_indices!r}")
         if output_stride is not None:
-            if not getattr(model, "supports_dilation", False):
+            if not model.supports_dilation:
                 raise UserError(f"output_stride (dilation) is not available for {type(model).__name__}")
             _dilate(model, output_stride)
         self.plan = plan[: max(out_indices) + 1]
@@ -126,12 +98,12 @@ class FeatureExtractor(nn.Module):
         self.feature_info = FeatureInfo(self._probe())
 
     def _probe(self) -> list[dict[str, Any]]:
-        shapes = _level_shapes(self, self.plan)
+        shapes = level_shapes(self, self.plan)
         return [{"index": i, "module": self.plan[i][0], "num_chs": shapes[i][0], "reduction": shapes[i][1]}
                 for i in self.out_indices]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        outs = _run_plan(self, self.plan, x)
+        outs = run_plan(self, self.plan, x)
         return [outs[i] for i in self.out_indices]
 
     def stages(self) -> list[nn.Module]:

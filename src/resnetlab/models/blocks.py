@@ -91,14 +91,33 @@ def make_shortcut(in_planes: int, out_planes: int, stride: int, option: str,
     raise ValueError(f"unknown shortcut option {option!r}; use 'A' or 'B'")
 
 
-class BasicBlock(nn.Module):
+class ResidualBlock(nn.Module):
+    """A residual unit: `expansion` (output channels per `planes`) and `last_bn()`, the BatchNorm that ends
+    its residual branch (zero_init_residual sets its scale to zero, so the block starts as identity).
+    Blocks take torchvision's `groups` and `base_width`: the 3x3 convs of a Bottleneck have
+    planes * base_width / 64 * groups channels in `groups` groups (ResNeXt; wide ResNets: base_width 128)."""
+
+    expansion: int = 1
+
+    def last_bn(self) -> nn.BatchNorm2d:
+        raise NotImplementedError
+
+
+def _plain_only(kind: str, groups: int, base_width: int) -> None:
+    if groups != 1 or base_width != 64:
+        raise ValueError(f"{kind} supports only groups=1 and base_width=64 (use a Bottleneck net for "
+                         f"grouped or wider 3x3 convs)")
+
+
+class BasicBlock(ResidualBlock):
     """Two 3x3 convs (He et al. 2015, Fig. 2 left); separable=True factors each one (SeparableConv)."""
 
     expansion = 1
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "B",
-                 separable: bool = False, drop_path: float = 0.0) -> None:
+                 separable: bool = False, drop_path: float = 0.0, groups: int = 1, base_width: int = 64) -> None:
         super().__init__()
+        _plain_only("BasicBlock", groups, base_width)
         self.conv1 = spatial_conv(in_planes, planes, stride, separable)
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
@@ -117,20 +136,24 @@ class BasicBlock(nn.Module):
         return self.relu(self.drop_path(out) + identity)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(ResidualBlock):
     """1x1 reduce, 3x3, 1x1 expand; stride on the 3x3 conv (torchvision's "ResNet v1.5")."""
 
     expansion = 4
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "B",
-                 separable: bool = False, drop_path: float = 0.0) -> None:
+                 separable: bool = False, drop_path: float = 0.0, groups: int = 1, base_width: int = 64) -> None:
         super().__init__()
+        width = int(planes * (base_width / 64.0)) * groups
+        if separable and groups != 1:
+            raise ValueError("separable 3x3 convs are depthwise already; use groups=1 with block=separable")
         self.drop_path = DropPath(drop_path) if drop_path else nn.Identity()
-        self.conv1 = conv1x1(in_planes, planes)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = spatial_conv(planes, planes, stride, separable)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = conv1x1(planes, planes * self.expansion)
+        self.conv1 = conv1x1(in_planes, width)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = (spatial_conv(width, width, stride, separable) if groups == 1 else
+                      nn.Conv2d(width, width, 3, stride=stride, padding=1, groups=groups, bias=False))
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = conv1x1(width, planes * self.expansion)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = make_shortcut(in_planes, planes * self.expansion, stride, shortcut)
@@ -146,14 +169,15 @@ class Bottleneck(nn.Module):
         return self.relu(self.drop_path(out) + identity)
 
 
-class PreActBlock(nn.Module):
+class PreActBlock(ResidualBlock):
     """BN-ReLU-conv twice with a clean identity path (He et al. 2016, "Identity Mappings")."""
 
     expansion = 1
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "B",
-                 separable: bool = False, drop_path: float = 0.0) -> None:
+                 separable: bool = False, drop_path: float = 0.0, groups: int = 1, base_width: int = 64) -> None:
         super().__init__()
+        _plain_only("PreActBlock", groups, base_width)
         self.drop_path = DropPath(drop_path) if drop_path else nn.Identity()
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.conv1 = spatial_conv(in_planes, planes, stride, separable)

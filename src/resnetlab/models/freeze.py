@@ -2,7 +2,8 @@
 
 A policy names what trains (the head; the last N stages; everything); the rest is frozen, and the
 BatchNorm layers of frozen parts run in eval mode so their pretrained statistics are kept. Works on
-any model exposing `stages()` and `get_classifier()`.
+any model of the contract (models.contract.ClassifierNet): stages(), get_classifier(), head_extras(),
+fixed_parameters().
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Callable
 from torch import nn
 
 from ..errors import UserError
+from .contract import ClassifierNet
 
 STRATEGIES = ("linear-probe", "partial", "full")
 
@@ -28,10 +30,7 @@ def apply_strategy(model: nn.Module, strategy: str, unfreeze_stages: int = 1,
     elif strategy == "partial":
         if not 1 <= unfreeze_stages <= len(stages):
             raise UserError(f"--unfreeze-stages must be between 1 and {len(stages)} for this model")
-        trainable = [head] + list(stages[-unfreeze_stages:])
-        final_bn = getattr(model, "final_bn", None)
-        if final_bn is not None:
-            trainable.append(final_bn)
+        trainable = [head] + list(stages[-unfreeze_stages:]) + list(model.head_extras())
     else:
         trainable = [model]
     return freeze_except(model, trainable, freeze_bn_stats)
@@ -44,7 +43,7 @@ def freeze_except(model: nn.Module, trainable: list[nn.Module], freeze_bn_stats:
     eval mode, via the returned callable, to be re-applied after each model.train(); freeze_bn_affine
     also freezes every BN's weight and bias (torchvision's FrozenBatchNorm2d, as detectors use)."""
     # Layers that are fixed by design (ResNet-9's whitening filters) never train, whatever the strategy.
-    fixed = {id(p) for p in getattr(model, "fixed_parameters", list)()}
+    fixed = {id(p) for m in model.modules() if isinstance(m, ClassifierNet) for p in m.fixed_parameters()}
     if freeze_bn_affine:
         fixed |= {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
                   for p in m.parameters()}

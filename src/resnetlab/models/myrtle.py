@@ -6,12 +6,14 @@ this net has few, wide layers at low resolution and reaches high CIFAR-10 accura
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 from torch import nn
 
 from .blocks import BasicBlock, spatial_conv
+from .contract import ClassifierNet, FeaturePlan
+from .registry import register_model
 
 
 def conv_bn(c_in: int, c_out: int, pool: bool = False, separable: bool = False,
@@ -28,12 +30,13 @@ def conv_bn(c_in: int, c_out: int, pool: bool = False, separable: bool = False,
     return nn.Sequential(*layers)
 
 
-class ResNet9(nn.Module):
+class ResNet9(ClassifierNet):
     """prep conv → [conv+pool, BasicBlock] → conv+pool → [conv+pool, BasicBlock] → max-pool → linear."""
 
     def __init__(self, num_classes: int = 10, widths: Sequence[int] = (64, 128, 256, 512),
                  in_channels: int = 3, head_scale: float = 0.125, whiten: bool = False,
-                 whiten_eps: float = 1e-2, block: str = "standard", drop_rate: float = 0.0,
+                 whiten_eps: float = 1e-2, block: Literal["standard", "separable"] = "standard",
+                 drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, pool_first: bool = False, dirac: bool = False) -> None:
         super().__init__()
         if block not in ("standard", "separable"):
@@ -92,18 +95,21 @@ class ResNet9(nn.Module):
     def stages(self) -> list[nn.Module]:
         return [self.layer1, self.layer2, self.layer3]
 
-    def feature_plan(self) -> list[tuple[str, list[str]]]:
+    def init_from_data(self, images: torch.Tensor) -> None:
+        self.init_whitening(images)
+
+    def feature_plan(self) -> FeaturePlan:
         """Feature levels for backbones: 0 = the prep layer's output (full resolution), 1-3 = the stages."""
         return [("stem", ["whiten", "prep"]), ("layer1", ["layer1"]), ("layer2", ["layer2"]), ("layer3", ["layer3"])]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if self.whiten is not None:
             x = self.whiten(x)
-        x = self.layer3(self.layer2(self.layer1(self.prep(x))))
-        return torch.flatten(self.pool(x), 1)
+        return self.layer3(self.layer2(self.layer1(self.prep(x))))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.head_drop(self.forward_features(x))) * self.head_scale
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = torch.flatten(self.pool(x), 1)
+        return x if pre_logits else self.fc(self.head_drop(x)) * self.head_scale
 
     def get_classifier(self) -> nn.Linear:
         return self.fc
@@ -116,10 +122,13 @@ class ResNet9(nn.Module):
         return list(self.whiten.parameters()) if self.whiten is not None else []
 
 
+@register_model(family="cifar", builds=ResNet9, n_stages=4)
 def resnet9(num_classes: int = 10, **kw) -> ResNet9:
+    """Myrtle.ai's ResNet-9 layout (Page 2018): widths 64/128/256/512."""
     return ResNet9(num_classes, **kw)
 
 
+@register_model(family="cifar", builds=ResNet9, n_stages=4)
 def resnet9_small(num_classes: int = 10, **kw) -> ResNet9:
     """Half-width ResNet-9 (32/64/128/256): ~4x fewer MACs, for 2-core CPU budgets."""
     kw.setdefault("widths", (32, 64, 128, 256))

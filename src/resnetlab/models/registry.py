@@ -1,75 +1,57 @@
-"""Name → model, in the style of timm's `create_model`, with every model argument declared.
+"""Name → model, in the style of timm's `create_model` and `@register_model`.
 
-Model kwargs arrive from recipes, the command line and checkpoint metadata, i.e. from files users
-did not necessarily write. They are data: each one is checked against the model's declared arguments
-(type and range) before anything is built, and nothing here opens or fetches a file named by them.
+A family registers plain factories with `@register_model(...)`. Their user-facing arguments are read from
+the constructor's signature (the annotation gives the check: bool, int, float, a Literal of choices, a
+sequence of ints, or None), narrowed by a small map of constraints (ranges, the number of stage widths) and
+explained by one help text per argument name. Model kwargs arrive from recipes, the command line and
+checkpoint metadata, i.e. from files users did not necessarily write: they are data, each checked before
+anything is built, and nothing here opens or fetches a file named by them.
 """
 from __future__ import annotations
 
-import functools
+import collections.abc
+import inspect
+import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
-import torch
 from torch import nn
 
 from ..errors import UserError
-from ..preprocessing import RESIZE_MODES
-from ..weights import load_backbone_weights, read_checkpoint
-from .myrtle import resnet9, resnet9_small
-from .resnet import ARCHS, STEMS, build_resnet
+from ..weights import load_backbone_weights
 
 
 @dataclass(frozen=True)
 class Arg:
-    """One declared model argument: a check that returns an error text (or None) and a help text."""
+    """One model argument: a check that returns an error text (or None) and a help text."""
 
     check: Callable[[Any], str | None]
     help: str
 
 
-def _int_list(n: int | None) -> Callable[[Any], str | None]:
-    def check(v: Any) -> str | None:
-        ok = isinstance(v, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1
-                                                  for x in v)
-        if not ok or (n is not None and len(v) != n):
-            return f"expected a list of {n if n else 'N'} positive integers"
-        return None
-    return check
-
-
-def _choice(*options: str) -> Callable[[Any], str | None]:
-    return lambda v: None if v in options else f"expected one of {', '.join(options)}"
-
-
-def _bool(v: Any) -> str | None:
-    return None if isinstance(v, bool) else "expected true or false"
-
-
-def _pos_int(v: Any) -> str | None:
-    return None if isinstance(v, int) and not isinstance(v, bool) and v >= 1 else "expected a positive integer"
-
-
-def _pos_float(v: Any) -> str | None:
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
-    return None if ok else "expected a positive number"
-
-
-def _resnet_args(n_stages: int, cifar: bool) -> dict[str, Arg]:
-    args = {
-        "widths": Arg(_int_list(n_stages), f"channels of the {n_stages} stages"),
-        "stem": Arg(_choice(*STEMS), "imagenet (7x7/2 conv + max-pool) or cifar (3x3/1 conv)"),
-        "stem_width": Arg(_pos_int, "channels of the stem conv (default: first stage width)"),
-        "zero_init_residual": Arg(_bool, "start every residual branch at zero (Goyal et al. 2017)"),
-        "in_channels": Arg(_pos_int, "input channels"),
-        "shortcut": Arg(_choice("A", "B"), "A: zero-padded identity, B: 1x1 projection"),
-        "block": Arg(_choice("standard", "separable"), "separable: every 3x3 conv depthwise + pointwise"),
-        **_REGULARISERS,
-    }
-    if cifar:
-        args["option"] = Arg(_choice("A", "B"), "the paper's name for `shortcut`")
-    return args
+# What each argument means (one text per name, whichever family has it).
+HELP = {
+    "widths": "channels of each stage",
+    "stem": "imagenet (7x7/2 conv + max-pool) or cifar (3x3/1 conv)",
+    "stem_width": "channels of the stem conv (default: first stage width)",
+    "shortcut": "A: zero-padded identity, B: 1x1 projection",
+    "option": "the paper's name for `shortcut`",
+    "zero_init_residual": "start every residual branch at zero (Goyal et al. 2017)",
+    "in_channels": "input channels",
+    "block": "separable: every 3x3 conv depthwise + pointwise",
+    "drop_rate": "dropout before the classifier (0: off)",
+    "drop_path_rate": "stochastic depth of the last residual block, rising linearly from 0 over the blocks (0: off)",
+    "groups": "groups of the 3x3 convs of Bottleneck blocks (ResNeXt's cardinality)",
+    "width_per_group": "channels per group of the Bottleneck 3x3 convs at the first stage (64: plain ResNet; "
+                       "128: wide ResNet)",
+    "head_scale": "logit scale (Myrtle: 0.125)",
+    "whiten": "fixed 3x3 patch-whitening first layer",
+    "whiten_eps": "whitening regulariser: filters scale by 1/sqrt(eigenvalue + eps); larger amplifies fine "
+                  "detail (and JPEG noise) less",
+    "pool_first": "conv → max-pool → BN → ReLU in the pooling layers (airbench's order; cheaper on CPUs)",
+    "dirac": "the first c_in filters of each conv start as the identity (airbench)",
+}
 
 
 def _rate(v: Any) -> str | None:
@@ -77,26 +59,55 @@ def _rate(v: Any) -> str | None:
     return None if ok else "expected a number in [0, 1)"
 
 
-_REGULARISERS = {
-    "drop_rate": Arg(_rate, "dropout before the classifier (0: off)"),
-    "drop_path_rate": Arg(_rate, "stochastic depth of the last residual block, rising linearly from 0 "
-                          "over the blocks (0: off)"),
-}
+# Constraints beyond the annotation's type (ints and floats are otherwise positive).
+CONSTRAINTS: dict[str, Callable[[Any], str | None]] = {"drop_rate": _rate, "drop_path_rate": _rate}
 
-_RESNET9_ARGS = {
-    "widths": Arg(_int_list(4), "channels of prep, layer1, layer2, layer3"),
-    "in_channels": Arg(_pos_int, "input channels"),
-    "head_scale": Arg(_pos_float, "logit scale (Myrtle: 0.125)"),
-    "whiten": Arg(_bool, "fixed 3x3 patch-whitening first layer"),
-    "whiten_eps": Arg(_pos_float, "whitening regulariser: filters scale by 1/sqrt(eigenvalue + eps); larger "
-                      "amplifies fine detail (and JPEG noise) less"),
-    "block": Arg(_choice("standard", "separable"), "separable: every 3x3 conv after the input layer "
-                 "depthwise + pointwise"),
-    "pool_first": Arg(_bool, "conv → max-pool → BN → ReLU in the pooling layers (airbench's order; "
-                      "cheaper on CPUs)"),
-    "dirac": Arg(_bool, "the first c_in filters of each conv start as the identity (airbench)"),
-    **_REGULARISERS,
-}
+
+def _check_for(typ: Any, name: str, n_stages: int | None) -> Callable[[Any], str | None]:
+    """The check of one argument, from its annotation (and CONSTRAINTS, and the stage count for widths)."""
+    origin, args = typing.get_origin(typ), typing.get_args(typ)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and type(None) in args:
+        inner = _check_for(next(a for a in args if a is not type(None)), name, n_stages)
+        return lambda v: None if v is None else inner(v)
+    if name in CONSTRAINTS:
+        return CONSTRAINTS[name]
+    if origin is Literal:
+        return lambda v: None if v in args else f"expected one of {', '.join(args)}"
+    if typ is bool:
+        return lambda v: None if isinstance(v, bool) else "expected true or false"
+    if typ is int:
+        return lambda v: None if isinstance(v, int) and not isinstance(v, bool) and v >= 1 else \
+            "expected a positive integer"
+    if typ is float:
+        return lambda v: None if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 else \
+            "expected a positive number"
+    if origin in (collections.abc.Sequence, list, tuple) or typ in (list, tuple):
+        def ints(v: Any) -> str | None:
+            ok = isinstance(v, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1
+                                                      for x in v)
+            if not ok or (n_stages is not None and len(v) != n_stages):
+                return f"expected a list of {n_stages if n_stages else 'N'} positive integers"
+            return None
+        return ints
+    raise TypeError(f"model argument {name}: no check for annotation {typ!r}")
+
+
+def signature_args(builds: Callable, exclude: Sequence[str] = (), rename: dict[str, str] | None = None,
+                   aliases: dict[str, str] | None = None, n_stages: int | None = None) -> dict[str, Arg]:
+    """User-facing arguments of a constructor: its parameters minus `exclude`, some offered under another
+    name (`rename`: parameter → user name), plus `aliases` (extra user name → user name, same check)."""
+    rename, aliases = rename or {}, aliases or {}
+    hints = typing.get_type_hints(builds.__init__ if isinstance(builds, type) else builds)
+    out: dict[str, Arg] = {}
+    for pname in inspect.signature(builds).parameters:
+        if pname in exclude or pname in ("self", "num_classes", "kwargs"):
+            continue
+        user = rename.get(pname, pname)
+        out[user] = Arg(_check_for(hints[pname], pname, n_stages), HELP.get(user, ""))
+        for alias, target in aliases.items():
+            if target == user:
+                out[alias] = Arg(out[user].check, HELP.get(alias, ""))
+    return out
 
 
 @dataclass(frozen=True)
@@ -104,18 +115,26 @@ class ModelSpec:
     name: str
     factory: Callable[..., nn.Module]
     input_size: int  # natural input resolution (pixels per side)
-    family: str
+    family: str      # "imagenet" (224 px, 7x7 stem) or "cifar" (32 px)
     args: dict[str, Arg]
 
 
 _SPECS: dict[str, ModelSpec] = {}
-for _name, _arch in ARCHS.items():
-    # the paper's CIFAR nets (option A by default) also accept the paper's name for the shortcut: `option`
-    _SPECS[_name] = ModelSpec(_name, functools.partial(build_resnet, _name),
-                              224 if _arch.family == "imagenet" else 32, _arch.family,
-                              _resnet_args(len(_arch.layers), dict(_arch.defaults).get("shortcut") == "A"))
-_SPECS["resnet9"] = ModelSpec("resnet9", resnet9, 32, "cifar", _RESNET9_ARGS)
-_SPECS["resnet9_small"] = ModelSpec("resnet9_small", resnet9_small, 32, "cifar", _RESNET9_ARGS)
+
+
+def register_model(*, family: str, builds: type, input_size: int | None = None, exclude: Sequence[str] = (),
+                   rename: dict[str, str] | None = None, aliases: dict[str, str] | None = None,
+                   n_stages: int | None = None) -> Callable:
+    """Decorator for a plain factory `def name(num_classes=..., **kwargs) -> nn.Module`: registers it under
+    its function name, with the arguments of `builds` (see signature_args) as the ones it accepts."""
+    def register(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        name = factory.__name__
+        if name in _SPECS:
+            raise ValueError(f"model {name} is registered twice")
+        size = input_size or (224 if family == "imagenet" else 32)
+        _SPECS[name] = ModelSpec(name, factory, size, family, signature_args(builds, exclude, rename, aliases, n_stages))
+        return factory
+    return register
 
 
 def list_models() -> list[str]:
@@ -139,7 +158,7 @@ def validate_model_args(name: str, kwargs: Any, where: str = "model.kwargs") -> 
             raise UserError(f"{where}.{key}: {name} has no argument {key!r}; allowed: {', '.join(spec.args)}")
         problem = arg.check(value)
         if problem:
-            raise UserError(f"{where}.{key}={value!r}: {problem} ({arg.help})")
+            raise UserError(f"{where}.{key}={value!r}: {problem}{f' ({arg.help})' if arg.help else ''}")
     return dict(kwargs)
 
 
@@ -151,7 +170,7 @@ def natural_input_size(name: str, **kwargs: Any) -> int:
     return spec.input_size
 
 
-def _check_num_classes(num_classes: Any) -> int:
+def check_num_classes(num_classes: Any) -> int:
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise UserError(f"num_classes must be a positive integer, got {num_classes!r}")
     return num_classes
@@ -164,7 +183,7 @@ def build_model(name: str, num_classes: int, kwargs: dict[str, Any] | None = Non
     kwargs = validate_model_args(name, kwargs or {}, where)
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
     try:
-        return spec.factory(num_classes=_check_num_classes(num_classes), **kwargs)
+        return spec.factory(num_classes=check_num_classes(num_classes), **kwargs)
     except (ValueError, TypeError) as e:  # a combination the architecture cannot build
         raise UserError(f"{where}: {name} cannot be built with {kwargs} ({e})") from None
 
@@ -188,59 +207,3 @@ def create_model(name: str, num_classes: int = 10, pretrained: str | Path | None
     if out_indices is not None or output_stride is not None:
         raise UserError("out_indices and output_stride need features_only=True")
     return model
-
-
-META_KEYS = {"arch", "kwargs", "num_classes", "classes", "mean", "std", "input_size", "resize", "recipe",
-             "dataset", "metrics", "epoch", "step", "finetuned_from", "format_version"}
-
-
-def validate_meta(meta: dict[str, Any], path: str | Path) -> dict[str, Any]:
-    """A checkpoint's metadata as data: known keys only, each of the right type."""
-    unknown = sorted(set(meta) - META_KEYS)
-    if unknown:
-        raise UserError(f"{path}: unknown checkpoint metadata key(s) {', '.join(unknown)}; not a checkpoint "
-                        f"written by resnetlab")
-    if "arch" not in meta:
-        raise UserError(f"{path}: not a resnetlab checkpoint (no architecture metadata)")
-    get_spec(meta["arch"])
-    validate_model_args(meta["arch"], meta.get("kwargs") or {}, where=f"{path}: kwargs")
-    _check_num_classes(meta.get("num_classes"))
-    classes = meta.get("classes")
-    if not (isinstance(classes, list) and len(classes) == meta["num_classes"]
-            and all(isinstance(c, str) for c in classes)):
-        raise UserError(f"{path}: metadata 'classes' must be a list of {meta['num_classes']} names")
-    for key in ("mean", "std"):
-        v = meta.get(key)
-        if not (isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v)):
-            raise UserError(f"{path}: metadata {key!r} must be a list of 3 numbers")
-    if any(x <= 0 for x in meta["std"]):
-        raise UserError(f"{path}: metadata 'std' must be positive")
-    resize = meta.get("resize")
-    ds = resize.get("decode_size", 32) if isinstance(resize, dict) else None
-    if resize is not None and not (isinstance(resize, dict) and set(resize) <= {"decode_size", "mode"}
-                                   and resize.get("mode", "squash") in RESIZE_MODES
-                                   and isinstance(ds, int) and not isinstance(ds, bool) and 8 <= ds <= 4096):
-        raise UserError(f"{path}: metadata 'resize' must be {{mode: {' | '.join(RESIZE_MODES)}, decode_size: "
-                        f"8..4096}}")
-    size = meta.get("input_size")
-    if not (isinstance(size, int) and not isinstance(size, bool) and 8 <= size <= 4096):
-        raise UserError(f"{path}: metadata 'input_size' must be an integer between 8 and 4096")
-    return meta
-
-
-def load_model(path: str | Path, device: torch.device | str = "cpu", features_only: bool = False,
-               out_indices: Sequence[int] | None = None,
-               output_stride: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a trained model from a resnetlab checkpoint: (model in eval mode, metadata); with
-    features_only, its backbones.FeatureExtractor (see create_model)."""
-    weights, meta = read_checkpoint(path)
-    meta = validate_meta(meta, path)
-    model = build_model(meta["arch"], meta["num_classes"], meta.get("kwargs") or {}, where=f"{path}: kwargs")
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as e:
-        raise UserError(f"{path}: weights do not match {meta['arch']} ({str(e).splitlines()[0]})") from None
-    if features_only:
-        from .backbones import FeatureExtractor
-        model = FeatureExtractor(model, out_indices, output_stride)
-    return model.to(device).eval(), meta

@@ -7,19 +7,23 @@ ImageNet weights load with strict=True.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence, Type
+from typing import Any, Literal, Sequence, Type
 
 import torch
 from torch import nn
 
-from .blocks import BasicBlock, Bottleneck, PreActBlock
+from .blocks import BasicBlock, Bottleneck, PreActBlock, ResidualBlock
+from .contract import ClassifierNet, FeaturePlan
+from .registry import register_model
 
 Block = Type[BasicBlock] | Type[Bottleneck] | Type[PreActBlock]
 STEMS = ("imagenet", "cifar")
 BLOCK_KINDS = ("standard", "separable")
 
 
-class ResNet(nn.Module):
+class ResNet(ClassifierNet):
+    """stem → stages of residual blocks → global average pool → (dropout) → linear."""
+
     supports_dilation = True  # backbones.FeatureExtractor(output_stride=...) may trade strides for dilation
 
     def __init__(
@@ -28,14 +32,16 @@ class ResNet(nn.Module):
         layers: Sequence[int],
         num_classes: int = 1000,
         widths: Sequence[int] = (64, 128, 256, 512),
-        stem: str = "imagenet",
+        stem: Literal["imagenet", "cifar"] = "imagenet",
         stem_width: int | None = None,
-        shortcut: str = "B",
+        shortcut: Literal["A", "B"] = "B",
         zero_init_residual: bool = False,
         in_channels: int = 3,
-        block_kind: str = "standard",
+        block_kind: Literal["standard", "separable"] = "standard",
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        groups: int = 1,
+        width_per_group: int = 64,
     ) -> None:
         super().__init__()
         if stem not in STEMS:
@@ -60,12 +66,13 @@ class ResNet(nn.Module):
         in_planes = stem_width
         # stochastic depth: the drop rate grows linearly with depth, from 0 to drop_path_rate (as in timm,
         # after Huang et al. 2016)
-        rates = torch.linspace(0, drop_path_rate, sum(layers)).tolist()
+        n = sum(layers)
+        rates = [drop_path_rate * i / max(n - 1, 1) for i in range(n)]
         for i, (n_blocks, width) in enumerate(zip(layers, widths)):
             stride = 1 if i == 0 else 2
             stage_rates, rates = rates[:n_blocks], rates[n_blocks:]
             stage, in_planes = self._make_layer(block, in_planes, width, n_blocks, stride, shortcut, separable,
-                                                stage_rates)
+                                                stage_rates, groups, width_per_group)
             self.add_module(f"layer{i + 1}", stage)
         self.num_stages = len(layers)
         # He et al. 2016: a final BN-ReLU after the last pre-activation unit.
@@ -79,12 +86,13 @@ class ResNet(nn.Module):
 
     @staticmethod
     def _make_layer(block: Block, in_planes: int, planes: int, n_blocks: int, stride: int,
-                    shortcut: str, separable: bool = False,
-                    drop_paths: Sequence[float] = ()) -> tuple[nn.Sequential, int]:
+                    shortcut: str, separable: bool = False, drop_paths: Sequence[float] = (),
+                    groups: int = 1, base_width: int = 64) -> tuple[nn.Sequential, int]:
         blocks = []
         for j in range(n_blocks):
             blocks.append(block(in_planes, planes, stride if j == 0 else 1, shortcut=shortcut, separable=separable,
-                                drop_path=drop_paths[j] if drop_paths else 0.0))
+                                drop_path=drop_paths[j] if drop_paths else 0.0, groups=groups,
+                                base_width=base_width))
             in_planes = planes * block.expansion
         return nn.Sequential(*blocks), in_planes
 
@@ -98,7 +106,7 @@ class ResNet(nn.Module):
         if zero_init_residual:
             # Each residual branch starts as zero, so every block starts as identity (Goyal et al. 2017).
             for m in self.modules():
-                if hasattr(m, "last_bn"):
+                if isinstance(m, ResidualBlock):
                     nn.init.zeros_(m.last_bn().weight)
 
     def stages(self) -> list[nn.Module]:
@@ -110,9 +118,16 @@ class ResNet(nn.Module):
             x = stage(x)
         if self.final_bn is not None:
             x = self.final_relu(self.final_bn(x))
-        return torch.flatten(self.avgpool(x), 1)
+        return x
 
-    def feature_plan(self) -> list[tuple[str, list[str]]]:
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = torch.flatten(self.avgpool(x), 1)
+        return x if pre_logits else self.fc(self.head_drop(x))
+
+    def head_extras(self) -> list[nn.Module]:
+        return [self.final_bn] if self.final_bn is not None else []
+
+    def feature_plan(self) -> FeaturePlan:
         """Feature levels for backbones: (name, child modules run in order). Level 0 is the stem before
         pooling (timm's "act1"), level i the output of stage i (with the final BN-ReLU of a
         pre-activation net folded into its last stage)."""
@@ -121,9 +136,6 @@ class ResNet(nn.Module):
         if self.final_bn is not None:
             plan[-1][1].extend(["final_bn", "final_relu"])
         return plan
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.head_drop(self.forward_features(x)))
 
     def get_classifier(self) -> nn.Linear:
         return self.fc
@@ -175,16 +187,84 @@ def build_resnet(name: str, num_classes: int | None = None, **kwargs: Any) -> Re
     return ResNet(arch.block, arch.layers, num_classes, **merged)
 
 
-def _factory(name: str):
-    def factory(num_classes: int | None = None, **kwargs: Any) -> ResNet:
-        return build_resnet(name, num_classes, **kwargs)
-    factory.__name__ = factory.__qualname__ = name
-    factory.__doc__ = f"{name}: {ARCHS[name].block.__name__} x {list(ARCHS[name].layers)} ({ARCHS[name].family} family)."
-    return factory
 
 
-resnet18, resnet34, resnet50 = _factory("resnet18"), _factory("resnet34"), _factory("resnet50")
-resnet101, resnet152 = _factory("resnet101"), _factory("resnet152")
-resnet20, resnet32, resnet44 = _factory("resnet20"), _factory("resnet32"), _factory("resnet44")
-resnet56, resnet110, resnet1202 = _factory("resnet56"), _factory("resnet110"), _factory("resnet1202")
-preact_resnet18 = _factory("preact_resnet18")
+# Registered factories. User-facing arguments are ResNet's own (see registry.signature_args), with `block`
+# for block_kind and, on the paper's CIFAR nets, `option` for the shortcut.
+_EXCLUDE = ("block", "layers")
+_RENAME = {"block_kind": "block"}
+_IMAGENET = dict(family="imagenet", builds=ResNet, exclude=_EXCLUDE, rename=_RENAME, n_stages=4)
+_CIFAR = dict(family="cifar", builds=ResNet, exclude=_EXCLUDE, rename=_RENAME, aliases={"option": "shortcut"},
+              n_stages=3)
+
+
+@register_model(**_IMAGENET)
+def resnet18(num_classes: int = 1000, **kwargs: Any) -> ResNet:
+    """ResNet-18 (He et al. 2015, Table 1): BasicBlock x [2, 2, 2, 2]."""
+    return build_resnet("resnet18", num_classes, **kwargs)
+
+
+@register_model(**_IMAGENET)
+def resnet34(num_classes: int = 1000, **kwargs: Any) -> ResNet:
+    """ResNet-34: BasicBlock x [3, 4, 6, 3]."""
+    return build_resnet("resnet34", num_classes, **kwargs)
+
+
+@register_model(**_IMAGENET)
+def resnet50(num_classes: int = 1000, **kwargs: Any) -> ResNet:
+    """ResNet-50: Bottleneck x [3, 4, 6, 3] (stride on the 3x3: torchvision's v1.5)."""
+    return build_resnet("resnet50", num_classes, **kwargs)
+
+
+@register_model(**_IMAGENET)
+def resnet101(num_classes: int = 1000, **kwargs: Any) -> ResNet:
+    """ResNet-101: Bottleneck x [3, 4, 23, 3]."""
+    return build_resnet("resnet101", num_classes, **kwargs)
+
+
+@register_model(**_IMAGENET)
+def resnet152(num_classes: int = 1000, **kwargs: Any) -> ResNet:
+    """ResNet-152: Bottleneck x [3, 8, 36, 3]."""
+    return build_resnet("resnet152", num_classes, **kwargs)
+
+
+@register_model(**_CIFAR)
+def resnet20(num_classes: int = 10, **kwargs: Any) -> ResNet:
+    """CIFAR ResNet-20 (He et al. 2015, Sec. 4.2): 3 stages of 3 BasicBlocks, 16/32/64 channels, option A."""
+    return build_resnet("resnet20", num_classes, **kwargs)
+
+
+@register_model(**_CIFAR)
+def resnet32(num_classes: int = 10, **kwargs: Any) -> ResNet:
+    """CIFAR ResNet-32: 3 stages of 5 BasicBlocks."""
+    return build_resnet("resnet32", num_classes, **kwargs)
+
+
+@register_model(**_CIFAR)
+def resnet44(num_classes: int = 10, **kwargs: Any) -> ResNet:
+    """CIFAR ResNet-44: 3 stages of 7 BasicBlocks."""
+    return build_resnet("resnet44", num_classes, **kwargs)
+
+
+@register_model(**_CIFAR)
+def resnet56(num_classes: int = 10, **kwargs: Any) -> ResNet:
+    """CIFAR ResNet-56: 3 stages of 9 BasicBlocks."""
+    return build_resnet("resnet56", num_classes, **kwargs)
+
+
+@register_model(**_CIFAR)
+def resnet110(num_classes: int = 10, **kwargs: Any) -> ResNet:
+    """CIFAR ResNet-110: 3 stages of 18 BasicBlocks."""
+    return build_resnet("resnet110", num_classes, **kwargs)
+
+
+@register_model(**_CIFAR)
+def resnet1202(num_classes: int = 10, **kwargs: Any) -> ResNet:
+    """CIFAR ResNet-1202: 3 stages of 200 BasicBlocks."""
+    return build_resnet("resnet1202", num_classes, **kwargs)
+
+
+@register_model(family="cifar", builds=ResNet, exclude=_EXCLUDE, rename=_RENAME, n_stages=4)
+def preact_resnet18(num_classes: int = 10, **kwargs: Any) -> ResNet:
+    """Pre-activation ResNet-18 (He et al. 2016) with the CIFAR stem."""
+    return build_resnet("preact_resnet18", num_classes, **kwargs)

@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException
 
+from .._version import __version__
 from ..inference.classifier import ImageClassifier
 from ..preprocessing import ImageDecodeError, ImageTooLarge, NotAnImage, load_uint8
 from .batcher import DynamicBatcher
@@ -82,7 +83,7 @@ def create_app(clf: ImageClassifier, settings: ServeSettings | None = None) -> "
                 warm.cancel()
             await batcher.stop()  # requests already queued are answered first
 
-    app = FastAPI(title="resnetlab", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="resnetlab", version=__version__, lifespan=lifespan,
                   description=f"{clf.metadata['arch']} image classifier ({len(clf.classes)} classes)")
     app.state.settings, app.state.metrics, app.state.classifier = settings, metrics, clf
 

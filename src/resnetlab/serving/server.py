@@ -20,7 +20,7 @@ def serving_modules():
         import python_multipart  # noqa: F401  (uploads)
         import uvicorn
     except ImportError:
-        raise UserError("serving needs fastapi, uvicorn and python-multipart: pip install -e '.[serve]'") from None
+        raise UserError("serving needs fastapi, uvicorn and python-multipart: pip install 'resnetlab[serve]'") from None
     return uvicorn
 
 

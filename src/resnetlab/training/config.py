@@ -10,6 +10,7 @@ import dataclasses
 import math
 import re
 import typing
+from importlib import resources
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,7 @@ class AugmentSection:
 class DataConfig:
     dataset: str = "cifar10"        # cifar10 | cifar100 | folder
     path: str | None = None         # image folder root when dataset == folder
-    val_size: float = 5000          # images (>=1) or fraction (<1) held out for validation; 0 = none
+    val_size: float = 0.1           # images (>=1) or fraction (<1) held out for validation; 0 = none
     split_seed: int = 0
     test_fraction: float = 0.2      # image folders without train/ + test/: share held out as test
     image_size: int | None = None   # resize inputs (e.g. 64 for a pretrained net); None = native
@@ -72,7 +73,7 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    name: str = "multistep"         # constant | multistep | cosine | onecycle
+    name: str = "cosine"            # constant | multistep | cosine | onecycle
     unit: str = "epoch"             # epoch | iter : unit of milestones and warmup
     milestones: list = field(default_factory=list)
     gamma: float = 0.1
@@ -128,6 +129,7 @@ class FinetuneConfig:
 @dataclass
 class Recipe:
     name: str = "custom"
+    description: str = ""           # one line: what it trains, its headline figure and the machine measured on
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -323,29 +325,61 @@ def validate(r: Recipe) -> None:
     validate_model_args(r.model.name, r.model.kwargs, where="recipe key model.kwargs")
 
 
+BUNDLED = "recipes"  # the folder of YAML recipes inside the package
+
+
+def bundled_recipes() -> dict[str, Any]:
+    """Name → the bundled recipe file (an importlib.resources Traversable), sorted by name."""
+    folder = resources.files("resnetlab").joinpath(BUNDLED)
+    return {f.name[:-5]: f for f in sorted(folder.iterdir(), key=lambda f: f.name) if f.name.endswith(".yaml")}
+
+
+def recipe_text(ref: str | Path) -> tuple[str, str, str]:
+    """(YAML text, where it came from, default run name) of a recipe given as a file path or a bundled name
+    (`cifar10_quick` or `cifar10_quick.yaml`). A path that exists wins over a bundled name."""
+    p = Path(ref)
+    if p.is_file():
+        try:
+            return p.read_text(encoding="utf-8"), str(p), p.stem
+        except UnicodeDecodeError:
+            raise UserError(f"{p}: not a text file (a recipe is UTF-8 YAML)") from None
+        except OSError as e:
+            raise UserError(f"{p}: cannot read recipe ({e.strerror})") from None
+    bundled = bundled_recipes()
+    name = str(ref)[:-5] if str(ref).endswith(".yaml") else str(ref)
+    if name in bundled:
+        return bundled[name].read_text(encoding="utf-8"), f"bundled recipe {name}", name
+    if p.is_dir():
+        raise UserError(f"{p}: is a folder, not a recipe file")
+    raise UserError(f"{ref}: no such recipe file and no bundled recipe of that name; bundled: "
+                    f"{', '.join(bundled)} (see `resnetlab recipes`)")
+
+
 def load_recipe(path: str | Path | None, overrides: list[str] = (), literal: dict[str, Any] | None = None,
                 base: dict | None = None) -> Recipe:
-    """Read a YAML recipe (or `base`, or defaults when both are None) and apply dotted key=value overrides.
+    """Read a recipe (a YAML file or a bundled name; `base`, or the dataclass defaults, when both are None) and
+    apply dotted key=value overrides.
 
     Override values are YAML (`optim.lr=1e-3`, `model.kwargs.widths=[32,64]`); `literal` values are taken
     as they are, for command-line options whose value is a path or a name (`imgs #2` stays `imgs #2`).
     """
     data: dict = copy.deepcopy(base) if base else {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"{p}: recipe file not found (see recipes/ for the bundled ones)")
+        text, where, stem = recipe_text(path)
         try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            data = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
-            raise UserError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
-        except UnicodeDecodeError:
-            raise UserError(f"{p}: not a text file (a recipe is UTF-8 YAML)") from None
-        except OSError as e:
-            raise UserError(f"{p}: cannot read recipe ({e.strerror})") from None
+            raise UserError(f"{where}: not valid YAML ({str(e).splitlines()[0]})") from None
         if not isinstance(data, dict):
-            raise UserError(f"{p}: a recipe must be a YAML mapping")
-        data.setdefault("name", p.stem)
+            raise UserError(f"{where}: a recipe must be a YAML mapping")
+        data.setdefault("name", stem)
+    data = apply_overrides(data, overrides, literal)
+    return recipe_from_dict(data)
+
+
+def apply_overrides(data: dict, overrides: list[str] = (), literal: dict[str, Any] | None = None) -> dict:
+    """A copy of recipe data with dotted key=value overrides (YAML values) and `literal` ones applied."""
+    data = copy.deepcopy(data)
     keys = [item.split("=", 1)[0].strip() for item in overrides]
     if "model.name" in keys and isinstance(data.get("model"), dict):
         # kwargs belong to the recipe's model (e.g. resnet9 widths); a new model starts from its defaults,
@@ -370,4 +404,32 @@ def load_recipe(path: str | Path | None, overrides: list[str] = (), literal: dic
             if not isinstance(node, dict):
                 raise UserError(f"override {key}: {part} is not a section")
         node[parts[-1]] = value
-    return recipe_from_dict(data)
+    return data
+
+
+def recipe_yaml(recipe: Recipe) -> str:
+    """The resolved recipe as YAML (what a run folder's recipe.yaml holds; `--recipe` reads it back)."""
+    return yaml.safe_dump(recipe.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+def recipe_keys() -> list[tuple[str, str, Any, str]]:
+    """Every recipe key: (dotted key, type, default, what is allowed), in recipe order."""
+    out: list[tuple[str, str, Any, str]] = []
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            key, typ = prefix + f.name, hints[f.name]
+            if dataclasses.is_dataclass(typ):
+                walk(typ, key + ".")
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            allowed = ""
+            if key in CHOICES:
+                allowed = " | ".join(CHOICES[key])
+            elif key in RANGES:
+                allowed = _range_text(*RANGES[key]).removeprefix("must be ")
+            name = getattr(typ, "__name__", None) or str(typ).replace("typing.", "")
+            out.append((key, name, default, allowed))
+    walk(Recipe, "")
+    return out

@@ -5,20 +5,19 @@ Also rebuilds the data of a checkpoint from its metadata (for `eval` and fine-tu
 from __future__ import annotations
 
 import contextlib
-
 import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
-from ..data import (AugmentConfig, BatchLoader, ImageSet, channel_stats, load_cifar_splits, load_image_folder,
+from ..data import (AugmentConfig, BatchLoader, BatchSource, ImageSet, channel_stats, load_cifar_splits, load_image_folder,
                     resolve_data_root)
 from ..data.folders import stratified_split, subset
-from ..errors import UserError
+from ..errors import RunInterrupted, UserError
 from ..evaluation.metrics import evaluate
 from ..evaluation.profile import count_params
 from ..evaluation.report import write_confusion
@@ -30,8 +29,8 @@ from ..runtime import (barrier, broadcast_flag, broadcast_module, broadcast_str,
                        refuse_distributed_launch, seed_and_backends, select_device,
                        select_precision, use_channels_last)
 from ..weights import read_checkpoint, read_metadata, save_checkpoint
-from .config import DataConfig, Recipe, load_recipe, recipe_from_dict
-from .engine import Trainer
+from .config import DataConfig, Recipe, load_recipe, recipe_from_dict, recipe_yaml
+from .engine import RunContext, Trainer, TrainerState
 from .rundir import claim, next_run_dir
 
 
@@ -166,63 +165,154 @@ def resume_plan(run_dir: Path, data_dir: str | None, overrides: list[str]) -> tu
     return recipe, data_dir or stored_root
 
 
-def train_recipe(recipe: Recipe | None, out: str | Path | None, data_dir: str | None = None, resume: bool = False,
-                 progress: bool = True, log=print, overrides: list[str] = (), on_epoch=None) -> dict[str, Any]:
-    """Run a whole training recipe; returns the results dict also written to results.json.
+@dataclass
+class PreparedRun:
+    """A run ready to train: its context (folder, device, metadata), data splits and batch sources."""
+    ctx: RunContext
+    splits: Splits
+    train: BatchSource
+    val: BatchSource
+    test: BatchSource
 
-    out None: runs/<recipe name> (or -2, -3, … when taken), chosen by rank 0 in a distributed run.
-    Order matters for users: everything that can be refused (recipe, model, device, run folder) is
-    checked before data is loaded, and the run folder is created only once the data is there."""
-    if resume:
-        assert out is not None
-        recipe, data_dir = resume_plan(Path(out), data_dir, list(overrides))
-    assert recipe is not None
+    @property
+    def run_dir(self) -> Path:
+        return self.ctx.run_dir
+
+
+def input_size_for(recipe: Recipe, arch: str, kwargs: dict, pretrained: bool = False,
+                   pretrained_size: int | None = None) -> int:
+    """The one place the training input size is decided: data.image_size if set, else the size the pretrained
+    weights were trained at, else CIFAR's own 32 px when training CIFAR from scratch, else the model's natural
+    size (224 for ImageNet-stem nets: image folders, and weights that do not record a size)."""
+    if recipe.data.image_size:
+        return recipe.data.image_size
+    if pretrained_size:
+        return pretrained_size
+    if recipe.data.dataset != "folder" and not pretrained:
+        return 32
+    return natural_input_size(arch, **kwargs)
+
+
+def prepare_run(recipe: Recipe, out: str | Path | None, data_dir: str | None, *, arch: str, kwargs: dict,
+                default_name: str, resume: bool = False, progress: bool = True, log=print, on_epoch=None,
+                mean_std: tuple | None = None, pretrained: bool = False, pretrained_size: int | None = None,
+                class_order: list[str] | None = None, **extra_meta: Any) -> PreparedRun:
+    """Everything `train` and `finetune` share before the model trains: runtime (device, precision, seeds),
+    the run folder (runs/<default_name>[-N] when out is None, chosen by rank 0), the input size, the data
+    splits (class_order: an earlier head's classes keep their rows, new ones are appended), the batch
+    sources and the checkpoint metadata. Everything that can be refused is checked before data is loaded;
+    the run folder itself is created later, by `claim`, once there is something to write."""
     device, amp, cl = setup_runtime(recipe, distributed=True)
-    ctx = dist_context()
-    if not ctx.is_main:
+    dist = dist_context()
+    if not dist.is_main:
         log = quiet  # one voice: rank 0 logs and writes; the others compute
     if out is None:
-        out = broadcast_str(str(next_run_dir(Path("runs") / recipe.name)) if ctx.is_main else "")
+        out = broadcast_str(str(next_run_dir(Path("runs") / default_name)) if dist.is_main else "")
     run_dir = Path(out)
-    if not resume and (run_dir / "last.safetensors").exists():
-        raise UserError(f"{run_dir}: already holds a run; use --resume {run_dir} or another --out")
+    if not resume:
+        refuse_taken(run_dir)
     check_out_dir(run_dir)
-    if ctx.enabled:
-        log(f"distributed: {ctx.describe()}, global batch {recipe.train.batch_size} = "
-            f"{recipe.train.batch_size // ctx.world_size} per process, sync_bn {recipe.train.sync_bn}")
-    m = recipe.model
-    build_model(m.name, 2, m.kwargs)  # fail in a second on a model that cannot be built, before any data work
+    if dist.enabled:
+        log(f"distributed: {dist.describe()}, global batch {recipe.train.batch_size} = "
+            f"{recipe.train.batch_size // dist.world_size} per process, sync_bn {recipe.train.sync_bn}")
+    build_model(arch, 2, kwargs)  # fail in a second on a model that cannot be built, before any data work
+    input_size = input_size_for(recipe, arch, kwargs, pretrained, pretrained_size)
+    if recipe.data.dataset == "folder":
+        recipe.data.image_size = input_size  # folders are decoded at the size the net reads (recorded)
     t_load = time.perf_counter()
-    splits = load_splits(recipe.data, data_dir, progress and ctx.is_main, log=log)
+    splits = load_splits(recipe.data, data_dir, progress and dist.is_main, mean_std=mean_std, log=log)
+    if class_order:
+        _keep_class_order(splits, class_order)
     log(f"data: {len(splits.train)} train / {len(splits.val) if splits.val else 0} val / "
         f"{len(splits.test)} test images, {len(splits.classes)} classes, mean {splits.mean} std "
         f"{splits.std} ({time.perf_counter() - t_load:.1f}s)")
     if splits.val is None:
         log("no validation split (data.val_size=0): per-epoch figures are on the test split, for monitoring "
             "only; nothing is selected or stopped on them")
-    torch.manual_seed(recipe.train.seed)
-    model = build_model(m.name, len(splits.classes), m.kwargs)
-    input_size = recipe.data.image_size or natural_input_size(m.name, **m.kwargs)
-    if recipe.data.dataset != "folder" and recipe.data.image_size is None:
-        input_size = 32
     train_l, val_l, test_l = make_loaders(recipe, splits, device, cl, input_size)
-    if hasattr(model, "init_whitening") and not resume:
-        # data-dependent init of a fixed whitening layer, from (unaugmented) training images
-        sample = splits.train.images[torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(
-            recipe.train.seed))[:5000]]
-        model.init_whitening(normalize(sample, torch.tensor(splits.mean), torch.tensor(splits.std)))
-    meta = model_meta(m.name, m.kwargs, splits.classes, splits.mean, splits.std, input_size, recipe,
-                      decode_size=splits.train.images.shape[-1], dataset=data_ref(recipe.data, data_dir))
-    log(f"model: {m.name} {m.kwargs or ''} {count_params(model):,} params; device {describe_device(device, amp)}"
-        f"{', channels_last' if cl else ''}")
-    with claim(run_dir, log) if ctx.is_main else contextlib.nullcontext():
-        if not resume and ctx.is_main and (run_dir / "last.safetensors").exists():  # another run finished here
-            raise UserError(f"{run_dir}: already holds a run; use --resume {run_dir} or another --out")
-        trainer = Trainer(model, recipe, train_l, val_l, run_dir, meta, device, amp, cl, progress=progress,
-                          log=log, monitor_only=splits.val is None, on_epoch=on_epoch)
+    meta = model_meta(arch, kwargs, splits.classes, splits.mean, splits.std, input_size, recipe,
+                      decode_size=splits.train.images.shape[-1], dataset=data_ref(recipe.data, data_dir),
+                      **extra_meta)
+    ctx = RunContext(run_dir, meta, device, amp, cl, monitor_only=splits.val is None, progress=progress,
+                     log=log, on_epoch=on_epoch)
+    return PreparedRun(ctx, splits, train_l, val_l, test_l)
+
+
+def _keep_class_order(splits: Splits, old: list[str]) -> None:
+    """Relabel splits so that the classes of `old` (a pretrained head) keep their indices and new classes
+    follow, when the data holds all of old's classes in another order."""
+    classes = list(splits.classes)
+    if not (set(old) <= set(classes) and old != classes[:len(old)]):
+        return
+    order = list(old) + [c for c in classes if c not in old]
+    remap = torch.tensor([order.index(c) for c in classes])
+    for ds in (splits.train, splits.val, splits.test):
+        if ds is not None:
+            ds.labels = remap[ds.labels]
+            ds.classes = order
+
+
+def refuse_taken(run_dir: Path) -> None:
+    if (run_dir / "last.safetensors").exists() or (run_dir / "summary.json").exists():
+        raise UserError(f"{run_dir}: already holds a run; use --resume {run_dir} or another --out")
+
+
+def write_recipe_file(run: PreparedRun, recipe: Recipe) -> None:
+    """recipe.yaml: the resolved recipe, overrides applied (`--recipe runs/X/recipe.yaml` trains it again)."""
+    if dist_context().is_main:
+        atomic_write_text(run.run_dir / "recipe.yaml", recipe_yaml(recipe))
+
+
+@contextlib.contextmanager
+def interruptible(run_dir: Path, resume_hint: bool = True) -> Iterator[None]:
+    """Turn Ctrl-C into one message that says what was kept and the command that continues the run."""
+    try:
+        yield
+    except (RunInterrupted, KeyboardInterrupt) as e:
+        if not resume_hint:
+            raise RunInterrupted(f"interrupted; a fine-tuning run cannot be resumed: start it again "
+                                 f"with another --out") from None
+        saved = str(e) if isinstance(e, RunInterrupted) else "interrupted"
+        if not (run_dir / "last.safetensors").is_file():
+            raise RunInterrupted(f"{saved}; no checkpoint had been written yet, so there is nothing to "
+                                 f"resume") from None
+        if isinstance(e, KeyboardInterrupt):
+            saved += f"; the last checkpoint ({run_dir / 'last.safetensors'}) is kept"
+        raise RunInterrupted(f"{saved}\ncontinue with: resnetlab train --resume {run_dir}") from None
+
+
+def train_recipe(recipe: Recipe | None, out: str | Path | None, data_dir: str | None = None, resume: bool = False,
+                 progress: bool = True, log=print, overrides: list[str] = (), on_epoch=None) -> dict[str, Any]:
+    """Run a whole training recipe; returns the results dict also written to results.json.
+
+    out None: runs/<recipe name> (or -2, -3, … when taken). resume: continue the run in `out` with its own
+    recipe (safe `overrides` applied)."""
+    if resume:
+        assert out is not None
+        recipe, data_dir = resume_plan(Path(out), data_dir, list(overrides))
+    assert recipe is not None
+    m = recipe.model
+    run = prepare_run(recipe, out, data_dir, arch=m.name, kwargs=m.kwargs, default_name=recipe.name,
+                      resume=resume, progress=progress, log=log, on_epoch=on_epoch)
+    log = run.ctx.log
+    torch.manual_seed(recipe.train.seed)
+    model = build_model(m.name, len(run.splits.classes), m.kwargs)
+    if not resume:
+        # data-dependent initialisation (ResNet-9's whitening filters), from unaugmented training images
+        sample = run.splits.train.images[torch.randperm(len(run.splits.train), generator=torch.Generator()
+                                                        .manual_seed(recipe.train.seed))[:5000]]
+        model.init_from_data(normalize(sample, torch.tensor(run.splits.mean), torch.tensor(run.splits.std)))
+    log(f"model: {m.name} {m.kwargs or ''} {count_params(model):,} params; device "
+        f"{describe_device(run.ctx.device, run.ctx.amp_dtype)}{', channels_last' if run.ctx.channels_last else ''}")
+    main = dist_context().is_main
+    with claim(run.run_dir, log) if main else contextlib.nullcontext(), interruptible(run.run_dir):
+        if not resume and main:
+            refuse_taken(run.run_dir)  # another run finished here meanwhile
+        write_recipe_file(run, recipe)
+        trainer = Trainer(model, recipe, run.train, run.val, run.ctx)
         state = trainer.fit(resume=resume)
-        results = finish_run(trainer, splits, test_l, state, log)
-    log(f"run folder: {run_dir}")
+        results = finish_run(trainer, run.splits, run.test, state, log)
+    log(f"run folder: {run.run_dir}")
     return results
 
 
@@ -243,7 +333,7 @@ def check_out_dir(run_dir: Path) -> None:
         raise UserError(f"{run_dir}: {p} is not writable; choose another --out")
 
 
-def finish_run(trainer: Trainer, splits: Splits, test_loader, state: dict, log=print) -> dict[str, Any]:
+def finish_run(trainer: Trainer, splits: Splits, test_loader, state: TrainerState, log=print) -> dict[str, Any]:
     """Test the chosen weights and record results: best-on-validation when a validation split exists
     (choosing on test would be cheating), else the final weights."""
     run_dir, prefix = trainer.run_dir, trainer.prefix
@@ -253,7 +343,7 @@ def finish_run(trainer: Trainer, splits: Splits, test_loader, state: dict, log=p
             weights, _ = read_checkpoint(run_dir / f"{prefix}best.safetensors")
             trainer.eval_model.load_state_dict(weights)
         broadcast_module(trainer.eval_model)
-        chosen = f"best on validation (epoch {state['best_epoch']})"
+        chosen = f"best on validation (epoch {state.best_epoch})"
     else:
         chosen = "final"
     if chosen == "final" and splits.val is None and not trainer.recipe.train.tta and trainer.last_val is not None:
@@ -264,24 +354,24 @@ def finish_run(trainer: Trainer, splits: Splits, test_loader, state: dict, log=p
     if not dist_context().is_main:  # rank 0 writes the results; the others took part in the evaluation
         barrier()
         return {"test": test.summary()}
-    hist = state["history"]
+    hist = state.history
     speeds = [h["img_per_s"] for h in hist[1:]] or [h["img_per_s"] for h in hist]
     model = trainer.eval_model
     results = {
         "model": trainer.meta["arch"], "test": test.summary(), "weights": chosen,
         "params": count_params(model), "macs": trainer.forward_macs(trainer.meta["input_size"]),
-        "train_time_min": state["elapsed"] / 60,
-        "train_pflop": hist[-1]["train_pflop"] if hist else 0.0, "epochs": state["epoch"], "steps": state["step"],
+        "train_time_min": state.elapsed / 60,
+        "train_pflop": hist[-1]["train_pflop"] if hist else 0.0, "epochs": state.epoch, "steps": state.step,
         "img_per_s": sum(speeds) / max(1, len(speeds)), "device": describe_device(trainer.device, trainer.amp_dtype),
-        "stopped": state["stopped"], "per_class": dict(zip(splits.classes, test.per_class())),
+        "stopped": state.stop_message or (state.stop.value if state.stop else None), "per_class": dict(zip(splits.classes, test.per_class())),
     }
-    meta = dict(trainer.meta, metrics={"test": test.summary(), "val_best": state["best"]},
-                epoch=state["epoch"], step=state["step"])
+    meta = dict(trainer.meta, metrics={"test": test.summary(), "val_best": state.best},
+                epoch=state.epoch, step=state.step)
     save_checkpoint(run_dir / f"{prefix}best.safetensors", model.state_dict(), meta)
     atomic_write_text(run_dir / f"{prefix}results.json", json.dumps(results, indent=2))
     write_confusion(test, splits.classes, run_dir / f"{prefix}confusion")
     log(f"test ({chosen} weights): top-1 {test.top1:.4f}  top-5 {test.top5:.4f}  loss {test.loss:.4f}  "
-        f"[{state['elapsed'] / 60:.1f} min training, {results['train_pflop']:.3f} PFLOP]")
+        f"[{state.elapsed / 60:.1f} min training, {results['train_pflop']:.3f} PFLOP]")
     barrier()
     return results
 

@@ -1,0 +1,49 @@
+"""`resnetlab recipes [show NAME | keys]`: the bundled recipes, one of them as YAML, or every recipe key."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import yaml
+
+from ..errors import UserError
+from ..training.config import bundled_recipes, recipe_keys, recipe_text
+
+
+def add_parser(sub) -> None:
+    s = sub.add_parser("recipes", help="the bundled recipes (show NAME: its YAML; keys: every recipe key)")
+    s.add_argument("action", nargs="?", choices=("list", "show", "keys"), default="list")
+    s.add_argument("name", nargs="?", help="recipe name or file (for show)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.action == "show":
+        if not args.name:
+            raise UserError(f"recipes show: name a recipe ({', '.join(bundled_recipes())})")
+        print(recipe_text(args.name)[0], end="")
+        return
+    if args.name:
+        raise UserError(f"recipes {args.action}: takes no name (did you mean `resnetlab recipes show {args.name}`?)")
+    if args.action == "keys":
+        keys = recipe_keys()
+        if args.json:
+            print(json.dumps([{"key": k, "type": t, "default": d, "allowed": a} for k, t, d, a in keys], indent=2))
+            return
+        for key, typ, default, allowed in keys:
+            print(f"{key:<36}{typ:<12}{json.dumps(default):<16}{allowed}")
+        print("Set any of them in a recipe file or as key=value after the command, e.g. train.epochs=5.")
+        return
+    rows = []
+    for name, f in bundled_recipes().items():
+        data = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
+        rows.append({"name": name, "model": (data.get("model") or {}).get("name", "resnet20"),
+                     "description": data.get("description", "")})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    width = max(len(r["name"]) for r in rows) + 2
+    for r in rows:
+        print(f"{r['name']:<{width}}{r['description']}")
+    print("Use one with `resnetlab train --recipe NAME`; see it with `resnetlab recipes show NAME`.")
