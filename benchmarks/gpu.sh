@@ -33,7 +33,7 @@ grep -m1 "model name" /proc/cpuinfo | tee -a "$LOG"; nproc | tee -a "$LOG"
 
 if [ "$MODE" = smoke ]; then
   # random bytes in the official binary layout (labels 0-9): exercises the CUDA paths, proves nothing about accuracy
-  $PY -c "import sys, numpy as np; from resnetlab.data.cifar import write_cifar10_binary as w
+  $PY -c "import sys, numpy as np; from resnetlab.testing import write_cifar10_binary as w
 r = np.random.default_rng(0); x = lambda n: r.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
 print('fake data in', w(sys.argv[1], (x(50000), r.integers(0, 10, 50000)), (x(10000), r.integers(0, 10, 10000))))" \
     "$W/fake" 2>&1 | tee -a "$LOG"

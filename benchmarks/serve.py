@@ -26,7 +26,7 @@ from PIL import Image
 from resnetlab import load
 from resnetlab.data.cifar import load_cifar
 from resnetlab.runtime import cpu_model
-from resnetlab.serving.process import ServeProcess
+from resnetlab.testing import ServeProcess
 
 
 async def drive(url: str, bodies: list[bytes], clients: int, seconds: float) -> dict:

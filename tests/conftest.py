@@ -24,7 +24,7 @@ def synthetic_images(n: int, num_classes: int = 10, seed: int = 0, size: int = 3
 
 
 def write_cifar10_bin(root: Path, per_file: int = 40, seed: int = 0) -> Path:
-    from resnetlab.data.cifar import write_cifar10_binary
+    from resnetlab.testing import write_cifar10_binary
     parts = [synthetic_images(per_file, seed=seed + k) for k in range(6)]  # one seed per official file
     train = (np.concatenate([x for x, _ in parts[:5]]), np.concatenate([y for _, y in parts[:5]]))
     return write_cifar10_binary(root, train, parts[5], CLASSES)

@@ -9,7 +9,7 @@ if os.environ.get("RANK") == "1":
     _step = engine.Trainer.train_step
 
     def failing_step(self, x, y):
-        if self.state["step"] >= 2:
+        if self.state.step >= 2:
             raise RuntimeError("rank 1 fails on purpose")
         return _step(self, x, y)
 

@@ -128,7 +128,8 @@ def test_features_from_a_resnetlab_checkpoint(small_checkpoint):
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         pooled = body(x)[-1].mean((2, 3))
-        assert torch.allclose(pooled, model.forward_features(x), atol=1e-6)
+        assert torch.allclose(body(x)[-1], model.forward_features(x), atol=1e-6)  # the last spatial map
+        assert torch.allclose(pooled, model.forward_head(model.forward_features(x), pre_logits=True), atol=1e-6)
 
 
 def test_trainable_stages_and_frozen_bn_share_the_freeze_policy():

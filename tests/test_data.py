@@ -36,7 +36,7 @@ def test_reads_binary_records_in_official_layout(tiny_cifar):
 
 
 def test_written_binary_reads_back_in_order(tmp_path):
-    from resnetlab.data.cifar import write_cifar10_binary
+    from resnetlab.testing import write_cifar10_binary
     x, y = synthetic_images(53, seed=3)  # 53: the five training files get 11/11/11/10/10 records
     tx, ty = synthetic_images(7, seed=4)
     write_cifar10_binary(tmp_path, (x, y), (tx, ty), [f"c{i}" for i in range(10)])

@@ -17,7 +17,7 @@ LAYERS = {
     "files": 1, "download": 1, "runtime": 1, "preprocessing": 1, "weights": 1,
     "models": 2, "data": 2, "evaluation": 2,
     "training": 3, "finetune": 3, "inference": 3, "serving": 3, "tune": 3,
-    "cli": 4, "__main__": 4, "": 4,  # "" is the package itself (resnetlab/__init__.py: the Python API)
+    "cli": 4, "__main__": 4, "testing": 4, "": 4,  # "" is the package itself (resnetlab/__init__.py: the Python API)
 }
 # Within a layer, only these (importer → imported) pairs are allowed. Building blocks are independent
 # of each other (models know nothing of data and the reverse); fine-tuning runs the training engine.

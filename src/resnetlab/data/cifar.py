@@ -327,27 +327,3 @@ def download(name: str, root: str | os.PathLike, url: str | None = None, md5: st
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-def write_cifar10_binary(root: str | os.PathLike, train: tuple[np.ndarray, np.ndarray],
-                         test: tuple[np.ndarray, np.ndarray], classes: list[str] | None = None) -> Path:
-    """Write images in CIFAR-10's official binary layout under root/cifar-10-batches-bin.
-
-    Why: data made elsewhere (the tests' synthetic images, the GPU smoke test's random bytes, a user's own
-    32x32 set) then goes through the very reader the real files do. `train` and `test` are (uint8 N x 3 x 32 x
-    32, labels 0-9); the training images are split over data_batch_1..5 in order, as the official files are.
-    """
-    folder = Path(root) / _LAYOUT["cifar10"]["bin"][0]
-    folder.mkdir(parents=True, exist_ok=True)
-    train_parts = np.array_split(np.arange(len(train[1])), 5)
-    files = [(f"data_batch_{i + 1}.bin", train[0][idx], train[1][idx]) for i, idx in enumerate(train_parts)]
-    files.append(("test_batch.bin", test[0], test[1]))
-    for name, images, labels in files:
-        images = np.asarray(images, dtype=np.uint8).reshape(len(labels), IMAGE_BYTES)
-        labels = np.asarray(labels)
-        if labels.size and (labels.min() < 0 or labels.max() > 9):
-            raise ValueError(f"{name}: CIFAR-10 labels must be 0-9, got {labels.min()}..{labels.max()}")
-        records = np.concatenate([labels.astype(np.uint8)[:, None], images], axis=1)
-        (folder / name).write_bytes(records.tobytes())
-    (folder / "batches.meta.txt").write_text("\n".join(classes or CIFAR10_CLASSES) + "\n")
-    return folder

@@ -26,3 +26,7 @@ class ServeSettings:
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise UserError(f"serve: {bad[0].replace('_', '-')} = {getattr(self, bad[0])} is out of range")
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1e6)

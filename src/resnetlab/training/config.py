@@ -380,7 +380,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] = (), literal: dic
 def apply_overrides(data: dict, overrides: list[str] = (), literal: dict[str, Any] | None = None) -> dict:
     """A copy of recipe data with dotted key=value overrides (YAML values) and `literal` ones applied."""
     data = copy.deepcopy(data)
-    keys = [item.split("=", 1)[0].strip() for item in overrides]
+    keys = [item.split("=", 1)[0].strip() for item in overrides] + list(literal or {})
     if "model.name" in keys and isinstance(data.get("model"), dict):
         # kwargs belong to the recipe's model (e.g. resnet9 widths); a new model starts from its defaults,
         # plus the model.kwargs.* given beside it

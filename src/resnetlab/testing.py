@@ -1,11 +1,14 @@
-"""A real `resnetlab serve` in a child process on a free loopback port.
+"""Helpers for programs that test resnetlab as users meet it: our test suite, the benchmarks, a user's own
+integration tests. Not used by the library itself.
 
-Why: programs that exercise the service as users meet it (our tests, benchmarks/serve.py, a user's own
-integration test) need the real process — its signal handling, its port binding, its batching thread — not an
-in-process app. Standard library only, so it works without the test or serve extras installed here.
+- `ServeProcess`: a real `resnetlab serve` in a child process on a free loopback port (its signal handling,
+  port binding and batching thread, not an in-process app). Standard library only.
+- `write_cifar10_binary`: images in CIFAR-10's official binary layout, so that data made elsewhere (synthetic
+  images, random bytes for a smoke test, a user's own 32x32 set) goes through the reader the real files do.
 """
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -14,6 +17,10 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+import numpy as np
+
+from .data.cifar import _LAYOUT, CIFAR10_CLASSES, IMAGE_BYTES
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -69,3 +76,27 @@ class ServeProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def write_cifar10_binary(root: str | os.PathLike, train: tuple[np.ndarray, np.ndarray],
+                         test: tuple[np.ndarray, np.ndarray], classes: list[str] | None = None) -> Path:
+    """Write images in CIFAR-10's official binary layout under root/cifar-10-batches-bin.
+
+    Why: data made elsewhere (the tests' synthetic images, the GPU smoke test's random bytes, a user's own
+    32x32 set) then goes through the very reader the real files do. `train` and `test` are (uint8 N x 3 x 32 x
+    32, labels 0-9); the training images are split over data_batch_1..5 in order, as the official files are.
+    """
+    folder = Path(root) / _LAYOUT["cifar10"]["bin"][0]
+    folder.mkdir(parents=True, exist_ok=True)
+    train_parts = np.array_split(np.arange(len(train[1])), 5)
+    files = [(f"data_batch_{i + 1}.bin", train[0][idx], train[1][idx]) for i, idx in enumerate(train_parts)]
+    files.append(("test_batch.bin", test[0], test[1]))
+    for name, images, labels in files:
+        images = np.asarray(images, dtype=np.uint8).reshape(len(labels), IMAGE_BYTES)
+        labels = np.asarray(labels)
+        if labels.size and (labels.min() < 0 or labels.max() > 9):
+            raise ValueError(f"{name}: CIFAR-10 labels must be 0-9, got {labels.min()}..{labels.max()}")
+        records = np.concatenate([labels.astype(np.uint8)[:, None], images], axis=1)
+        (folder / name).write_bytes(records.tobytes())
+    (folder / "batches.meta.txt").write_text("\n".join(classes or CIFAR10_CLASSES) + "\n")
+    return folder
