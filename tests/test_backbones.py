@@ -18,7 +18,6 @@ from resnetlab import UserError
 from resnetlab.cli import main
 from resnetlab.models.backbones import FPNBackbone, NamedFeatures
 
-README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 @pytest.mark.parametrize("name, kwargs, size, channels, reductions", [
@@ -183,13 +182,3 @@ def test_separable_block_is_cheaper_and_trains(capsys, tiny_cifar, tmp_path):
                  "train.precision=fp32"]) == 0
     model, meta = resnetlab.load_model(tmp_path / "sep" / "best.safetensors")
     assert meta["kwargs"]["block"] == "separable" and model.layer3[1].conv1[0].groups == 128
-
-
-def test_readme_backbone_example_runs():
-    """The README's "Use as a backbone" code, executed as written."""
-    text = README.read_text()
-    section = text.split("## Use as a backbone", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
-    assert blocks
-    for code in blocks:
-        exec(compile(code, "README.md", "exec"), {})

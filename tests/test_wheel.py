@@ -125,3 +125,16 @@ def test_wheel_in_a_fresh_venv_trains_evaluates_predicts_exports_and_serves(fres
     finally:
         code, _ = server.stop()
     assert code in (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM once it has shut down cleanly
+
+
+def test_readme_python_snippets_run_as_written_from_the_fresh_install(fresh_venv, real_data, tmp_path):
+    """Every ```python block of the README, run by the fresh venv's Python from an empty folder, with the data
+    root in $RESNETLAB_DATA as the README says."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.S)
+    assert len(blocks) >= 3
+    for i, code in enumerate(blocks):
+        folder = tmp_path / f"snippet{i}"
+        folder.mkdir()
+        r = subprocess.run([str(fresh_venv / "python"), "-c", code], cwd=folder, capture_output=True, text=True,
+                           env=dict(_env(), RESNETLAB_DATA=str(real_data)), timeout=600)
+        assert r.returncode == 0, f"README snippet {i + 1}:\n{code}\n{r.stderr[-3000:]}"
