@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from ..data.augment import AugmentConfig
 from ..errors import UserError
 from ..models import validate_model_args
 
@@ -25,25 +26,6 @@ from ..models import validate_model_args
 class ModelConfig:
     name: str = "resnet20"
     kwargs: dict = field(default_factory=dict)
-
-
-@dataclass
-class AugmentSection:
-    crop_padding: int = 4
-    pad_mode: str = "zeros"
-    flip: bool = True
-    flip_mode: str = "random"       # random | alternate (each image mirrored every other epoch, airbench)
-    epoch_sizes: list = field(default_factory=list)  # progressive resizing: image side of each of the
-                                    # first epochs, e.g. [16, 24, 24]; later epochs, and always the last one,
-                                    # at full size
-    cutout: int = 0
-    jpeg: float = 0.0               # share of training images JPEG-compressed (in the batch, simulated)
-    jpeg_quality: list = field(default_factory=lambda: [30, 95])
-    resample: float = 0.0           # share of training images up- then down-sampled
-    resample_scale: list = field(default_factory=lambda: [1.5, 4.0])
-    noise: float = 0.0              # share of training images with Gaussian pixel noise added
-    noise_std: list = field(default_factory=lambda: [0, 8])  # its standard deviation in grey levels, per image
-    artifacts_from_epoch: int = 0   # jpeg/resample/noise start at this 0-based epoch
 
 
 @dataclass
@@ -57,7 +39,7 @@ class DataConfig:
     verify: bool = True
     strict: bool = False
     subset: int = 0                 # use a stratified slice of N training (and N/5 test) images; 0 = all
-    augment: AugmentSection = field(default_factory=AugmentSection)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # the batch pipeline's own config
 
 
 @dataclass
@@ -138,7 +120,16 @@ class Recipe:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Plain data (tuples as lists): what YAML, JSON and checkpoint metadata hold."""
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 CHOICES = {
@@ -191,6 +182,10 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
             raise UserError(f"recipe key {key}: {value!r} is not allowed; choose one of "
                             f"{', '.join(CHOICES[key])}")
         return value
+    if typ is tuple or typing.get_origin(typ) is tuple:  # fixed-size settings (pairs, per-epoch sizes): checked by validate()
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"recipe key {key}: expected a list, got {value!r}")
+        return tuple(value)
     if typ in (list, dict) or typing.get_origin(typ) in (list, dict):
         want = typing.get_origin(typ) or typ
         if not isinstance(value, want):
@@ -409,7 +404,7 @@ def apply_overrides(data: dict, overrides: list[str] = (), literal: dict[str, An
 
 def recipe_yaml(recipe: Recipe) -> str:
     """The resolved recipe as YAML (what a run folder's recipe.yaml holds; `--recipe` reads it back)."""
-    return yaml.safe_dump(recipe.to_dict(), sort_keys=False, allow_unicode=True)
+    return yaml.safe_dump(recipe.to_dict(), sort_keys=False, allow_unicode=True, default_flow_style=None, width=110)
 
 
 def recipe_keys() -> list[tuple[str, str, Any, str]]:
@@ -429,7 +424,8 @@ def recipe_keys() -> list[tuple[str, str, Any, str]]:
                 allowed = " | ".join(CHOICES[key])
             elif key in RANGES:
                 allowed = _range_text(*RANGES[key]).removeprefix("must be ")
-            name = getattr(typ, "__name__", None) or str(typ).replace("typing.", "")
+            name = "list" if typing.get_origin(typ) in (tuple, list) else (
+                getattr(typ, "__name__", None) or str(typ).replace("typing.", ""))
             out.append((key, name, default, allowed))
     walk(Recipe, "")
     return out

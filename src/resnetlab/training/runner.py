@@ -5,6 +5,7 @@ Also rebuilds the data of a checkpoint from its metadata (for `eval` and fine-tu
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import time
@@ -14,7 +15,7 @@ from typing import Any, Iterator
 
 import torch
 
-from ..data import (AugmentConfig, BatchLoader, BatchSource, ImageSet, channel_stats, load_cifar_splits, load_image_folder,
+from ..data import (BatchLoader, BatchSource, ImageSet, channel_stats, load_cifar_splits, load_image_folder,
                     resolve_data_root)
 from ..data.folders import stratified_split, subset
 from ..errors import RunInterrupted, UserError
@@ -80,14 +81,11 @@ def _slice(ds: ImageSet, n: int, seed: int) -> ImageSet:
 
 def make_loaders(recipe: Recipe, splits: Splits, device: torch.device, channels_last: bool,
                  input_size: int | None = None) -> tuple[BatchLoader, BatchLoader, BatchLoader]:
-    a = recipe.data.augment
     t = recipe.train
     # progressive resizing never reaches the last epoch: a short run (train.epochs=1 for a try) still
     # ends on full-size images, the size it is tested at
-    aug = AugmentConfig(a.crop_padding, a.pad_mode, a.flip, a.cutout, a.jpeg, tuple(a.jpeg_quality), a.resample,
-                        tuple(a.resample_scale), a.artifacts_from_epoch, flip_mode=a.flip_mode,
-                        noise=a.noise, noise_std=tuple(a.noise_std),
-                        epoch_sizes=tuple(a.epoch_sizes)[:max(t.epochs - 1, 0)])
+    a = recipe.data.augment
+    aug = dataclasses.replace(a, epoch_sizes=tuple(a.epoch_sizes)[:max(t.epochs - 1, 0)])
     resize = input_size if input_size and input_size != splits.train.images.shape[-1] else None
     common = dict(mean=splits.mean, std=splits.std, device=device, channels_last=channels_last,
                   image_size=resize)
