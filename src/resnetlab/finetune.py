@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import UserError
 from .evaluation.profile import count_params
 from .evaluation.report import write_report
 from .files import atomic_write_text

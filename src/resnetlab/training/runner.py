@@ -268,8 +268,8 @@ def interruptible(run_dir: Path, resume_hint: bool = True) -> Iterator[None]:
         yield
     except (RunInterrupted, KeyboardInterrupt) as e:
         if not resume_hint:
-            raise RunInterrupted(f"interrupted; a fine-tuning run cannot be resumed: start it again "
-                                 f"with another --out") from None
+            raise RunInterrupted("interrupted; a fine-tuning run cannot be resumed: start it again "
+                                 "with another --out") from None
         saved = str(e) if isinstance(e, RunInterrupted) else "interrupted"
         if not (run_dir / "last.safetensors").is_file():
             raise RunInterrupted(f"{saved}; no checkpoint had been written yet, so there is nothing to "
