@@ -1,4 +1,4 @@
-"""Data-layer figures (issue: data): load time, memory, and batch-pipeline throughput against the
+"""Data-layer figures: load time, memory, and batch-pipeline throughput against the
 seeds' way (torchvision DataLoader + PIL transforms, 2 workers), measured in the same run.
 
     python benchmarks/data_pipeline.py [--data-dir ../shared/data] [--json out.json]

@@ -1,4 +1,4 @@
-"""Transfer demonstration (issue: fine-tuning): CIFAR-10-pretrained net → ../shared/data/cifar100-subset.
+"""Transfer demonstration: CIFAR-10-pretrained net → ../shared/data/cifar100-subset.
 
 100 classes x 100 PNGs, split 80/20 per class with seed 0 (the 20 are the test set), 10 % of the 80
 carved out for validation. Same model, same epoch budget, same augmentation for every run:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CUDA checks of issue 13, as one prepared script for a lent GPU machine (§5, and §6 when time allows).
+# The CUDA checks, as one prepared script for a lent GPU machine.
 #
 #   bash benchmarks/gpu.sh smoke OUT_DIR           # minutes: fast94 and the paper recipe on random data, few steps
 #   bash benchmarks/gpu.sh all OUT_DIR [SECONDS]   # RESNETLAB_DATA must hold cifar-10-batches-bin
@@ -10,7 +10,7 @@
 #      and the GPU's conv/matmul ceilings;
 #   3. the paper recipe (ResNet-20, 64k iterations) with whatever is left of SECONDS (default 540) counted
 #      from the start of this script; its metrics.jsonl/results.json are copied even when time runs out.
-#      On the H200 lent for issue 13 its batch-128 steps took ~10.8 ms (launch-bound), ~11.5 min in all: more
+#      On the H200 lent on 2026-11-29 its batch-128 steps took ~10.8 ms (launch-bound), ~11.5 min in all: more
 #      than one 10-minute command of that lease, so it ran there with SECONDS=0 (skipped) and on a CPU instead.
 # Everything it prints goes to OUT_DIR/gpu.log; the JSON and PNG outputs are copied beside it.
 set -u

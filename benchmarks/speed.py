@@ -1,4 +1,4 @@
-"""Speed figures (issue: speed), each measured in this run:
+"""Speed figures, each measured in this run:
 
 1. training throughput (steady state) — resnetlab's fast path (the engine's own train_step on the
    in-memory pipeline, auto precision, channels_last, foreach SGD) vs the seeds' way (fp32 NCHW,

@@ -1,20 +1,20 @@
-"""Accuracy sweeps of the default recipe: photo-artefact augmentation (issue 11 §6) and candidate changes on a
-validation split (issue 13 §1).
+"""Accuracy sweeps of the default recipe: photo-artefact augmentation and candidate changes on a validation
+split. Sweep names are kept as the docs cite them (docs/results.md).
 
     RESNETLAB_DATA=... python benchmarks/sweep_quick.py SWEEP [SWEEP ...] [--only NAME ...] [--seeds 0 1]
                                                         [--workers N] [--out DIR]
 
 Sweeps (each a set of named override lists, run with several seeds):
-  rob13  issue 11 §6 on the default as it was during issue 13 (label smoothing 0.2, 16/16/24/24/24 px), 2 seeds,
+  rob13  artefact augmentations on an earlier default (label smoothing 0.2, 16/16/24/24/24 px), 2 seeds,
          all 50k training images; then benchmarks/robustness.py on each final model (CPU inference, no TTA).
          Run on a lent H200 with --workers 17.
-  val13  issue 13 §1 candidates on a 45k/5k validation split, 3 seeds; the figure read is the last epoch's
+  val13  candidate recipe changes on a 45k/5k validation split, 3 seeds; the figure read is the last epoch's
          validation top-1 (the test figures are recorded but choose nothing). Run there too.
-  val11  issue 11 §6: the default with and without resampling augmentation on a 45k/5k validation split, 2 seeds;
+  val11  the default with and without resampling augmentation on a 45k/5k validation split, 2 seeds;
          robustness.py on the 5k held-out images (--split val): the choice of the default is made there.
-  rob11  issue 11 §6 on the full training set with the augmentations tried after issue 13, robustness on the
+  rob11  artefact augmentations on the full training set, robustness on the
          test set (reporting only). "none" and "r30" are the default recipe before and after val11's choice;
-         "j50q30r30e20" is recipes/cifar10_quick_robust.yaml.
+         "j50q30r30e20" is the cifar10_quick_robust recipe.
   val11b after val11, on the same validation split, seed 0: a softer whitening (whiten_eps), JPEG settings at
          10 epochs, and the JPEG-augmented recipe at 15, 20 and 30 epochs (how much time the bound needs).
 
@@ -69,10 +69,10 @@ SWEEPS = {
                        # + sensor noise, 0-8 grey levels
                        "r30n50s8": ["data.augment.resample=0.3", "data.augment.noise=0.5",
                                     "data.augment.noise_std=[0,8]"],
-                       # qualities only where issue 11 bounds the loss (q >= 75), a little below it
+                       # qualities only where the robustness bound applies (q >= 75), a little below it
                        "j50q70r30": ["data.augment.jpeg=0.5", "data.augment.jpeg_quality=[70,95]",
                                      "data.augment.resample=0.3"],
-                       # recipes/cifar10_quick_robust.yaml: the robust setting with twice the epochs (val11b)
+                       # the cifar10_quick_robust recipe: the robust setting with twice the epochs (val11b)
                        "j50q30r30e20": JPEG30 + ["train.epochs=20"]}},
     # after val11, seed 0 only: is the JPEG loss the whitening's amplification of fine detail (a larger
     # whiten_eps amplifies it less)? How do JPEG settings trade clean accuracy at 10 epochs, and with more epochs?

@@ -159,3 +159,70 @@ def test_model_arguments_are_validated(kwargs, message):
     from resnetlab.models import build_model
     with pytest.raises(UserError, match=message):
         build_model("resnet18", 10, kwargs)
+
+
+def test_a_new_family_is_a_class_and_a_registered_factory(monkeypatch, tiny_cifar, tmp_path):
+    """The model contract: a family that subclasses ClassifierNet and registers a plain factory gets argument
+    checks from its signature, features_only, the fine-tuning freeze policies and the training engine's use,
+    with nothing else changed."""
+    from typing import Literal
+
+    from torch import nn
+
+    from resnetlab.errors import UserError
+    from resnetlab.models import ClassifierNet, apply_strategy, build_model, create_model, register_model
+    from resnetlab.models import registry
+
+    monkeypatch.setattr(registry, "_SPECS", dict(registry._SPECS))  # the registration ends with the test
+
+    class TwoStage(ClassifierNet):
+        def __init__(self, num_classes: int = 10, width: int = 8, act: Literal["relu", "gelu"] = "relu") -> None:
+            super().__init__()
+            a = nn.ReLU() if act == "relu" else nn.GELU()
+            self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), a)
+            self.layer1 = nn.Sequential(nn.Conv2d(width, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), a)
+            self.layer2 = nn.Sequential(nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), a)
+            self.num_features = 2 * width
+            self.fc = nn.Linear(2 * width, num_classes)
+
+        def stages(self):
+            return [self.layer1, self.layer2]
+
+        def feature_plan(self):
+            return [("stem", ["stem"]), ("layer1", ["layer1"]), ("layer2", ["layer2"])]
+
+        def forward_features(self, x):
+            return self.layer2(self.layer1(self.stem(x)))
+
+        def forward_head(self, x, pre_logits=False):
+            x = x.mean((2, 3))
+            return x if pre_logits else self.fc(x)
+
+        def get_classifier(self):
+            return self.fc
+
+        def reset_classifier(self, num_classes):
+            self.fc = nn.Linear(self.num_features, num_classes)
+
+    @register_model(family="cifar", builds=TwoStage)
+    def two_stage_net(num_classes: int = 10, **kwargs):
+        return TwoStage(num_classes, **kwargs)
+
+    assert set(registry.get_spec("two_stage_net").args) == {"width", "act"}
+    with pytest.raises(UserError, match=r"act='tanh': expected one of relu, gelu"):
+        build_model("two_stage_net", 10, {"act": "tanh"})
+    with pytest.raises(UserError, match=r"width=0: expected a positive integer"):
+        build_model("two_stage_net", 10, {"width": 0})
+    model = build_model("two_stage_net", 5, {"width": 4, "act": "gelu"})
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 5)
+    assert [f["reduction"] for f in model.feature_info] == [1, 2, 4]
+    body = create_model("two_stage_net", features_only=True, out_indices=(1, 2), width=4)
+    assert [o.shape[1] for o in body(torch.zeros(1, 3, 16, 16))] == [4, 8]
+    apply_strategy(model, "partial", unfreeze_stages=1)
+    assert {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad} == {"layer2", "fc"}
+    import resnetlab
+    results = resnetlab.train(resnetlab.Recipe(), out=tmp_path / "run", data_dir=tiny_cifar, log=lambda *a, **k: None,
+                              overrides={"model.name": "two_stage_net", "model.kwargs": {"width": 4}, "train.epochs": 1,
+                                         "train.batch_size": 20, "train.eval_batch_size": 40, "data.val_size": 40,
+                                         "train.precision": "fp32", "data.verify": False})
+    assert results["model"] == "two_stage_net" and results["epochs"] == 1

@@ -1,4 +1,4 @@
-"""The pieces the fast recipes are made of (issue 13): shifted TTA, evaluation every N epochs, the
+"""The pieces the fast recipes are made of: shifted TTA, evaluation every N epochs, the
 training compute each run prints, the airbench-ordered pooling layers."""
 import json
 from pathlib import Path

@@ -1,5 +1,5 @@
 """Trust: checkpoints that cannot steer the program, run folders that cannot collide or escape, and one
-clear line (exit 2, nothing half-written) for every bad input. Numbers refer to the items of the issue."""
+clear line (exit 2, nothing half-written) for every bad input."""
 from __future__ import annotations
 
 import errno

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import yaml
 
-from .errors import UserError
+from .errors import RunInterrupted, UserError
 from .files import atomic_write_text
 from .models import get_spec
 from .training.config import Recipe, load_recipe
@@ -160,6 +160,9 @@ class _Objective:
         except optuna.TrialPruned:
             self.log(f"trial {trial.number}: pruned after {step[0]} epoch(s)")
             raise
+        except RunInterrupted:  # Ctrl-C: the study continues when tune runs again, not the trial's folder
+            raise RunInterrupted(f"interrupted during trial {trial.number}; run the same `resnetlab tune` "
+                                 f"command again to continue the study") from None
         finally:
             trial.set_user_attr("minutes", (time.perf_counter() - t0) / 60)
         if not best:
