@@ -29,7 +29,8 @@ from .files import atomic_write
 RESUME_PREFIX = "_resume/"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-TORCHVISION_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+TORCHVISION_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
+                     "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2")
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
@@ -129,11 +130,11 @@ def cache_dir() -> Path:
 
 
 def torchvision_weight_entry(name: str):
-    """torchvision's IMAGENET1K_V1 entry for a ResNet (url, metadata), from its own registry."""
+    """torchvision's IMAGENET1K_V1 entry for a ResNet-family model (url, metadata), from its own registry."""
     if name not in TORCHVISION_NAMES:
         raise UserError(f"no torchvision weights for {name!r}; choose one of {', '.join(TORCHVISION_NAMES)}")
-    from torchvision.models import get_weight
-    return get_weight(f"ResNet{name.removeprefix('resnet')}_Weights.IMAGENET1K_V1")
+    from torchvision.models import get_model_weights
+    return get_model_weights(name).IMAGENET1K_V1
 
 
 def fetch_torchvision_weights(name: str, url: str | None = None, progress: bool = True) -> Path:

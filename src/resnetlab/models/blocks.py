@@ -91,11 +91,37 @@ def make_shortcut(in_planes: int, out_planes: int, stride: int, option: str,
     raise ValueError(f"unknown shortcut option {option!r}; use 'A' or 'B'")
 
 
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation (Hu et al. 2018): global average pool → 1x1 conv to C/reduction → ReLU → 1x1 conv
+    back to C → sigmoid, a per-channel scale of the residual branch (timm's SEModule names: fc1, fc2)."""
+
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        hidden = max(1, channels // reduction)
+        self.fc1 = nn.Conv2d(channels, hidden, 1)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc2 = nn.Conv2d(hidden, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.fc2(self.relu(self.fc1(x.mean((2, 3), keepdim=True))))
+        return x * s.sigmoid()
+
+
+def _se(channels: int, reduction: int) -> nn.Module:
+    return SqueezeExcite(channels, reduction) if reduction else nn.Identity()
+
+
+def _dropout(p: float) -> nn.Module:
+    return nn.Dropout(p) if p else nn.Identity()
+
+
 class ResidualBlock(nn.Module):
     """A residual unit: `expansion` (output channels per `planes`) and `last_bn()`, the BatchNorm that ends
     its residual branch (zero_init_residual sets its scale to zero, so the block starts as identity).
     Blocks take torchvision's `groups` and `base_width`: the 3x3 convs of a Bottleneck have
-    planes * base_width / 64 * groups channels in `groups` groups (ResNeXt; wide ResNets: base_width 128)."""
+    planes * base_width / 64 * groups channels in `groups` groups (ResNeXt; wide ResNets: base_width 128);
+    `se_reduction` > 0 adds squeeze-and-excitation at the end of the branch, `dropout` a dropout between its
+    convolutions (wide ResNets: Zagoruyko & Komodakis 2016)."""
 
     expansion: int = 1
 
@@ -115,14 +141,17 @@ class BasicBlock(ResidualBlock):
     expansion = 1
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "B",
-                 separable: bool = False, drop_path: float = 0.0, groups: int = 1, base_width: int = 64) -> None:
+                 separable: bool = False, drop_path: float = 0.0, groups: int = 1, base_width: int = 64,
+                 se_reduction: int = 0, dropout: float = 0.0) -> None:
         super().__init__()
         _plain_only("BasicBlock", groups, base_width)
         self.conv1 = spatial_conv(in_planes, planes, stride, separable)
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
+        self.dropout = _dropout(dropout)
         self.conv2 = spatial_conv(planes, planes, 1, separable)
         self.bn2 = nn.BatchNorm2d(planes)
+        self.se = _se(planes, se_reduction)
         self.downsample = make_shortcut(in_planes, planes * self.expansion, stride, shortcut)
         self.drop_path = DropPath(drop_path) if drop_path else nn.Identity()
 
@@ -131,8 +160,8 @@ class BasicBlock(ResidualBlock):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
+        out = self.dropout(self.relu(self.bn1(self.conv1(x))))
+        out = self.se(self.bn2(self.conv2(out)))
         return self.relu(self.drop_path(out) + identity)
 
 
@@ -142,9 +171,13 @@ class Bottleneck(ResidualBlock):
     expansion = 4
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "B",
-                 separable: bool = False, drop_path: float = 0.0, groups: int = 1, base_width: int = 64) -> None:
+                 separable: bool = False, drop_path: float = 0.0, groups: int = 1, base_width: int = 64,
+                 se_reduction: int = 0, dropout: float = 0.0) -> None:
         super().__init__()
         width = int(planes * (base_width / 64.0)) * groups
+        if width < groups:
+            raise ValueError(f"{planes} planes at base_width {base_width} leave no channels per group ({groups} "
+                             f"groups); use wider stages")
         if separable and groups != 1:
             raise ValueError("separable 3x3 convs are depthwise already; use groups=1 with block=separable")
         self.drop_path = DropPath(drop_path) if drop_path else nn.Identity()
@@ -156,6 +189,8 @@ class Bottleneck(ResidualBlock):
         self.conv3 = conv1x1(width, planes * self.expansion)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
+        self.dropout = _dropout(dropout)
+        self.se = _se(planes * self.expansion, se_reduction)
         self.downsample = make_shortcut(in_planes, planes * self.expansion, stride, shortcut)
 
     def last_bn(self) -> nn.BatchNorm2d:
@@ -164,8 +199,8 @@ class Bottleneck(ResidualBlock):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
+        out = self.dropout(self.relu(self.bn2(self.conv2(out))))
+        out = self.se(self.bn3(self.conv3(out)))
         return self.relu(self.drop_path(out) + identity)
 
 
@@ -175,14 +210,17 @@ class PreActBlock(ResidualBlock):
     expansion = 1
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "B",
-                 separable: bool = False, drop_path: float = 0.0, groups: int = 1, base_width: int = 64) -> None:
+                 separable: bool = False, drop_path: float = 0.0, groups: int = 1, base_width: int = 64,
+                 se_reduction: int = 0, dropout: float = 0.0) -> None:
         super().__init__()
         _plain_only("PreActBlock", groups, base_width)
         self.drop_path = DropPath(drop_path) if drop_path else nn.Identity()
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.conv1 = spatial_conv(in_planes, planes, stride, separable)
         self.bn2 = nn.BatchNorm2d(planes)
+        self.dropout = _dropout(dropout)
         self.conv2 = spatial_conv(planes, planes, 1, separable)
+        self.se = _se(planes, se_reduction)
         self.relu = nn.ReLU(inplace=False)
         self.downsample = make_shortcut(in_planes, planes, stride, shortcut, with_bn=False)
 
@@ -194,5 +232,5 @@ class PreActBlock(ResidualBlock):
         # The projection sees the pre-activated input, as in the paper's full pre-activation unit.
         identity = x if self.downsample is None else self.downsample(out)
         out = self.conv1(out)
-        out = self.conv2(self.relu(self.bn2(out)))
+        out = self.se(self.conv2(self.dropout(self.relu(self.bn2(out)))))
         return self.drop_path(out) + identity

@@ -37,7 +37,8 @@ class ResNet9(ClassifierNet):
                  in_channels: int = 3, head_scale: float = 0.125, whiten: bool = False,
                  whiten_eps: float = 1e-2, block: Literal["standard", "separable"] = "standard",
                  drop_rate: float = 0.0,
-                 drop_path_rate: float = 0.0, pool_first: bool = False, dirac: bool = False) -> None:
+                 drop_path_rate: float = 0.0, pool_first: bool = False, dirac: bool = False,
+                 se_reduction: int = 0) -> None:
         super().__init__()
         if block not in ("standard", "separable"):
             raise ValueError(f"unknown block kind {block!r}; use standard or separable")
@@ -56,10 +57,12 @@ class ResNet9(ClassifierNet):
             self.prep = conv_bn(in_channels, w0)
         # two residual blocks: stochastic depth 0 on the first, drop_path_rate on the last (linear in depth)
         pf = pool_first
-        self.layer1 = nn.Sequential(conv_bn(w0, w1, True, sep, pf), BasicBlock(w1, w1, separable=sep, drop_path=0.0))
+        se = se_reduction
+        self.layer1 = nn.Sequential(conv_bn(w0, w1, True, sep, pf),
+                                    BasicBlock(w1, w1, separable=sep, drop_path=0.0, se_reduction=se))
         self.layer2 = conv_bn(w1, w2, True, sep, pf)
         self.layer3 = nn.Sequential(conv_bn(w2, w3, True, sep, pf),
-                                    BasicBlock(w3, w3, separable=sep, drop_path=drop_path_rate))
+                                    BasicBlock(w3, w3, separable=sep, drop_path=drop_path_rate, se_reduction=se))
         self.head_drop = nn.Dropout(drop_rate) if drop_rate else nn.Identity()
         self.pool = nn.AdaptiveMaxPool2d(1)
         self.num_features = w3

@@ -45,6 +45,9 @@ HELP = {
     "groups": "groups of the 3x3 convs of Bottleneck blocks (ResNeXt's cardinality)",
     "width_per_group": "channels per group of the Bottleneck 3x3 convs at the first stage (64: plain ResNet; "
                        "128: wide ResNet)",
+    "se_reduction": "squeeze-and-excitation in every residual block with this channel reduction (Hu et al. "
+                    "2018: 16; 0: off)",
+    "block_dropout": "dropout between the convolutions of every residual block (wide ResNets: 0.3; 0: off)",
     "head_scale": "logit scale (Myrtle: 0.125)",
     "whiten": "fixed 3x3 patch-whitening first layer",
     "whiten_eps": "whitening regulariser: filters scale by 1/sqrt(eigenvalue + eps); larger amplifies fine "
@@ -59,8 +62,13 @@ def _rate(v: Any) -> str | None:
     return None if ok else "expected a number in [0, 1)"
 
 
+def _count(v: Any) -> str | None:
+    return None if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else "expected an integer >= 0"
+
+
 # Constraints beyond the annotation's type (ints and floats are otherwise positive).
-CONSTRAINTS: dict[str, Callable[[Any], str | None]] = {"drop_rate": _rate, "drop_path_rate": _rate}
+CONSTRAINTS: dict[str, Callable[[Any], str | None]] = {"drop_rate": _rate, "drop_path_rate": _rate,
+                                                       "block_dropout": _rate, "se_reduction": _count}
 
 
 def _check_for(typ: Any, name: str, n_stages: int | None) -> Callable[[Any], str | None]:
@@ -117,6 +125,7 @@ class ModelSpec:
     input_size: int  # natural input resolution (pixels per side)
     family: str      # "imagenet" (224 px, 7x7 stem) or "cifar" (32 px)
     args: dict[str, Arg]
+    n_stages: int | None = None  # how many `widths` it takes
 
 
 _SPECS: dict[str, ModelSpec] = {}
@@ -132,7 +141,8 @@ def register_model(*, family: str, builds: type, input_size: int | None = None, 
         if name in _SPECS:
             raise ValueError(f"model {name} is registered twice")
         size = input_size or (224 if family == "imagenet" else 32)
-        _SPECS[name] = ModelSpec(name, factory, size, family, signature_args(builds, exclude, rename, aliases, n_stages))
+        _SPECS[name] = ModelSpec(name, factory, size, family, signature_args(builds, exclude, rename, aliases, n_stages),
+                                 n_stages)
         return factory
     return register
 

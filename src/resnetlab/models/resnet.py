@@ -42,6 +42,8 @@ class ResNet(ClassifierNet):
         drop_path_rate: float = 0.0,
         groups: int = 1,
         width_per_group: int = 64,
+        se_reduction: int = 0,
+        block_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if stem not in STEMS:
@@ -72,7 +74,8 @@ class ResNet(ClassifierNet):
             stride = 1 if i == 0 else 2
             stage_rates, rates = rates[:n_blocks], rates[n_blocks:]
             stage, in_planes = self._make_layer(block, in_planes, width, n_blocks, stride, shortcut, separable,
-                                                stage_rates, groups, width_per_group)
+                                                stage_rates, groups=groups, base_width=width_per_group,
+                                                se_reduction=se_reduction, dropout=block_dropout)
             self.add_module(f"layer{i + 1}", stage)
         self.num_stages = len(layers)
         # He et al. 2016: a final BN-ReLU after the last pre-activation unit.
@@ -87,12 +90,11 @@ class ResNet(ClassifierNet):
     @staticmethod
     def _make_layer(block: Block, in_planes: int, planes: int, n_blocks: int, stride: int,
                     shortcut: str, separable: bool = False, drop_paths: Sequence[float] = (),
-                    groups: int = 1, base_width: int = 64) -> tuple[nn.Sequential, int]:
+                    **block_args: Any) -> tuple[nn.Sequential, int]:
         blocks = []
         for j in range(n_blocks):
             blocks.append(block(in_planes, planes, stride if j == 0 else 1, shortcut=shortcut, separable=separable,
-                                drop_path=drop_paths[j] if drop_paths else 0.0, groups=groups,
-                                base_width=base_width))
+                                drop_path=drop_paths[j] if drop_paths else 0.0, **block_args))
             in_planes = planes * block.expansion
         return nn.Sequential(*blocks), in_planes
 
@@ -146,7 +148,11 @@ class ResNet(ClassifierNet):
 
 
 # One table, one builder. Depths from He et al. 2015 (Table 1 for ImageNet, Sec. 4.2 for CIFAR: 6n+2
-# layers in three stages of 16/32/64 channels, option A shortcuts); pre-activation from He et al. 2016.
+# layers in three stages of 16/32/64 channels, option A shortcuts); pre-activation from He et al. 2016;
+# ResNeXt from Xie et al. 2017 (ImageNet: torchvision's 32x4d / 32x8d / 64x4d; CIFAR, Sec. 5.3: 29 layers,
+# 3 stages of 3 bottlenecks, 64-channel stem, cardinality x 64d); wide ResNets from Zagoruyko & Komodakis
+# 2016 (ImageNet: torchvision's bottleneck width x2; CIFAR: pre-activation basic blocks, depth 6n+4, stage
+# widths 16k/32k/64k after a 16-channel stem, 1x1 projections where the shape changes).
 @dataclass(frozen=True)
 class Arch:
     block: Block
@@ -160,6 +166,17 @@ def _cifar(depth: int) -> Arch:
     return Arch(BasicBlock, (n, n, n), "cifar", (("widths", (16, 32, 64)), ("stem", "cifar"), ("shortcut", "A")))
 
 
+def _wrn(depth: int, k: int) -> Arch:
+    n = (depth - 4) // 6
+    return Arch(PreActBlock, (n, n, n), "cifar", (("widths", (16 * k, 32 * k, 64 * k)), ("stem", "cifar"),
+                                                  ("stem_width", 16), ("shortcut", "B")))
+
+
+def _resnext29(cardinality: int) -> Arch:
+    return Arch(Bottleneck, (3, 3, 3), "cifar", (("widths", (64, 128, 256)), ("stem", "cifar"), ("stem_width", 64),
+                                                 ("groups", cardinality), ("width_per_group", 64)))
+
+
 ARCHS: dict[str, Arch] = {
     "resnet18": Arch(BasicBlock, (2, 2, 2, 2), "imagenet"),
     "resnet34": Arch(BasicBlock, (3, 4, 6, 3), "imagenet"),
@@ -168,6 +185,15 @@ ARCHS: dict[str, Arch] = {
     "resnet152": Arch(Bottleneck, (3, 8, 36, 3), "imagenet"),
     **{f"resnet{d}": _cifar(d) for d in (20, 32, 44, 56, 110, 1202)},
     "preact_resnet18": Arch(PreActBlock, (2, 2, 2, 2), "cifar", (("stem", "cifar"),)),
+    "resnext50_32x4d": Arch(Bottleneck, (3, 4, 6, 3), "imagenet", (("groups", 32), ("width_per_group", 4))),
+    "resnext101_32x8d": Arch(Bottleneck, (3, 4, 23, 3), "imagenet", (("groups", 32), ("width_per_group", 8))),
+    "resnext101_64x4d": Arch(Bottleneck, (3, 4, 23, 3), "imagenet", (("groups", 64), ("width_per_group", 4))),
+    "wide_resnet50_2": Arch(Bottleneck, (3, 4, 6, 3), "imagenet", (("width_per_group", 128),)),
+    "wide_resnet101_2": Arch(Bottleneck, (3, 4, 23, 3), "imagenet", (("width_per_group", 128),)),
+    "seresnet50": Arch(Bottleneck, (3, 4, 6, 3), "imagenet", (("se_reduction", 16),)),
+    **{f"wrn{d}_{k}": _wrn(d, k) for d, k in ((16, 4), (16, 8), (28, 10), (40, 4))},
+    "resnext29_8x64d": _resnext29(8),
+    "resnext29_16x64d": _resnext29(16),
 }
 
 
@@ -268,3 +294,78 @@ def resnet1202(num_classes: int = 10, **kwargs: Any) -> ResNet:
 def preact_resnet18(num_classes: int = 10, **kwargs: Any) -> ResNet:
     """Pre-activation ResNet-18 (He et al. 2016) with the CIFAR stem."""
     return build_resnet("preact_resnet18", num_classes, **kwargs)
+
+
+@register_model(**_IMAGENET)
+def resnext50_32x4d(num_classes: int = 1000, **kwargs: Any) -> ResNet:
+    """ResNeXt-50 32x4d (Xie et al. 2017): ResNet-50 with 32 groups of 4 channels in the first stage's 3x3s."""
+    return build_resnet("resnext50_32x4d", num_classes, **kwargs)
+
+
+@register_model(**_IMAGENET)
+def resnext101_32x8d(num_classes: int = 1000, **kwargs: Any) -> ResNet:
+    """ResNeXt-101 32x8d: Bottleneck x [3, 4, 23, 3], 32 groups of 8 channels."""
+    return build_resnet("resnext101_32x8d", num_classes, **kwargs)
+
+
+@register_model(**_IMAGENET)
+def resnext101_64x4d(num_classes: int = 1000, **kwargs: Any) -> ResNet:
+    """ResNeXt-101 64x4d: Bottleneck x [3, 4, 23, 3], 64 groups of 4 channels."""
+    return build_resnet("resnext101_64x4d", num_classes, **kwargs)
+
+
+@register_model(**_IMAGENET)
+def wide_resnet50_2(num_classes: int = 1000, **kwargs: Any) -> ResNet:
+    """Wide ResNet-50-2 (torchvision): ResNet-50 with bottleneck 3x3s twice as wide."""
+    return build_resnet("wide_resnet50_2", num_classes, **kwargs)
+
+
+@register_model(**_IMAGENET)
+def wide_resnet101_2(num_classes: int = 1000, **kwargs: Any) -> ResNet:
+    """Wide ResNet-101-2 (torchvision): ResNet-101 with bottleneck 3x3s twice as wide."""
+    return build_resnet("wide_resnet101_2", num_classes, **kwargs)
+
+
+@register_model(**_IMAGENET)
+def seresnet50(num_classes: int = 1000, **kwargs: Any) -> ResNet:
+    """SE-ResNet-50 (Hu et al. 2018): ResNet-50 with squeeze-and-excitation, reduction 16, in every block."""
+    return build_resnet("seresnet50", num_classes, **kwargs)
+
+
+_WRN = dict(family="cifar", builds=ResNet, exclude=_EXCLUDE, rename=_RENAME, n_stages=3)
+
+
+@register_model(**_WRN)
+def wrn16_4(num_classes: int = 10, **kwargs: Any) -> ResNet:
+    """WRN-16-4 (Zagoruyko & Komodakis 2016): 2 pre-activation blocks per stage, widths 64/128/256."""
+    return build_resnet("wrn16_4", num_classes, **kwargs)
+
+
+@register_model(**_WRN)
+def wrn16_8(num_classes: int = 10, **kwargs: Any) -> ResNet:
+    """WRN-16-8: 2 pre-activation blocks per stage, widths 128/256/512."""
+    return build_resnet("wrn16_8", num_classes, **kwargs)
+
+
+@register_model(**_WRN)
+def wrn28_10(num_classes: int = 10, **kwargs: Any) -> ResNet:
+    """WRN-28-10: 4 pre-activation blocks per stage, widths 160/320/640 (the paper's CIFAR headline net)."""
+    return build_resnet("wrn28_10", num_classes, **kwargs)
+
+
+@register_model(**_WRN)
+def wrn40_4(num_classes: int = 10, **kwargs: Any) -> ResNet:
+    """WRN-40-4: 6 pre-activation blocks per stage, widths 64/128/256."""
+    return build_resnet("wrn40_4", num_classes, **kwargs)
+
+
+@register_model(**_WRN)
+def resnext29_8x64d(num_classes: int = 10, **kwargs: Any) -> ResNet:
+    """ResNeXt-29 8x64d (Xie et al. 2017, CIFAR): 3 stages of 3 bottlenecks, 8 groups of 64 channels at first."""
+    return build_resnet("resnext29_8x64d", num_classes, **kwargs)
+
+
+@register_model(**_WRN)
+def resnext29_16x64d(num_classes: int = 10, **kwargs: Any) -> ResNet:
+    """ResNeXt-29 16x64d: 3 stages of 3 bottlenecks, 16 groups of 64 channels at first."""
+    return build_resnet("resnext29_16x64d", num_classes, **kwargs)
