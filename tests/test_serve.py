@@ -42,6 +42,7 @@ def classifier(small_checkpoint):
 
 
 def client_for(clf, **settings) -> TestClient:
+    settings.setdefault("allowed_hosts", ["testserver"])  # the Host header TestClient sends
     client = TestClient(create_app(clf, ServeSettings(**settings)))
     client.__enter__()  # runs the app's startup (batcher, warm-up)
     for _ in range(200):

@@ -75,11 +75,34 @@ def open_rgb(source: str | Path | Image.Image | BinaryIO, max_pixels: int | None
     if isinstance(source, Image.Image):
         return to_rgb(ImageOps.exif_transpose(source))
     try:
-        with Image.open(source) as img:
-            if max_pixels is not None and img.width * img.height > max_pixels:
-                raise ImageTooLarge(f"{img.width}x{img.height} pixels is over the limit of {max_pixels:,}")
+        with _open(source, max_pixels) as img:
             img.load()
             return to_rgb(ImageOps.exif_transpose(img))
+    except Image.DecompressionBombError as e:
+        raise ImageTooLarge(f"refused as a decompression bomb ({e})") from None
+    except UnidentifiedImageError:
+        raise NotAnImage(f"not an image in a known format ({', '.join(FORMATS)})") from None
+    except ImageDecodeError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageDecodeError(str(e) or type(e).__name__) from None
+
+
+def _open(source: str | Path | BinaryIO, max_pixels: int | None) -> Image.Image:
+    """Image.open limited to the documented formats (no other decoder — ICO, EPS through Ghostscript, … — ever
+    sees the bytes), with the size read from the header checked before anything is decoded."""
+    img = Image.open(source, formats=FORMATS)
+    if max_pixels is not None and img.width * img.height > max_pixels:
+        img.close()
+        raise ImageTooLarge(f"{img.width}x{img.height} pixels is over the limit of {max_pixels:,}")
+    return img
+
+
+def image_size(source: str | Path | BinaryIO, max_pixels: int | None = None) -> tuple[int, int]:
+    """(width, height) from the file's header alone (no pixel decoded), with open_rgb's checks and errors."""
+    try:
+        with _open(source, max_pixels) as img:
+            return img.size
     except Image.DecompressionBombError as e:
         raise ImageTooLarge(f"refused as a decompression bomb ({e})") from None
     except UnidentifiedImageError:

@@ -63,6 +63,12 @@ class ServeProcess:
         self.proc.wait()
         raise RuntimeError(f"resnetlab serve on {self.url} not ready after {timeout:.0f} s")
 
+    def __enter__(self) -> "ServeProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
     def stop(self, timeout: float = 60) -> tuple[int, str]:
         """SIGTERM (graceful: requests in flight are answered), then wait; (exit code, captured output)."""
         if self.proc.poll() is None:

@@ -42,7 +42,10 @@ def save_checkpoint(path: Path, state_dict: dict[str, torch.Tensor], meta: dict[
     if resume is not None:
         metadata["resume"] = json.dumps(resume)
         tensors.update({RESUME_PREFIX + k: v.detach().contiguous().cpu() for k, v in (resume_tensors or {}).items()})
-    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    try:
+        atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    except SafetensorError as e:  # e.g. the disk filled up while writing: an error of the environment
+        raise OSError(f"cannot write {path} ({e})") from None
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -55,6 +58,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
         raise UserError(f"{p}: run folder has no best.safetensors or last.safetensors")
     if not p.is_file():
         raise UserError(f"{path}: checkpoint not found")
+    if p.suffix in (".pth", ".pt", ".bin", ".ckpt"):
+        raise UserError(f"{p}: a PyTorch weights file, not a resnetlab checkpoint (.safetensors with metadata: the "
+                        f"classes and preprocessing it needs); use it with `resnetlab finetune --weights {p}`")
     return p
 
 
@@ -70,6 +76,9 @@ def _read_header(p: Path) -> tuple[dict[str, Any], dict | None]:
         resume = json.loads(header["resume"]) if "resume" in header else None
     except json.JSONDecodeError as e:
         raise UserError(f"{p}: checkpoint metadata is not valid JSON ({e})") from None
+    except RecursionError:
+        raise UserError(f"{p}: checkpoint metadata is nested too deeply; not a checkpoint written by resnetlab") \
+            from None
     if not isinstance(meta, dict):
         raise UserError(f"{p}: checkpoint metadata is not a mapping")
     return meta, resume

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
+from ..errors import UserError
 from ..inference.predict import predict
 
 
@@ -18,8 +20,14 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> None:
     results = predict(args.checkpoint, args.images, args.top_k)
+    bad = [r for r in results if "error" in r]
     if args.json:
         print(json.dumps(results, indent=2))
-        return
-    for r in results:
-        print(r["file"] + "  " + "  ".join(f"{t['class']} {t['prob']:.3f}" for t in r["top"]))
+    else:
+        for r in results:
+            if "top" in r:
+                print(r["file"] + "  " + "  ".join(f"{t['class']} {t['prob']:.3f}" for t in r["top"]))
+    for r in bad:
+        print(f"{r['file']}: {r['error']}", file=sys.stderr)
+    if bad:  # the good files are classified above; the run still says it was not clean
+        raise UserError(f"{len(bad)} of {len(results)} file(s) could not be classified (listed above)")

@@ -18,6 +18,19 @@ def add_parser(sub) -> None:
     s.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms, help="how long a batch waits to fill")
     s.add_argument("--max-body-mb", type=float, default=d.max_body_mb, help="request body limit")
     s.add_argument("--max-files", type=int, default=d.max_files, help="images per request")
+    s.add_argument("--max-request-pixels", type=int, default=d.max_request_pixels,
+                   help="all images of one request together, read from their headers before decoding")
+    s.add_argument("--api-key-file", default=None, help="API keys, one per line (re-read when it changes); or "
+                   "$RESNETLAB_API_KEY. Required on /v1/* and /metrics as 'Authorization: Bearer KEY' or 'X-API-Key'")
+    s.add_argument("--no-auth", action="store_true", help="allow binding a non-loopback address without a key")
+    s.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="Host header name to serve (repeatable; default on loopback: the loopback names)")
+    s.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let pages from this origin call the API (repeatable; default: none)")
+    s.add_argument("--no-docs", action="store_true", help="no /docs and /openapi.json")
+    s.add_argument("--header-timeout-s", type=float, default=d.header_timeout_s,
+                   help="close connections that do not finish a request's headers in time")
+    s.add_argument("--read-timeout-s", type=float, default=d.read_timeout_s, help="408 when a body takes longer")
     s.add_argument("--no-access-log", action="store_true")
     s.set_defaults(func=run)
 
@@ -25,5 +38,9 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> None:
     from ..serving.server import serve
     settings = ServeSettings(host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-                             max_body_mb=args.max_body_mb, max_files=args.max_files)
+                             max_body_mb=args.max_body_mb, max_files=args.max_files,
+                             max_request_pixels=args.max_request_pixels, api_key_file=args.api_key_file,
+                             no_auth=args.no_auth, allowed_hosts=args.allowed_host, cors_origins=args.cors_origin,
+                             docs=not args.no_docs, header_timeout_s=args.header_timeout_s,
+                             read_timeout_s=args.read_timeout_s)
     serve(args.checkpoint, args.backend, args.device, settings, access_log=not args.no_access_log)

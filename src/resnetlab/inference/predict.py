@@ -15,7 +15,7 @@ import torch
 
 from ..errors import UserError
 from ..models import load_model
-from ..preprocessing import EXTENSIONS, model_input
+from ..preprocessing import EXTENSIONS, ImageDecodeError, load_uint8, model_input
 from ..runtime import select_device
 from ..weights import resolve_checkpoint
 from .classifier import ImageClassifier, ImageLike  # noqa: F401  (ImageLike: part of this module's API)
@@ -75,11 +75,23 @@ def load(checkpoint: str | Path, device: str = "auto", batch_size: int = 64,
 
 
 def predict(checkpoint: str | Path, paths: list[str], top_k: int = 3, batch_size: int = 256,
-            device: str = "cpu") -> list[dict]:
-    """`resnetlab predict`: files and folders → [{"file", "top": [{"class", "prob"}]}]."""
+            device: str = "cpu", max_pixels: int = 40_000_000) -> list[dict]:
+    """`resnetlab predict`: files and folders → [{"file", "top": [{"class", "prob"}]}], in order. A file that
+    cannot be decoded, or declares more than max_pixels, gets {"file", "error"} instead and the rest go on."""
     if not isinstance(top_k, int) or top_k < 1:
         raise UserError(f"top-k must be a positive integer, got {top_k!r}")
     clf = Classifier(checkpoint, device, batch_size)
     files = collect_images(paths)
-    return [{"file": str(f), "top": [{"class": t["class"], "prob": round(t["prob"], 4)} for t in r["top"]]}
-            for f, r in zip(files, clf.predict(files, top_k))]
+    out: list[dict] = []
+    for i in range(0, len(files), batch_size):  # decoded one batch at a time
+        good: list[tuple[int, torch.Tensor]] = []
+        for f in files[i:i + batch_size]:
+            try:
+                good.append((len(out), torch.from_numpy(load_uint8(f, clf.policy, max_pixels).copy())))
+                out.append({"file": str(f)})
+            except ImageDecodeError as e:
+                out.append({"file": str(f), "error": f"cannot read image ({e})"})
+        if good:
+            for (j, _), r in zip(good, clf.predict(torch.stack([x for _, x in good]), top_k)):
+                out[j]["top"] = [{"class": t["class"], "prob": round(t["prob"], 4)} for t in r["top"]]
+    return out

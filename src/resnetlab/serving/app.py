@@ -7,7 +7,11 @@ model work is batched off the event loop; every bad input is a 4xx with {"detail
 from __future__ import annotations
 
 import asyncio
+import hmac
+import html
 import io
+import os
+import re
 import time
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -17,16 +21,18 @@ import torch
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from .._version import __version__
 from ..inference.classifier import ImageClassifier
-from ..preprocessing import ImageDecodeError, ImageTooLarge, NotAnImage, load_uint8
+from ..preprocessing import ImageDecodeError, ImageTooLarge, NotAnImage, image_size, load_uint8
 from .batcher import DynamicBatcher
 from .metrics import Metrics
 from .settings import ServeSettings
 
-SMALL = 256 * 1024  # uploads up to this size are decoded on the event loop (a thread hop costs more)
 ROUTES = ("/", "/healthz", "/readyz", "/metrics", "/v1/model", "/v1/predict", "/docs", "/openapi.json")
+PROTECTED = ("/v1/", "/metrics")  # need an API key when the service has keys; /healthz, /readyz, / stay open
+TOP_K = re.compile(r"[0-9]{1,4}")  # ASCII digits only (str.isdigit also accepts "²")
 
 
 class RequestError(Exception):
@@ -70,26 +76,36 @@ class PredictService:
             await self.batcher.stop()  # requests already queued are answered first
 
     def decode(self, files: list[tuple[str, bytes]]) -> torch.Tensor:
-        out = []
+        """Every file's pixels. First every header (format, size: no pixel decoded) against the per-image and
+        per-request pixel budgets, then the pixels. Runs in a worker thread, never on the event loop."""
+        total = 0
         for name, data in files:
             if not data:
                 raise RequestError(400, f"{name}: empty file")
-            try:
-                out.append(torch.from_numpy(load_uint8(io.BytesIO(data), self.clf.policy,
-                                                       self.settings.max_pixels).copy()))
-            except NotAnImage as e:
-                raise RequestError(415, f"{name}: {e}") from None
-            except ImageTooLarge as e:
-                raise RequestError(413, f"{name}: image too large: {e}") from None
-            except ImageDecodeError as e:
-                raise RequestError(400, f"{name}: cannot decode image ({e})") from None
-        return torch.stack(out)
+            w, h = self._guard(name, lambda d=data: image_size(io.BytesIO(d), self.settings.max_pixels))
+            total += w * h
+        if total > self.settings.max_request_pixels:
+            raise RequestError(413, f"the request's images hold {total:,} pixels, over the limit of "
+                               f"{self.settings.max_request_pixels:,} per request")
+        return torch.stack([torch.from_numpy(self._guard(name, lambda d=data: load_uint8(
+            io.BytesIO(d), self.clf.policy, self.settings.max_pixels)).copy()) for name, data in files])
+
+    @staticmethod
+    def _guard(name: str, work):
+        try:
+            return work()
+        except NotAnImage as e:
+            raise RequestError(415, f"{name}: {e}") from None
+        except ImageTooLarge as e:
+            raise RequestError(413, f"{name}: image too large: {e}") from None
+        except ImageDecodeError as e:
+            raise RequestError(400, f"{name}: cannot decode image ({e})") from None
 
     def top_k(self, top_k: str | None) -> int:
         k = self.settings.default_top_k
         if top_k is not None:
-            if not top_k.isdigit() or int(top_k) < 1:
-                raise RequestError(400, f"top_k must be a positive integer, got {top_k!r}")
+            if not TOP_K.fullmatch(top_k) or int(top_k) < 1:
+                raise RequestError(400, f"top_k must be a positive integer of at most 4 digits, got {top_k[:20]!r}")
             k = int(top_k)
         return min(k, len(self.clf.classes))
 
@@ -98,8 +114,7 @@ class PredictService:
             raise RequestError(400, "no image in the request: send multipart file fields or a raw image body")
         if len(files) > self.settings.max_files:
             raise RequestError(413, f"too many files: at most {self.settings.max_files} per request")
-        big = sum(len(d) for _, d in files) > SMALL
-        pixels = await asyncio.to_thread(self.decode, files) if big else self.decode(files)
+        pixels = await asyncio.to_thread(self.decode, files)  # a tiny file can declare a huge image
         logits = await self.batcher.submit(pixels, token)
         top = logits.float().softmax(1).topk(k, dim=1)
         classes = self.clf.classes
@@ -120,29 +135,43 @@ class PredictService:
                 "batching": {"max_batch": s.max_batch, "max_wait_ms": s.max_wait_ms}}
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The whole body, within `limit` bytes and `timeout_s` seconds (a client that drips its upload gets 408),
+    or 499 when the client goes away (nginx's code: counted, not a server error, no traceback)."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"request body of {int(declared):,} bytes is over the limit of {limit:,}")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestError(413, f"request body is over the limit of {limit:,} bytes")
-        chunks.append(chunk)
+
+    async def read() -> None:
+        nonlocal size
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(413, f"request body is over the limit of {limit:,} bytes")
+            chunks.append(chunk)
+    try:
+        await asyncio.wait_for(read(), timeout_s)
+    except asyncio.TimeoutError:
+        raise RequestError(408, f"request body not received within {timeout_s:g} s") from None
+    except ClientDisconnect:
+        raise RequestError(499, "client closed the connection before sending the whole request") from None
     return b"".join(chunks)
 
 
 async def uploaded_files(request: Request, body: bytes, settings: ServeSettings) -> list[tuple[str, bytes]]:
     """(name, bytes) of each multipart file field, or of the raw body."""
     ctype = request.headers.get("content-type", "")
-    if not ctype.startswith("multipart/form-data"):
+    if not ctype.lower().startswith("multipart/form-data"):  # media types are case-insensitive (RFC 9110)
         return [("body", body)] if body else []
+    media, _, params = ctype.partition(";")
+    headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-type"]
+    headers.append((b"content-type", f"multipart/form-data;{params}".encode("latin-1")))
 
     async def replay():
         return {"type": "http.request", "body": body, "more_body": False}
     try:
-        form = await Request(request.scope, replay).form(max_files=settings.max_files, max_fields=100,
+        form = await Request(dict(request.scope, headers=headers), replay).form(max_files=settings.max_files, max_fields=100,
                                                          max_part_size=settings.max_body_bytes)
     except HTTPException as e:
         if "Too many files" in str(e.detail):
@@ -164,6 +193,25 @@ router = APIRouter()
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
 async def page() -> HTMLResponse:
     return HTMLResponse(resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8"))
+
+
+async def docs(request: Request) -> HTMLResponse:
+    """The API described from its own OpenAPI schema, as plain HTML (no scripts or assets from elsewhere)."""
+    schema = request.app.openapi()
+    rows = []
+    for path, methods in schema["paths"].items():
+        for method, op in methods.items():
+            params = ", ".join(p["name"] for p in op.get("parameters", []))
+            rows.append(f"<tr><td><code>{method.upper()} {html.escape(path)}</code></td><td>{html.escape(params)}"
+                        f"</td><td>{html.escape(op.get('summary', ''))}. {html.escape(op.get('description', ''))}"
+                        f"</td></tr>")
+    auth = ("Send the API key as <code>Authorization: Bearer KEY</code> or <code>X-API-Key: KEY</code> on /v1/* and "
+            "/metrics." if request.app.state.service.settings.keys() else "This service has no API keys.")
+    return HTMLResponse(f"<!doctype html><meta charset=utf-8><title>{html.escape(schema['info']['title'])} API</title>"
+                        f"<h1>{html.escape(schema['info']['title'])} {html.escape(schema['info']['version'])}</h1>"
+                        f"<p>{html.escape(schema['info'].get('description', ''))}</p><p>{auth}</p>"
+                        f"<table border=1 cellpadding=4><tr><th>route</th><th>query</th><th>what</th></tr>"
+                        f"{''.join(rows)}</table><p>Machine-readable: <a href=/openapi.json>/openapi.json</a></p>")
 
 
 @router.get("/healthz", summary="Liveness: the process answers")
@@ -197,7 +245,7 @@ async def predict(request: Request, top_k: str | None = None, svc: PredictServic
         raise RequestError(503, "model is still loading; retry shortly (see /readyz)")
     token = svc.batcher.expect()  # an open batch may wait for this request while it is read and decoded
     try:
-        body = await read_body(request, svc.settings.max_body_bytes)
+        body = await read_body(request, svc.settings.max_body_bytes, svc.settings.read_timeout_s)
         files = await uploaded_files(request, body, svc.settings)
         return await svc.classify(files, k, token)
     finally:
@@ -212,12 +260,109 @@ def create_app(clf: ImageClassifier, settings: ServeSettings | None = None) -> "
     """The ASGI application (FastAPI inside a metrics layer) serving `clf`."""
     settings = settings or ServeSettings()
     svc = PredictService(clf, settings, Metrics())
-    app = FastAPI(title="resnetlab", version=__version__, lifespan=svc.lifespan,
+    app = FastAPI(title="resnetlab", version=__version__, lifespan=svc.lifespan, docs_url=None, redoc_url=None,
+                  openapi_url="/openapi.json" if settings.docs else None,
                   description=f"{clf.metadata['arch']} image classifier ({len(clf.classes)} classes)")
     app.state.service = svc
     app.add_exception_handler(RequestError, request_error)
     app.include_router(router)
-    return MetricsMiddleware(app, svc.metrics)
+    if settings.docs:
+        app.add_api_route("/docs", docs, methods=["GET"], response_class=HTMLResponse, include_in_schema=False)
+    return MetricsMiddleware(AccessMiddleware(app, settings), svc.metrics)
+
+
+class KeyRing:
+    """The service's API keys, re-read when the key file changes (so keys rotate without a restart)."""
+
+    def __init__(self, settings: ServeSettings) -> None:
+        self.settings = settings
+        self._stamp: tuple | None = None
+        self._keys = [k.encode() for k in settings.keys()]
+
+    def keys(self) -> list[bytes]:
+        path = self.settings.api_key_file
+        if path:
+            try:
+                st = os.stat(path)
+                stamp = (st.st_mtime_ns, st.st_size)
+            except OSError:
+                stamp = None  # the file went away: keep the keys last read
+            if stamp is not None and stamp != self._stamp:
+                try:
+                    self._keys = [k.encode() for k in self.settings.keys()]
+                    self._stamp = stamp
+                except Exception:  # a half-written key file: keep the keys last read
+                    pass
+        return self._keys
+
+    def accepts(self, given: bytes) -> bool:
+        ok = False
+        for key in self.keys():  # every key compared, in constant time each
+            ok |= hmac.compare_digest(given, key)
+        return ok
+
+
+SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+                    (b"referrer-policy", b"no-referrer"),
+                    (b"content-security-policy", b"default-src 'self'; img-src 'self' blob: data:; "
+                                                 b"style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'; "
+                                                 b"frame-ancestors 'none'")]
+
+
+class AccessMiddleware:
+    """Who may call: the Host header allowlist (DNS rebinding), API keys on /v1/* and /metrics, CORS only for
+    the configured origins, and security headers on every response. Pure ASGI, one line per refusal."""
+
+    def __init__(self, app, settings: ServeSettings) -> None:
+        self.app, self.settings = app, settings
+        self.state = app.state
+        self.hosts = settings.host_names()
+        self.ring = KeyRing(settings)
+        self.origins = {o.rstrip("/") for o in settings.cors_origins}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.lower(): v for k, v in scope["headers"]}
+        origin = headers.get(b"origin", b"").decode("latin-1").rstrip("/")
+        cors = [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin"),
+                (b"access-control-allow-headers", b"authorization, x-api-key, content-type"),
+                (b"access-control-allow-methods", b"GET, POST")] if origin and origin in self.origins else []
+
+        async def send_secured(message):
+            if message["type"] == "http.response.start":
+                extra = [h for h in SECURITY_HEADERS + cors if h[0] not in {k.lower() for k, _ in message["headers"]}]
+                message = dict(message, headers=list(message["headers"]) + extra)
+            await send(message)
+
+        host = headers.get(b"host", b"").decode("latin-1").lower()
+        name = host[1:].split("]")[0] if host.startswith("[") else host.rsplit(":", 1)[0] if host.count(":") == 1 \
+            else host
+        if self.hosts is not None and name not in self.hosts:
+            return await _refuse(send_secured, 403, f"host {host[:100]!r} is not served here (allowed: "
+                                 f"{', '.join(sorted(self.hosts))}; see --allowed-host)")
+        path = scope["path"]
+        if scope["method"] == "OPTIONS" and cors:
+            return await _refuse(send_secured, 204, None)
+        keys = self.ring.keys()
+        if keys and path.startswith(PROTECTED):
+            given = headers.get(b"x-api-key", b"")
+            auth = headers.get(b"authorization", b"")
+            if auth[:7].lower() == b"bearer ":
+                given = auth[7:].strip()
+            if not given or not self.ring.accepts(given):
+                return await _refuse(send_secured, 401, "missing or wrong API key: send Authorization: Bearer KEY "
+                                     "or X-API-Key: KEY", [(b"www-authenticate", b'Bearer realm="resnetlab"')])
+        await self.app(scope, receive, send_secured)
+
+
+async def _refuse(send, status: int, detail: str | None, headers: list | None = None) -> None:
+    import json
+    body = b"" if detail is None else json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})
 
 
 class MetricsMiddleware:

@@ -56,6 +56,51 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def header_timeout_protocol(seconds: float):
+    """uvicorn's h11 protocol with one more timer: a connection must complete each request's headers within
+    `seconds` of connecting or of its previous response (uvicorn itself times out only idle keep-alive
+    connections, and any byte — one every few seconds — resets that timer; a connection that never sends
+    anything is never closed)."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutProtocol(H11Protocol):
+        _header_timer = None
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._header_timer = self.loop.call_later(seconds, self._too_slow)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _too_slow(self) -> None:
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()  # the request line and headers did not arrive in time
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state is not h11.IDLE:
+                self._disarm()  # headers complete; the body has the app's read timeout
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return HeaderTimeoutProtocol
+
+
 def serve(checkpoint: str, backend: str = "torch", device: str = "cpu", settings: ServeSettings | None = None,
           access_log: bool = True, log=print) -> None:
     uvicorn = serving_modules()
@@ -68,8 +113,14 @@ def serve(checkpoint: str, backend: str = "torch", device: str = "cpu", settings
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     log(f"serving {clf.metadata['arch']} ({len(clf.classes)} classes, backend {clf.backend}) from {clf.path}")
-    log(f"page: http://{shown}:{port}/   API: http://{shown}:{port}/v1/predict   docs: http://{shown}:{port}/docs",
-        flush=True)
-    config = uvicorn.Config(app, log_level="info", access_log=access_log,
+    docs = f"   docs: http://{shown}:{port}/docs" if settings.docs else ""
+    log(f"page: http://{shown}:{port}/   API: http://{shown}:{port}/v1/predict{docs}", flush=True)
+    keys = len(settings.keys())
+    log(f"access: {f'{keys} API key(s) required on /v1/* and /metrics' if keys else 'no API key (open)'}; hosts "
+        f"{', '.join(sorted(settings.host_names())) if settings.host_names() else 'any'}"
+        f"{'; CORS for ' + ', '.join(settings.cors_origins) if settings.cors_origins else ''}", flush=True)
+    config = uvicorn.Config(app, log_level="info", access_log=access_log, http=header_timeout_protocol(
+                                settings.header_timeout_s), server_header=False,
+                            timeout_keep_alive=max(1, round(settings.keep_alive_s)),
                             timeout_graceful_shutdown=int(settings.graceful_timeout_s))
     uvicorn.Server(config).run(sockets=[sock])
