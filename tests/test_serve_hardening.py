@@ -295,3 +295,29 @@ def test_predict_classifies_the_good_files_and_reports_the_bad(small_checkpoint,
     assert rows["a.png"]["top"] == rows["d.png"]["top"] and "error" not in rows["a.png"]
     assert "cannot read image" in rows["b.png"]["error"] and "over the limit" in rows["c.webp"]["error"]
     assert "b.png" in captured.err and "2 of 4 file(s) could not be classified" in captured.err
+
+
+def test_a_60_second_soak_has_no_5xx_and_flat_memory(small_checkpoint):
+    """benchmarks/soak.py for one minute at 70 % of the measured capacity: good, bad, oversized, slow and
+    aborted clients; no 5xx seen by clients or counted by /metrics, RSS after warm-up within 5 %."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "soak.py"
+    r = subprocess.run([sys.executable, str(script), str(small_checkpoint), "--minutes", "1", "--window-s", "20"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "PASS: client 5xx 0, server 5xx 0" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+
+
+def test_sigterm_ends_a_slow_upload_with_503_and_exits_promptly(classifier):
+    import signal
+    server = ServeProcess(classifier.path)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as slow:
+        slow.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5000\r\n\r\n0123")
+        time.sleep(0.3)
+        t0 = time.perf_counter()
+        server.proc.send_signal(signal.SIGTERM)
+        answer = slow.recv(1000)
+        code, out = server.stop()
+    assert answer.startswith(b"HTTP/1.1 503") and b"shutting down" in answer
+    assert time.perf_counter() - t0 < 10 and code in (0, -signal.SIGTERM) and "Traceback" not in out

@@ -80,12 +80,6 @@ class ServeProcess:
             out, _ = self.proc.communicate()
         return self.proc.returncode, out or ""
 
-    def __enter__(self) -> "ServeProcess":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
 
 def write_cifar10_binary(root: str | os.PathLike, train: tuple[np.ndarray, np.ndarray],
                          test: tuple[np.ndarray, np.ndarray], classes: list[str] | None = None) -> Path:

@@ -50,6 +50,13 @@ class PredictService:
         self.clf, self.settings, self.metrics = clf, settings, metrics
         self.ready = False
         self.batcher: DynamicBatcher | None = None
+        self.stopping: asyncio.Event | None = None  # set on SIGTERM: uploads still arriving are ended with 503
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def begin_shutdown(self) -> None:
+        """Callable from a signal handler or another thread."""
+        if self._loop is not None and self.stopping is not None:
+            self._loop.call_soon_threadsafe(self.stopping.set)
 
     def run_model(self, batch: torch.Tensor) -> torch.Tensor:
         return self.clf.logits(batch)
@@ -63,6 +70,7 @@ class PredictService:
 
     @asynccontextmanager
     async def lifespan(self, app):
+        self._loop, self.stopping = asyncio.get_running_loop(), asyncio.Event()
         self.batcher = DynamicBatcher(self.run_model, self.settings.max_batch, self.settings.max_wait_ms,
                                       self.metrics.batch_done)
         await self.batcher.start()
@@ -135,9 +143,10 @@ class PredictService:
                 "batching": {"max_batch": s.max_batch, "max_wait_ms": s.max_wait_ms}}
 
 
-async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+async def read_body(request: Request, limit: int, timeout_s: float, stopping: asyncio.Event | None = None) -> bytes:
     """The whole body, within `limit` bytes and `timeout_s` seconds (a client that drips its upload gets 408),
-    or 499 when the client goes away (nginx's code: counted, not a server error, no traceback)."""
+    or 499 when the client goes away (nginx's code: counted, not a server error, no traceback), or 503 when
+    the server is shutting down before the upload is complete (so SIGTERM does not wait for slow clients)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"request body of {int(declared):,} bytes is over the limit of {limit:,}")
@@ -150,10 +159,21 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
             if size > limit:
                 raise RequestError(413, f"request body is over the limit of {limit:,} bytes")
             chunks.append(chunk)
+    task = asyncio.ensure_future(read())
+    stop = asyncio.ensure_future(stopping.wait()) if stopping is not None else None
     try:
-        await asyncio.wait_for(read(), timeout_s)
-    except asyncio.TimeoutError:
+        await asyncio.wait([t for t in (task, stop) if t is not None], timeout=timeout_s,
+                           return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if stop is not None:
+            stop.cancel()
+    if not task.done():
+        task.cancel()
+        if stopping is not None and stopping.is_set():
+            raise RequestError(503, "the server is shutting down; send the request again") from None
         raise RequestError(408, f"request body not received within {timeout_s:g} s") from None
+    try:
+        task.result()
     except ClientDisconnect:
         raise RequestError(499, "client closed the connection before sending the whole request") from None
     return b"".join(chunks)
@@ -164,15 +184,15 @@ async def uploaded_files(request: Request, body: bytes, settings: ServeSettings)
     ctype = request.headers.get("content-type", "")
     if not ctype.lower().startswith("multipart/form-data"):  # media types are case-insensitive (RFC 9110)
         return [("body", body)] if body else []
-    media, _, params = ctype.partition(";")
+    params = ctype.partition(";")[2]  # the form parser wants the media type in lower case
     headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-type"]
     headers.append((b"content-type", f"multipart/form-data;{params}".encode("latin-1")))
 
     async def replay():
         return {"type": "http.request", "body": body, "more_body": False}
     try:
-        form = await Request(dict(request.scope, headers=headers), replay).form(max_files=settings.max_files, max_fields=100,
-                                                         max_part_size=settings.max_body_bytes)
+        form = await Request(dict(request.scope, headers=headers), replay).form(
+            max_files=settings.max_files, max_fields=100, max_part_size=settings.max_body_bytes)
     except HTTPException as e:
         if "Too many files" in str(e.detail):
             raise RequestError(413, f"too many files: at most {settings.max_files} per request") from None
@@ -245,7 +265,7 @@ async def predict(request: Request, top_k: str | None = None, svc: PredictServic
         raise RequestError(503, "model is still loading; retry shortly (see /readyz)")
     token = svc.batcher.expect()  # an open batch may wait for this request while it is read and decoded
     try:
-        body = await read_body(request, svc.settings.max_body_bytes, svc.settings.read_timeout_s)
+        body = await read_body(request, svc.settings.max_body_bytes, svc.settings.read_timeout_s, svc.stopping)
         files = await uploaded_files(request, body, svc.settings)
         return await svc.classify(files, k, token)
     finally:

@@ -123,4 +123,11 @@ def serve(checkpoint: str, backend: str = "torch", device: str = "cpu", settings
                                 settings.header_timeout_s), server_header=False,
                             timeout_keep_alive=max(1, round(settings.keep_alive_s)),
                             timeout_graceful_shutdown=int(settings.graceful_timeout_s))
-    uvicorn.Server(config).run(sockets=[sock])
+    service = app.state.service
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            service.begin_shutdown()  # uploads still arriving end now, with 503, instead of holding the exit
+            super().handle_exit(sig, frame)
+
+    Server(config).run(sockets=[sock])
