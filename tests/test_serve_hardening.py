@@ -297,14 +297,17 @@ def test_predict_classifies_the_good_files_and_reports_the_bad(small_checkpoint,
     assert "b.png" in captured.err and "2 of 4 file(s) could not be classified" in captured.err
 
 
-def test_a_60_second_soak_has_no_5xx_and_flat_memory(small_checkpoint):
+def test_a_60_second_soak_has_no_5xx_and_no_gross_leak(small_checkpoint):
     """benchmarks/soak.py for one minute at 70 % of the measured capacity: good, bad, oversized, slow and
-    aborted clients; no 5xx seen by clients or counted by /metrics, RSS after warm-up within 5 %."""
+    aborted clients; no 5xx seen by clients or counted by /metrics. A minute is still warm-up for memory (the
+    30-minute soak in docs/results.md grew 6 % in its first 20 minutes, then stayed flat), so here RSS only has
+    to stay within 25 % of its first window: a leak per request would pass that in seconds."""
     import subprocess
     import sys
     from pathlib import Path
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "soak.py"
-    r = subprocess.run([sys.executable, str(script), str(small_checkpoint), "--minutes", "1", "--window-s", "20"],
+    r = subprocess.run([sys.executable, str(script), str(small_checkpoint), "--minutes", "1", "--window-s", "20",
+                        "--max-rss-growth", "0.25"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "PASS: client 5xx 0, server 5xx 0" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
 
@@ -317,7 +320,9 @@ def test_sigterm_ends_a_slow_upload_with_503_and_exits_promptly(classifier):
         time.sleep(0.3)
         t0 = time.perf_counter()
         server.proc.send_signal(signal.SIGTERM)
-        answer = slow.recv(1000)
+        answer = b""
+        while chunk := slow.recv(4096):  # the whole response; the server closes the connection after it
+            answer += chunk
         code, out = server.stop()
     assert answer.startswith(b"HTTP/1.1 503") and b"shutting down" in answer
     assert time.perf_counter() - t0 < 10 and code in (0, -signal.SIGTERM) and "Traceback" not in out
