@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import random
 import socket
 import sys
@@ -189,10 +190,13 @@ def main() -> None:
     ap.add_argument("--load", type=float, default=0.7, help="share of the measured capacity")
     ap.add_argument("--window-s", type=float, default=300)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--malloc-arena-max", type=int, default=None,
+                    help="run the server with glibc's MALLOC_ARENA_MAX=N (fewer per-thread heaps)")
     ap.add_argument("--max-rss-growth", type=float, default=0.05,
                     help="RSS growth after the first window allowed for PASS (short runs are still warming up)")
     args = ap.parse_args()
-    with ServeProcess(args.checkpoint, capture=False) as server:
+    env = dict(os.environ, **({"MALLOC_ARENA_MAX": str(args.malloc_arena_max)} if args.malloc_arena_max else {}))
+    with ServeProcess(args.checkpoint, capture=False, env=env) as server:
         out = soak(server.url, server.proc.pid, args.minutes * 60, args.load, args.window_s)
     print(json.dumps({k: v for k, v in out.items() if k != "windows"}))
     print("| window | good requests | p50 ms | p99 ms | statuses | server 5xx | RSS MB |")
