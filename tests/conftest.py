@@ -141,3 +141,17 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, "PNG")
     return buf.getvalue()
+
+
+def ready_client(app, base_url: str = "http://testserver"):
+    """A TestClient of a serving app, started (batcher, warm-up) and ready: /readyz answered 200."""
+    import time
+
+    from fastapi.testclient import TestClient
+    client = TestClient(app, base_url=base_url)
+    client.__enter__()
+    for _ in range(200):
+        if client.get("/readyz").status_code == 200:
+            return client
+        time.sleep(0.05)
+    raise AssertionError("service never became ready")

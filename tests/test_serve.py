@@ -21,7 +21,7 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from conftest import png_bytes
+from conftest import png_bytes, ready_client
 from resnetlab import load
 from resnetlab.data.cifar import load_cifar
 from resnetlab.serving.app import create_app
@@ -43,13 +43,7 @@ def classifier(small_checkpoint):
 
 def client_for(clf, **settings) -> TestClient:
     settings.setdefault("allowed_hosts", ["testserver"])  # the Host header TestClient sends
-    client = TestClient(create_app(clf, ServeSettings(**settings)))
-    client.__enter__()  # runs the app's startup (batcher, warm-up)
-    for _ in range(200):
-        if client.get("/readyz").status_code == 200:
-            return client
-        time.sleep(0.05)
-    raise AssertionError("service never became ready")
+    return ready_client(create_app(clf, ServeSettings(**settings)))
 
 
 @pytest.fixture(scope="module")

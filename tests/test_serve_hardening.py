@@ -19,7 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from conftest import png_bytes
+from conftest import png_bytes, ready_client
 from resnetlab import load
 from resnetlab.cli import main
 from resnetlab.errors import UserError
@@ -46,13 +46,7 @@ def good_png() -> bytes:
 
 
 def client_for(clf, base_url: str = "http://127.0.0.1", **settings) -> TestClient:
-    client = TestClient(create_app(clf, ServeSettings(**settings)), base_url=base_url)
-    client.__enter__()
-    for _ in range(200):
-        if client.get("/readyz").status_code == 200:
-            return client
-        time.sleep(0.05)
-    raise AssertionError("service never became ready")
+    return ready_client(create_app(clf, ServeSettings(**settings)), base_url)
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,10 @@ the same pixels: a skew between two hand-written decoders is a silent accuracy l
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 import torch
@@ -74,10 +75,16 @@ def open_rgb(source: str | Path | Image.Image | BinaryIO, max_pixels: int | None
     not let a small compressed upload expand into gigabytes)."""
     if isinstance(source, Image.Image):
         return to_rgb(ImageOps.exif_transpose(source))
+    with _decode_errors(), _open(source, max_pixels) as img:
+        img.load()
+        return to_rgb(ImageOps.exif_transpose(img))
+
+
+@contextlib.contextmanager
+def _decode_errors() -> Iterator[None]:
+    """PIL's many exceptions → ours: too large, not an image, or damaged (with the decoder's reason)."""
     try:
-        with _open(source, max_pixels) as img:
-            img.load()
-            return to_rgb(ImageOps.exif_transpose(img))
+        yield
     except Image.DecompressionBombError as e:
         raise ImageTooLarge(f"refused as a decompression bomb ({e})") from None
     except UnidentifiedImageError:
@@ -100,17 +107,8 @@ def _open(source: str | Path | BinaryIO, max_pixels: int | None) -> Image.Image:
 
 def image_size(source: str | Path | BinaryIO, max_pixels: int | None = None) -> tuple[int, int]:
     """(width, height) from the file's header alone (no pixel decoded), with open_rgb's checks and errors."""
-    try:
-        with _open(source, max_pixels) as img:
-            return img.size
-    except Image.DecompressionBombError as e:
-        raise ImageTooLarge(f"refused as a decompression bomb ({e})") from None
-    except UnidentifiedImageError:
-        raise NotAnImage(f"not an image in a known format ({', '.join(FORMATS)})") from None
-    except ImageDecodeError:
-        raise
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ImageDecodeError(str(e) or type(e).__name__) from None
+    with _decode_errors(), _open(source, max_pixels) as img:
+        return img.size
 
 
 def resize(img: Image.Image, policy: ResizePolicy) -> Image.Image:

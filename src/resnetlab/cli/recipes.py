@@ -4,10 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
-import yaml
-
 from ..errors import UserError
-from ..training.config import bundled_recipes, recipe_keys, recipe_text
+from ..training.config import bundled_recipes, load_recipe, recipe_keys, recipe_text
 
 
 def add_parser(sub) -> None:
@@ -35,11 +33,8 @@ def run(args: argparse.Namespace) -> None:
             print(f"{key:<36}{typ:<12}{json.dumps(default):<16}{allowed}")
         print("Set any of them in a recipe file or as key=value after the command, e.g. train.epochs=5.")
         return
-    rows = []
-    for name, f in bundled_recipes().items():
-        data = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
-        rows.append({"name": name, "model": (data.get("model") or {}).get("name", "resnet20"),
-                     "description": data.get("description", "")})
+    recipes = {name: load_recipe(name) for name in bundled_recipes()}  # the recipe's own defaults fill gaps
+    rows = [{"name": name, "model": r.model.name, "description": r.description} for name, r in recipes.items()]
     if args.json:
         print(json.dumps(rows, indent=2))
         return
