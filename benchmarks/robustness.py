@@ -89,7 +89,7 @@ def measure(checkpoint: str, data_dir: str | None, limit: int | None, write: Pat
     clf = load(checkpoint, device="cpu", batch_size=500)
     test = held_out(clf, data_dir, split)
     n = min(limit or len(test), len(test))
-    images = test.images[:n].permute(0, 2, 3, 1).numpy()
+    images = test.take(slice(0, n)).permute(0, 2, 3, 1).numpy()
     labels = test.labels[:n]
     out = {}
     for name, encode in variants(diagnose).items():

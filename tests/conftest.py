@@ -30,6 +30,14 @@ def write_cifar10_bin(root: Path, per_file: int = 40, seed: int = 0) -> Path:
     return write_cifar10_binary(root, train, parts[5], CLASSES)
 
 
+@pytest.fixture(autouse=True)
+def decoded_cache(tmp_path_factory, monkeypatch) -> Path:
+    """Decoded caches of the session's test folders go to one temporary folder, never the user's cache."""
+    root = tmp_path_factory.getbasetemp() / "resnetlab-cache"
+    monkeypatch.setenv("RESNETLAB_CACHE", str(root))
+    return root
+
+
 @pytest.fixture
 def tiny_cifar(tmp_path: Path) -> Path:
     """A data root holding a synthetic cifar-10-batches-bin (200 train, 40 test images)."""

@@ -23,6 +23,7 @@ from .models import apply_strategy, build_model, stage_lr_scales
 from .runtime import dist_context
 from .training.config import Recipe
 from .training.engine import Stage, Trainer
+from .training.features import FeatureLoader, PooledHead, compute_features, head_train_flops
 from .training.rundir import claim
 from .training.runner import finish_run, interruptible, prepare_run, quiet, write_recipe_file
 from .weights import IMAGENET_MEAN, IMAGENET_STD, load_backbone_weights, map_head, read_weights
@@ -61,13 +62,37 @@ def run_finetune(weights: str, recipe: Recipe, out: str | Path | None, data_dir:
         if epochs is not None:
             r.train.epochs = epochs
         frozen = apply_strategy(m, strategy, f.unfreeze_stages, freeze_stats)
+        log(f"[{prefix.rstrip('-')}] {strategy}: {count_params(m, trainable_only=True):,} trainable params")
+        if strategy == "linear-probe" and f.cached_features:
+            return head_stage(m, r, prefix, frozen)
         scales = stage_lr_scales(m, f.layer_decay) if strategy != "linear-probe" else None
         tr = Trainer(m, r, run.train, run.val, ctx, Stage(prefix, scales, frozen))
-        log(f"[{prefix.rstrip('-')}] {strategy}: {count_params(m, trainable_only=True):,} trainable params")
         state = tr.fit()
         res = finish_run(tr, splits, run.test, state, log=log)
         tr.release()  # the next stage wraps the model anew (other parameters train)
         res["strategy"] = strategy
+        return res
+
+    def head_stage(m: nn.Module, r: Recipe, prefix: str, frozen) -> dict:
+        """The head trained on the frozen backbone's features, computed once (training.features)."""
+        m.to(ctx.device)
+        if ctx.channels_last:
+            m.to(memory_format=torch.channels_last)
+        resize = ctx.meta["input_size"] if ctx.meta["input_size"] != splits.train.image_size else None
+        feats = compute_features(m, splits.train, splits.val if splits.val is not None else splits.test,
+                                 views=f.feature_views, augment=r.data.augment, batch_size=r.train.eval_batch_size,
+                                 seed=r.train.seed, mean=splits.mean, std=splits.std, device=ctx.device,
+                                 image_size=resize, amp_dtype=ctx.amp_dtype, channels_last=ctx.channels_last, log=log)
+        d = dist_context()
+        train_src = FeatureLoader(feats.train, feats.train_labels, r.train.batch_size, train=True, seed=r.train.seed,
+                                  shard=(d.rank, d.world_size))
+        val_src = FeatureLoader(feats.val, feats.val_labels, r.train.eval_batch_size, shard=(d.rank, d.world_size))
+        tr = Trainer(PooledHead(m), r, train_src, val_src, ctx, Stage(prefix, None, frozen, head_train_flops(m)))
+        state = tr.fit()
+        res = finish_run(tr, splits, run.test, state, log=log, unwrap=lambda head: head.net)
+        tr.release()
+        res.update(strategy="linear-probe", feature_s=round(feats.seconds, 2), feature_pflop=feats.flops / 1e15,
+                   train_time_min=res["train_time_min"] + feats.seconds / 60)
         return res
 
     log(f"fine-tuning {name} ({count_params(model):,} params) on {len(splits.train)} images, "

@@ -9,9 +9,9 @@ import sys
 from ..errors import RunInterrupted, UserError
 from ..runtime import shutdown_distributed
 from .._version import __version__
-from . import download, evaluate, export, finetune, models, predict, recipes, report, serve, train, tune
+from . import data, download, evaluate, export, finetune, models, predict, recipes, report, serve, train, tune
 
-COMMANDS = (models, recipes, train, evaluate, report, download, finetune, predict, export, serve, tune)
+COMMANDS = (models, recipes, train, evaluate, report, data, download, finetune, predict, export, serve, tune)
 
 
 def build_parser() -> argparse.ArgumentParser:

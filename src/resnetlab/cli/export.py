@@ -37,7 +37,7 @@ def check_pixels(args: argparse.Namespace) -> tuple[torch.Tensor, str]:
         return torch.stack([decoder.pixels(f) for f in files]), f"{len(files)} given images"
     _, splits = recorded_test_split(meta, path, args.data_dir, "cpu")
     n = min(args.check_count, len(splits.test))
-    return splits.test.images[:n], f"the first {n} images of its test split"
+    return splits.test.take(slice(0, n)), f"the first {n} images of its test split"
 
 
 def run(args: argparse.Namespace) -> None:

@@ -74,16 +74,43 @@ _LAYOUT = {  # dataset: {format: (folder, train files, test files, label bytes p
 
 @dataclass
 class ImageSet:
-    """A split held as one uint8 tensor (N, 3, H, W) plus int64 labels."""
+    """A split: uint8 pixels (N, 3, H, W) plus int64 labels.
+
+    `images` is the storage the split lives in (an in-memory tensor, or the memory map of a decoded cache)
+    and `rows`, when set, the split's rows in it: a subset is a view of the same storage, never a copy.
+    Read pixels with `take`; `len()` counts the split's images."""
 
     images: torch.Tensor
     labels: torch.Tensor
     classes: list[str]
     source: str = ""
     extra: dict = field(default_factory=dict)  # e.g. coarse labels for CIFAR-100
+    rows: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def image_size(self) -> int:
+        return self.images.shape[-1]
+
+    def take(self, idx: torch.Tensor | slice) -> torch.Tensor:
+        """Pixels of the split's images at positions idx (a copy of just those rows)."""
+        if self.rows is None:
+            return self.images[idx]
+        rows = self.rows[idx]
+        return self.images[rows] if rows.numel() else self.images[:0]
+
+    def subset(self, idx: torch.Tensor) -> "ImageSet":
+        """The images at positions idx, as a view of the same storage."""
+        rows = self.rows[idx] if self.rows is not None else idx
+        return ImageSet(self.images, self.labels[idx], self.classes, self.source, rows=rows)
+
+    def materialize(self) -> "ImageSet":
+        """The split as its own contiguous tensor (rows gathered), e.g. to move it to an accelerator."""
+        if self.rows is None:
+            return self
+        return ImageSet(self.take(slice(None)), self.labels, self.classes, self.source, self.extra)
 
 
 def resolve_data_root(data_dir: str | os.PathLike | None) -> Path:

@@ -1,8 +1,10 @@
-"""In-memory batches: the whole split as one uint8 tensor on the device, sampled with a seeded
-generator, augmented and normalised per batch (airbench style).
+"""Batches from uint8 storage: an in-memory tensor on the device (airbench style) or, on the CPU, the memory
+map of a decoded cache; sampled with a seeded generator, augmented and normalised per batch.
 
 Every epoch's order and augmentation come from a generator seeded by (seed, epoch), so an epoch can
-be replayed exactly after a resume.
+be replayed exactly after a resume. Orders: "random" (a full shuffle) or "quasi-random" (FFCV's order for
+data bigger than memory: contiguous chunks of the storage in a shuffled order, shuffled within a window of
+chunks, so the disk is read in long sequential runs).
 """
 from __future__ import annotations
 
@@ -16,16 +18,27 @@ from .augment import AugmentConfig, crop_flip, cutout, normalize, photo_artifact
 from .cifar import ImageSet
 
 
-def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean/std in [0, 1] units, in chunks so no float copy of the whole set is made."""
-    c = images.shape[1]
+ORDERS = ("random", "quasi-random")
+CHUNK_BYTES = 32 << 20   # quasi-random order: contiguous runs of about this many bytes of images
+WINDOW_CHUNKS = 8        # ... shuffled together in windows of this many chunks
+
+
+def channel_stats(data: ImageSet | torch.Tensor, chunk_bytes: int = 16 << 20
+                  ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean/std in [0, 1] units, read in chunks of about chunk_bytes of pixels (integer sums:
+    no float copy of the set, nor of a large chunk of it)."""
+    ds = data if isinstance(data, ImageSet) else ImageSet(data, torch.empty(len(data)), [])
+    c, h, w = ds.images.shape[1:]
+    chunk = max(1, chunk_bytes // (c * h * w))
     total = torch.zeros(c, dtype=torch.float64)
     total_sq = torch.zeros(c, dtype=torch.float64)
-    for i in range(0, len(images), chunk):
-        x = images[i:i + chunk].to(torch.float64).div_(255.0)
-        total += x.sum(dim=(0, 2, 3))
-        total_sq += (x * x).sum(dim=(0, 2, 3))
-    n = images.shape[0] * images.shape[2] * images.shape[3]
+    for i in range(0, len(ds), chunk):
+        x = ds.take(slice(i, i + chunk)).to(torch.int32)
+        total += x.sum(dim=(0, 2, 3), dtype=torch.int64).double()
+        total_sq += (x * x).sum(dim=(0, 2, 3), dtype=torch.int64).double()
+    total /= 255.0
+    total_sq /= 255.0**2
+    n = len(ds) * h * w
     mean = total / n
     std = (total_sq / n - mean**2).clamp_min(0).sqrt()
     return tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std)
@@ -60,9 +73,15 @@ class BatchLoader:
                  train: bool = False, augment: AugmentConfig | None = None, device: str | torch.device = "cpu",
                  seed: int = 0, drop_last: bool | None = None, channels_last: bool = False,
                  dtype: torch.dtype = torch.float32, image_size: int | None = None,
-                 shard: tuple[int, int] = (0, 1)) -> None:
+                 shard: tuple[int, int] = (0, 1), order: str = "random") -> None:
         self.device = torch.device(device)
-        self.images = data.images.to(self.device)
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
+        self.order = order
+        if self.device.type == "cpu":  # read in place: a memory-mapped cache stays on disk / in the page cache
+            self.images, self.rows = data.images, data.rows
+        else:  # the split's pixels on the device, once
+            self.images, self.rows = data.materialize().images.to(self.device), None
         self.labels = data.labels.to(self.device)
         self.batch_size = batch_size
         self.train = train
@@ -100,14 +119,19 @@ class BatchLoader:
             return 0, n
         return self.rank * n // self.world, (self.rank + 1) * n // self.world
 
-    def _indices(self) -> torch.Tensor:
+    def epoch_order(self, epoch: int | None = None) -> torch.Tensor:
+        """The positions of the split in the order the (or this) epoch yields them."""
         n = len(self.labels)
-        if self.train:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(n, generator=g)
-        else:
-            order = torch.arange(*self._block())
-        return order
+        if not self.train:
+            return torch.arange(*self._block())
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + (self.epoch if epoch is None else epoch))
+        if self.order == "quasi-random":
+            return quasi_random_order(n, max(1, CHUNK_BYTES // self.images[0].numel()), WINDOW_CHUNKS, g)
+        return torch.randperm(n, generator=g)
+
+    def _pixels(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.images[self.rows[idx.cpu()].to(self.images.device)] if self.rows is not None \
+            else self.images[idx]
 
     def epoch_size(self, epoch: int | None = None) -> int | None:
         """Side of the images this (or the given) epoch yields; None: as stored."""
@@ -134,7 +158,7 @@ class BatchLoader:
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = self._indices()
+        order = self.epoch_order()
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch + 7_919)
         start, state = self._start
         self._start = (0, None)
@@ -143,7 +167,16 @@ class BatchLoader:
         self._gen = g
         for b in range(start, len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size].to(self.device)
-            x = self.images[idx]
+            if self.train and self.world > 1:
+                # this rank reads only its slice of the global batch; the other rows stay zero (augmentation
+                # draws per image of the global batch, so every rank's draws equal one process's)
+                per = len(idx) // self.world
+                mine = slice(self.rank * per, (self.rank + 1) * per)
+                x = torch.zeros((len(idx),) + tuple(self.images.shape[1:]), dtype=self.images.dtype,
+                                device=self.device)
+                x[mine] = self._pixels(idx[mine])
+            else:
+                x = self._pixels(idx)
             if self.augment is not None and (self.augment.crop_padding or self.augment.flip):
                 x = crop_flip(x, self.augment, g, self._alternate_flips(idx))
             if self.augment is not None and self.augment.artifacts \
@@ -165,3 +198,14 @@ class BatchLoader:
             x = x.contiguous(memory_format=torch.channels_last if self.channels_last
                              else torch.contiguous_format)
             yield x, y
+
+
+def quasi_random_order(n: int, chunk: int, window: int, g: torch.Generator) -> torch.Tensor:
+    """A seeded permutation of range(n) that reads storage in runs: chunks of `chunk` consecutive positions
+    in a shuffled order, the positions of each window of `window` chunks shuffled together."""
+    starts = torch.randperm(math.ceil(n / chunk), generator=g) * chunk
+    out = []
+    for w in range(0, len(starts), window):
+        pos = torch.cat([torch.arange(int(s), min(n, int(s) + chunk)) for s in starts[w:w + window]])
+        out.append(pos[torch.randperm(len(pos), generator=g)])
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)

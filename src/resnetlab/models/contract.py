@@ -10,7 +10,7 @@ A family subclasses `ClassifierNet` and provides:
 Optional hooks, with defaults here: `supports_dilation` (backbones may trade strides for dilation),
 `fixed_parameters()` (never trained, whatever the strategy), `head_extras()` (modules that train with the
 head in a partial fine-tune, e.g. a pre-activation net's final BN) and `init_from_data(images)` (data-dependent
-initialisation before training, e.g. whitening filters).
+initialisation before training, e.g. whitening filters, from `init_images` training images; 0: not called).
 """
 from __future__ import annotations
 
@@ -55,6 +55,11 @@ class ClassifierNet(nn.Module):
 
     def head_extras(self) -> list[nn.Module]:
         return []
+
+    @property
+    def init_images(self) -> int:
+        """How many training images init_from_data wants (0: the model has no data-dependent initialisation)."""
+        return 0
 
     def init_from_data(self, images: torch.Tensor) -> None:
         """Data-dependent initialisation from normalised training images (N, C, H, W); default: none."""

@@ -98,6 +98,10 @@ class ResNet9(ClassifierNet):
     def stages(self) -> list[nn.Module]:
         return [self.layer1, self.layer2, self.layer3]
 
+    @property
+    def init_images(self) -> int:
+        return 5000 if self.whiten is not None else 0
+
     def init_from_data(self, images: torch.Tensor) -> None:
         self.init_whitening(images)
 

@@ -31,7 +31,7 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     dataset: str = "cifar10"        # cifar10 | cifar100 | folder
-    path: str | None = None         # image folder root when dataset == folder
+    path: str | None = None         # dataset folder: an image folder, a .csv/.jsonl manifest or .tar shards
     val_size: float = 0.1           # images (>=1) or fraction (<1) held out for validation; 0 = none
     split_seed: int = 0
     test_fraction: float = 0.2      # image folders without train/ + test/: share held out as test
@@ -39,6 +39,9 @@ class DataConfig:
     verify: bool = True
     strict: bool = False
     subset: int = 0                 # use a stratified slice of N training (and N/5 test) images; 0 = all
+    workers: int = 0                # processes decoding a folder into its cache; 0 = one per core
+    order: str = "auto"             # random | quasi-random (chunked reads) | auto: quasi-random when the
+                                    # decoded data is bigger than the memory available
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # the batch pipeline's own config
 
 
@@ -106,6 +109,9 @@ class FinetuneConfig:
     freeze_bn_stats: bool = False   # two-stage stage 2 / partial / full: keep BN running stats frozen
     layer_decay: float = 1.0        # discriminative lr: stage k of K gets lr * decay**(K-k); 1 = off
     compare: bool = True            # also report a linear probe of the pretrained net (before/after)
+    cached_features: bool = True    # head-only training (linear probe, two-stage stage 1) on the frozen
+                                    # backbone's pooled features, computed once per run
+    feature_views: int = 1          # ... of each training image: 1 = as stored, K > 1 adds K-1 augmented views
 
 
 @dataclass
@@ -134,6 +140,7 @@ def _plain(value: Any) -> Any:
 
 CHOICES = {
     "data.dataset": ("cifar10", "cifar100", "folder"),
+    "data.order": ("auto", "random", "quasi-random"),
     "data.augment.pad_mode": ("zeros", "reflect"),
     "data.augment.flip_mode": ("random", "alternate"),
     "optim.name": ("sgd", "adam", "adamw"),
@@ -228,6 +235,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "data.test_fraction": (0, 1, False, False),
     "data.image_size": (8, 4096, True, True),
     "data.subset": (0, None, True, True),
+    "data.workers": (0, 512, True, True),
     "data.augment.crop_padding": (0, 64, True, True),
     "data.augment.cutout": (0, 4096, True, True),
     "data.augment.jpeg": (0, 1, True, True),
@@ -261,6 +269,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "finetune.stage1_epochs": (1, None, True, True),
     "finetune.stage2_lr_mult": (0, None, False, True),
     "finetune.layer_decay": (0, 1, False, True),
+    "finetune.feature_views": (1, 64, True, True),
 }
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 

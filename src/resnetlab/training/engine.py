@@ -110,6 +110,7 @@ class Stage:
     prefix: str = ""                 # checkpoint and metrics file prefix ("stage1-")
     lr_scales: dict[str, float] | None = None  # parameter-name prefix → lr multiplier
     frozen_bn: Callable[[nn.Module], None] | None = None  # re-applied after every model.train()
+    train_flops: int | None = None   # per sample, when the model does not train on images (a head on features)
 
 
 @dataclass
@@ -198,10 +199,12 @@ class Trainer:
             import gc
             gc.collect()
 
-    def forward_macs(self, size: int) -> int:
-        return count_macs(_cpu_copy(self.model), size)
+    def forward_macs(self, size: int, model: nn.Module | None = None) -> int:
+        return count_macs(_cpu_copy(model if model is not None else self.model), size)
 
     def train_flops_per_image(self, size: int) -> int:
+        if self.stage.train_flops is not None:
+            return self.stage.train_flops
         if size not in self._flops_at:
             self._flops_at[size] = count_train_flops(_cpu_copy(self.model), size)
         return self._flops_at[size]

@@ -53,8 +53,12 @@ def load_splits(cfg: DataConfig, data_dir: str | None, progress: bool = True,
     """Train / validation / test ImageSets for a data config; mean/std from the training split
     unless given (pretrained weights bring their own normalisation)."""
     if cfg.dataset == "folder":
+        if not cfg.path:
+            raise UserError("recipe key data.path: a folder dataset needs the path of its images (a folder, a "
+                            ".csv/.jsonl manifest or .tar shards)")
         train, test = load_image_folder(cfg.path, size=cfg.image_size or 32, split=cfg.test_fraction,
-                                        seed=cfg.split_seed, strict=cfg.strict, progress=progress)
+                                        seed=cfg.split_seed, strict=cfg.strict, progress=progress,
+                                        workers=cfg.workers, log=log)
     else:
         train, test = load_cifar_splits(data_dir, cfg.dataset, cfg.verify, download_missing=True, log=log)
     if cfg.subset:
@@ -68,7 +72,7 @@ def load_splits(cfg: DataConfig, data_dir: str | None, progress: bool = True,
                             f"(training split has {len(train)})")
         keep, held = stratified_split(train.labels, frac, cfg.split_seed)
         train, val = subset(train, keep), subset(train, held)
-    mean, std = mean_std if mean_std else channel_stats(train.images)
+    mean, std = mean_std if mean_std else channel_stats(train)
     return Splits(train, val, test, tuple(mean), tuple(std))
 
 
@@ -86,7 +90,7 @@ def make_loaders(recipe: Recipe, splits: Splits, device: torch.device, channels_
     # ends on full-size images, the size it is tested at
     a = recipe.data.augment
     aug = dataclasses.replace(a, epoch_sizes=tuple(a.epoch_sizes)[:max(t.epochs - 1, 0)])
-    resize = input_size if input_size and input_size != splits.train.images.shape[-1] else None
+    resize = input_size if input_size and input_size != splits.train.image_size else None
     common = dict(mean=splits.mean, std=splits.std, device=device, channels_last=channels_last,
                   image_size=resize)
     ctx = dist_context()
@@ -94,10 +98,32 @@ def make_loaders(recipe: Recipe, splits: Splits, device: torch.device, channels_
         raise UserError(f"train.batch_size {t.batch_size} (the global batch) is not divisible by the "
                         f"{ctx.world_size} processes")
     common["shard"] = (ctx.rank, ctx.world_size)
-    train = BatchLoader(splits.train, t.batch_size, train=True, augment=aug, seed=t.seed, **common)
+    train = BatchLoader(splits.train, t.batch_size, train=True, augment=aug, seed=t.seed,
+                        order=resolve_order(recipe.data.order, splits.train), **common)
     test = BatchLoader(splits.test, t.eval_batch_size, **common)
     val = BatchLoader(splits.val, t.eval_batch_size, **common) if splits.val is not None else test
     return train, val, test
+
+
+def resolve_order(order: str, train: ImageSet) -> str:
+    """data.order=auto: quasi-random (chunked, sequential reads) when the training images' storage is bigger
+    than the memory available now, else a full shuffle. prepare_run records the choice in the recipe, so a
+    resumed run keeps it."""
+    if order != "auto":
+        return order
+    return "quasi-random" if train.images.numel() > available_memory() else "random"
+
+
+def available_memory() -> int:
+    """MemAvailable from /proc/meminfo (bytes); unknown systems: no limit."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 1 << 62
 
 
 def model_meta(name: str, kwargs: dict, classes: list[str], mean, std, input_size: int,
@@ -129,7 +155,7 @@ def setup_runtime(recipe: Recipe, distributed: bool = False) -> tuple[torch.devi
 # (e.g. train.epochs to train longer, optim.lr after a divergence, the device it runs on).
 RESUME_SAFE = ("train.epochs", "train.max_steps", "optim.lr", "train.device", "train.log_every",
                "train.checkpoint_every_min", "train.tta", "train.tta_shift", "train.eval_every", "train.eval_batch_size", "train.grad_clip",
-               "data.verify", "data.strict", "train.early_stopping.patience", "train.early_stopping.min_delta")
+               "data.verify", "data.strict", "data.workers", "train.early_stopping.patience", "train.early_stopping.min_delta")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -227,9 +253,15 @@ def prepare_run(recipe: Recipe, out: str | Path | None, data_dir: str | None, *,
     if splits.val is None:
         log("no validation split (data.val_size=0): per-epoch figures are on the test split, for monitoring "
             "only; nothing is selected or stopped on them")
+    if recipe.data.order == "auto":
+        recipe.data.order = resolve_order("auto", splits.train)
+        if recipe.data.order == "quasi-random":
+            log(f"data: {splits.train.images.numel() / 1e9:.1f} GB of decoded images is more than the "
+                f"{available_memory() / 1e9:.1f} GB of memory available: reading in chunks "
+                f"(data.order=quasi-random)")
     train_l, val_l, test_l = make_loaders(recipe, splits, device, cl, input_size)
     meta = model_meta(arch, kwargs, splits.classes, splits.mean, splits.std, input_size, recipe,
-                      decode_size=splits.train.images.shape[-1], dataset=data_ref(recipe.data, data_dir),
+                      decode_size=splits.train.image_size, dataset=data_ref(recipe.data, data_dir),
                       **extra_meta)
     ctx = RunContext(run_dir, meta, device, amp, cl, monitor_only=splits.val is None, progress=progress,
                      log=log, on_epoch=on_epoch)
@@ -295,10 +327,10 @@ def train_recipe(recipe: Recipe | None, out: str | Path | None, data_dir: str | 
     log = run.ctx.log
     torch.manual_seed(recipe.train.seed)
     model = build_model(m.name, len(run.splits.classes), m.kwargs)
-    if not resume:
+    if not resume and model.init_images:
         # data-dependent initialisation (ResNet-9's whitening filters), from unaugmented training images
-        sample = run.splits.train.images[torch.randperm(len(run.splits.train), generator=torch.Generator()
-                                                        .manual_seed(recipe.train.seed))[:5000]]
+        sample = run.splits.train.take(torch.randperm(len(run.splits.train), generator=torch.Generator()
+                                                      .manual_seed(recipe.train.seed))[:model.init_images])
         model.init_from_data(normalize(sample, torch.tensor(run.splits.mean), torch.tensor(run.splits.std)))
     log(f"model: {m.name} {m.kwargs or ''} {count_params(model):,} params; device "
         f"{describe_device(run.ctx.device, run.ctx.amp_dtype)}{', channels_last' if run.ctx.channels_last else ''}")
@@ -331,9 +363,11 @@ def check_out_dir(run_dir: Path) -> None:
         raise UserError(f"{run_dir}: {p} is not writable; choose another --out")
 
 
-def finish_run(trainer: Trainer, splits: Splits, test_loader, state: TrainerState, log=print) -> dict[str, Any]:
+def finish_run(trainer: Trainer, splits: Splits, test_loader, state: TrainerState, log=print,
+               unwrap=None) -> dict[str, Any]:
     """Test the chosen weights and record results: best-on-validation when a validation split exists
-    (choosing on test would be cheating), else the final weights."""
+    (choosing on test would be cheating), else the final weights. unwrap: the network that reads images,
+    given the trainer's model (a head trained on features: the whole network it belongs to)."""
     run_dir, prefix = trainer.run_dir, trainer.prefix
     # rank 0 decides and holds the file; the others get its weights (no shared file system needed)
     if broadcast_flag(splits.val is not None and (run_dir / f"{prefix}best.safetensors").is_file()):
@@ -344,20 +378,21 @@ def finish_run(trainer: Trainer, splits: Splits, test_loader, state: TrainerStat
         chosen = f"best on validation (epoch {state.best_epoch})"
     else:
         chosen = "final"
-    if chosen == "final" and splits.val is None and not trainer.recipe.train.tta and trainer.last_val is not None:
+    model = unwrap(trainer.eval_model) if unwrap else trainer.eval_model
+    if chosen == "final" and splits.val is None and not trainer.recipe.train.tta and trainer.last_val is not None \
+            and unwrap is None:
         test = trainer.last_val  # the last epoch already evaluated these weights on the test split
     else:
-        test = evaluate(trainer.eval_model, test_loader, trainer.num_classes, tta=trainer.recipe.train.tta,
+        test = evaluate(model, test_loader, trainer.num_classes, tta=trainer.recipe.train.tta,
                         amp_dtype=trainer.amp_dtype, tta_shift=trainer.recipe.train.tta_shift)
     if not dist_context().is_main:  # rank 0 writes the results; the others took part in the evaluation
         barrier()
         return {"test": test.summary()}
     hist = state.history
     speeds = [h["img_per_s"] for h in hist[1:]] or [h["img_per_s"] for h in hist]
-    model = trainer.eval_model
     results = {
         "model": trainer.meta["arch"], "test": test.summary(), "weights": chosen,
-        "params": count_params(model), "macs": trainer.forward_macs(trainer.meta["input_size"]),
+        "params": count_params(model), "macs": trainer.forward_macs(trainer.meta["input_size"], model),
         "train_time_min": state.elapsed / 60,
         "train_pflop": hist[-1]["train_pflop"] if hist else 0.0, "epochs": state.epoch, "steps": state.step,
         "img_per_s": sum(speeds) / max(1, len(speeds)), "device": describe_device(trainer.device, trainer.amp_dtype),
