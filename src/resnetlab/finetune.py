@@ -89,10 +89,9 @@ def run_finetune(weights: str, recipe: Recipe, out: str | Path | None, data_dir:
         val_src = FeatureLoader(feats.val, feats.val_labels, r.train.eval_batch_size, shard=(d.rank, d.world_size))
         tr = Trainer(PooledHead(m), r, train_src, val_src, ctx, Stage(prefix, None, frozen, head_train_flops(m)))
         state = tr.fit()
-        res = finish_run(tr, splits, run.test, state, log=log, unwrap=lambda head: head.net)
+        res = finish_run(tr, splits, run.test, state, log=log, unwrap=lambda head: head.net, features=feats)
         tr.release()
-        res.update(strategy="linear-probe", feature_s=round(feats.seconds, 2), feature_pflop=feats.flops / 1e15,
-                   train_time_min=res["train_time_min"] + feats.seconds / 60)
+        res["strategy"] = "linear-probe"
         return res
 
     log(f"fine-tuning {name} ({count_params(model):,} params) on {len(splits.train)} images, "

@@ -12,7 +12,7 @@ from .common import add_data_flags, add_overrides, flag_overrides
 def add_parser(sub) -> None:
     s = sub.add_parser("finetune", help="fine-tune pretrained weights on new data")
     s.add_argument("--weights", required=True, help="resnetlab .safetensors, torchvision .pth, or torchvision:NAME")
-    s.add_argument("--data", required=True, help="image folder, or cifar10 / cifar100")
+    s.add_argument("--data", required=True, help="image folder, .csv/.jsonl manifest, .tar shards, or cifar10 / cifar100")
     s.add_argument("--recipe", default="finetune_cifar100_subset", help="a bundled recipe name or a YAML file (default: finetune_cifar100_subset)")
     s.add_argument("--strategy", choices=["linear-probe", "partial", "full", "two-stage"], default=None)
     s.add_argument("--unfreeze-stages", type=int, default=None)

@@ -23,7 +23,7 @@ CHUNK_BYTES = 32 << 20   # quasi-random order: contiguous runs of about this man
 WINDOW_CHUNKS = 8        # ... shuffled together in windows of this many chunks
 
 
-def channel_stats(data: ImageSet | torch.Tensor, chunk_bytes: int = 16 << 20
+def channel_stats(data: ImageSet | torch.Tensor, chunk_bytes: int = 4 << 20
                   ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean/std in [0, 1] units, read in chunks of about chunk_bytes of pixels (integer sums:
     no float copy of the set, nor of a large chunk of it)."""

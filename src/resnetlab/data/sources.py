@@ -200,7 +200,7 @@ def scan_shards(spec: str, cache_root: Path | None = None, progress: bool = True
     for f in files:
         _stat_digest(h, f, f.name)
         try:
-            with tarfile.open(f) as tar:
+            with tarfile.open(f, "r:") as tar:  # WebDataset shards are plain (uncompressed) tar files
                 members: dict[str, dict[str, tarfile.TarInfo]] = {}
                 for m in tar:
                     if not m.isfile():
@@ -216,7 +216,8 @@ def scan_shards(spec: str, cache_root: Path | None = None, progress: bool = True
                     label = tar.extractfile(lab).read().decode("utf-8").strip()
                     samples.append(Sample(f"{f.name}/{key}", label, str(f), img.name))
         except (tarfile.TarError, OSError, UnicodeDecodeError) as e:
-            raise UserError(f"{f}: not a readable tar shard ({e})") from None
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise UserError(f"{f}: not a readable tar shard ({why})") from None
     if not samples:
         raise UserError(f"{spec}: no samples (each needs KEY.jpg|png|jpeg|bmp|webp and KEY.cls or KEY.txt)")
     labels = {s.label for s in samples}
@@ -233,7 +234,7 @@ def read_bytes(sample: Sample, tars: dict[str, tarfile.TarFile] | None = None) -
     tars = {} if tars is None else tars
     tar = tars.get(sample.file)
     if tar is None:
-        tar = tars[sample.file] = tarfile.open(sample.file)
+        tar = tars[sample.file] = tarfile.open(sample.file, "r:")
     f = tar.extractfile(sample.member)
     if f is None:
         raise OSError(f"{sample.member} is not a file in {sample.file}")

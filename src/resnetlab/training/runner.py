@@ -32,6 +32,7 @@ from ..runtime import (barrier, broadcast_flag, broadcast_module, broadcast_str,
 from ..weights import read_checkpoint, read_metadata, save_checkpoint
 from .config import DataConfig, Recipe, load_recipe, recipe_from_dict, recipe_yaml
 from .engine import RunContext, Trainer, TrainerState
+from .features import FeatureSet
 from .rundir import claim, next_run_dir
 
 
@@ -364,10 +365,11 @@ def check_out_dir(run_dir: Path) -> None:
 
 
 def finish_run(trainer: Trainer, splits: Splits, test_loader, state: TrainerState, log=print,
-               unwrap=None) -> dict[str, Any]:
+               unwrap=None, features: FeatureSet | None = None) -> dict[str, Any]:
     """Test the chosen weights and record results: best-on-validation when a validation split exists
     (choosing on test would be cheating), else the final weights. unwrap: the network that reads images,
-    given the trainer's model (a head trained on features: the whole network it belongs to)."""
+    given the trainer's model; features: the pooled features a head trained on (their time and FLOPs count as
+    training)."""
     run_dir, prefix = trainer.run_dir, trainer.prefix
     # rank 0 decides and holds the file; the others get its weights (no shared file system needed)
     if broadcast_flag(splits.val is not None and (run_dir / f"{prefix}best.safetensors").is_file()):
@@ -393,18 +395,21 @@ def finish_run(trainer: Trainer, splits: Splits, test_loader, state: TrainerStat
     results = {
         "model": trainer.meta["arch"], "test": test.summary(), "weights": chosen,
         "params": count_params(model), "macs": trainer.forward_macs(trainer.meta["input_size"], model),
-        "train_time_min": state.elapsed / 60,
-        "train_pflop": hist[-1]["train_pflop"] if hist else 0.0, "epochs": state.epoch, "steps": state.step,
+        "train_time_min": (state.elapsed + (features.seconds if features else 0.0)) / 60,
+        "train_pflop": (hist[-1]["train_pflop"] if hist else 0.0) + (features.flops / 1e15 if features else 0.0),
+        "epochs": state.epoch, "steps": state.step,
         "img_per_s": sum(speeds) / max(1, len(speeds)), "device": describe_device(trainer.device, trainer.amp_dtype),
         "stopped": state.stop_message or (state.stop.value if state.stop else None), "per_class": dict(zip(splits.classes, test.per_class())),
     }
+    if features:
+        results.update(feature_s=round(features.seconds, 2), feature_pflop=features.flops / 1e15)
     meta = dict(trainer.meta, metrics={"test": test.summary(), "val_best": state.best},
                 epoch=state.epoch, step=state.step)
     save_checkpoint(run_dir / f"{prefix}best.safetensors", model.state_dict(), meta)
     atomic_write_text(run_dir / f"{prefix}results.json", json.dumps(results, indent=2))
     write_confusion(test, splits.classes, run_dir / f"{prefix}confusion")
     log(f"test ({chosen} weights): top-1 {test.top1:.4f}  top-5 {test.top5:.4f}  loss {test.loss:.4f}  "
-        f"[{state.elapsed / 60:.1f} min training, {results['train_pflop']:.3f} PFLOP]")
+        f"[{results['train_time_min']:.1f} min training, {results['train_pflop']:.3f} PFLOP]")
     barrier()
     return results
 
