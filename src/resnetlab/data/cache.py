@@ -100,7 +100,9 @@ class DecodedCache:
 
 def cache_name(listing: Listing, policy: ResizePolicy) -> str:
     key = hashlib.sha256(json.dumps([FORMAT, listing.kind, listing.identity, policy.to_dict()]).encode())
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(listing.identity.rstrip("/")).name)[:40] or "source"
+    where = Path(listing.identity.rstrip("/"))
+    name = f"{where.parent.name}-{where.name}" if where.name in ("train", "test", "val") else where.name
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:40] or "source"
     return f"{slug}-{policy.input_size}px-{key.hexdigest()[:12]}"
 
 

@@ -418,6 +418,7 @@ def data_ref(cfg: DataConfig, data_dir: str | None) -> dict:
     """Where the data came from, so eval and resume find it again (absolute paths; the data root as
     resolved at the time: --data-dir, $RESNETLAB_DATA or ./data)."""
     root = str(resolve_data_root(data_dir).resolve()) if cfg.dataset != "folder" else None
-    path = str(Path(cfg.path).resolve()) if cfg.path else None
+    url = cfg.path and cfg.path.startswith(("http://", "https://"))
+    path = (cfg.path if url else str(Path(cfg.path).resolve())) if cfg.path else None
     return {"dataset": cfg.dataset, "path": path, "data_dir": root,
             "val_size": cfg.val_size, "split_seed": cfg.split_seed, "test_fraction": cfg.test_fraction}
