@@ -103,3 +103,34 @@ def test_export_bad_options_one_line(small_checkpoint, args, message, capsys):
 def test_export_of_missing_checkpoint(tmp_path, capsys):
     assert main(["export", str(tmp_path / "none.safetensors")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_int8_export_passes_its_check_and_loads(small_checkpoint, real_data, tmp_path, capsys):
+    out = tmp_path / "m.int8.onnx"
+    assert main(["export", str(small_checkpoint), "--int8", "--calibration", "256", "--check-count", "500",
+                 "--out", str(out)]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if "agrees with float" in ln)
+    agree = float(line.split("float on ")[1].split("%")[0]) / 100
+    fp32, int8 = (float(x.split("%")[0]) for x in line.split("top-1 float ")[1].split(", int8 "))
+    assert agree >= 0.99 and fp32 - int8 <= 0.5, line
+    model = onnx.load(str(out))
+    assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)  # QDQ: the graph really is int8
+    meta = json.loads({p.key: p.value for p in model.metadata_props}["resnetlab"])
+    assert meta["quantization"]["calibration_images"] == 256
+    # resnetlab.load takes the int8 file: the same API, and the float model's answers on real images
+    clf8, clf = load(out), load(small_checkpoint, device="cpu")
+    images = load_cifar(real_data, "cifar10", "test").images[:200]
+    a = [r["top"][0]["class"] for r in clf8.predict(images)]
+    b = [r["top"][0]["class"] for r in clf.predict(images)]
+    assert clf8.backend == "onnx" and np.mean([x == y for x, y in zip(a, b)]) >= 0.97
+
+
+def test_int8_export_that_fails_its_check_writes_nothing(small_checkpoint, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(export_mod, "INT8_MIN_AGREEMENT", 1.01)  # no model can pass: the refusal path
+    out = tmp_path / "m.int8.onnx"
+    assert main(["export", str(small_checkpoint), "--int8", "--calibration", "32", "--check-count", "64",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "nothing written" in err and "\n" not in err and not out.exists()
+    assert main(["export", str(small_checkpoint), "--int8", "--format", "export"]) == 2
+    assert "--int8 needs --format onnx" in capsys.readouterr().err

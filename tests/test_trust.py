@@ -309,8 +309,8 @@ def test_image_folder_problems(tmp_path, monkeypatch, capsys):
         load_image_folder(single, progress=False)
     from PIL import Image as PILImage
     monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 100)  # any 32x32 image is now a "bomb"
-    with pytest.raises(UserError, match="decompression bomb"):
-        load_image_folder(root, strict=True, progress=False)
+    with pytest.raises(UserError, match="decompression bomb"):  # another size: a new cache, decoded now
+        load_image_folder(root, size=16, strict=True, progress=False)
 
 
 # -------------------------------------------------------------------------------------------- downloads

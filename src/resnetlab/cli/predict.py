@@ -15,18 +15,20 @@ def add_parser(sub) -> None:
     s.add_argument("images", nargs="+", help="image files and/or folders")
     s.add_argument("--top-k", type=int, default=3)
     s.add_argument("--json", action="store_true")
+    s.add_argument("--explain", metavar="DIR", help="also write each image's Grad-CAM overlay to DIR/<name>.cam.png")
     s.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> None:
-    results = predict(args.checkpoint, args.images, args.top_k)
+    results = predict(args.checkpoint, args.images, args.top_k, explain_dir=args.explain)
     bad = [r for r in results if "error" in r]
     if args.json:
         print(json.dumps(results, indent=2))
     else:
         for r in results:
             if "top" in r:
-                print(r["file"] + "  " + "  ".join(f"{t['class']} {t['prob']:.3f}" for t in r["top"]))
+                print(r["file"] + "  " + "  ".join(f"{t['class']} {t['prob']:.3f}" for t in r["top"])
+                      + (f"  → {r['explanation']['file']}" if "explanation" in r else ""))
     for r in bad:
         print(f"{r['file']}: {r['error']}", file=sys.stderr)
     if bad:  # the good files are classified above; the run still says it was not clean

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from ..errors import UserError
-from ..preprocessing import ImageDecodeError, ResizePolicy, load_uint8
+from ..preprocessing import ImageDecodeError, ResizePolicy, load_uint8, open_rgb
 
 ImageLike = str | Path | Image.Image | np.ndarray
 
@@ -34,16 +34,37 @@ class ImageClassifier:
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def explain(self, images: ImageLike | Sequence[ImageLike], method: str = "gradcam",
+                target: int | str | None = None) -> list:
+        """Per image an Explanation (inference.explain): needs the PyTorch model (see Classifier)."""
+        raise UserError(f"explanations need the PyTorch model (a .safetensors checkpoint); the {self.backend} "
+                        f"backend cannot compute gradients")
+
+    def target_index(self, target: int | str | None) -> int | None:
+        """A class to explain, by index or name, checked; None: each image's predicted class."""
+        if target is None:
+            return None
+        if isinstance(target, str) and target in self.classes:
+            return self.classes.index(target)
+        if isinstance(target, int) and not isinstance(target, bool) and 0 <= target < len(self.classes):
+            return target
+        raise UserError(f"target {target!r} is not one of the model's classes (a name, or an index below "
+                        f"{len(self.classes)})")
+
     def pixels(self, image: ImageLike) -> torch.Tensor:
         """One image as the uint8 (3, S, S) tensor the model's preprocessing starts from."""
-        if isinstance(image, np.ndarray):
-            if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
-                raise UserError(f"numpy image must be uint8 HxW or HxWxC (C = 1, 3 or 4), got {image.dtype} "
-                                f"{image.shape}")
-            image = Image.fromarray(image[:, :, 0] if image.ndim == 3 and image.shape[2] == 1 else image)
+        image = _from_array(image)
         try:
             return torch.from_numpy(load_uint8(image, self.policy).copy())
         except ImageDecodeError as e:  # only files can fail to decode
+            raise UserError(f"{image}: cannot decode image ({e})") from None
+
+    def original(self, image: ImageLike) -> Image.Image:
+        """One image decoded at its own size (EXIF orientation applied, RGB): what explanations are drawn on."""
+        image = _from_array(image)
+        try:
+            return open_rgb(image)
+        except ImageDecodeError as e:
             raise UserError(f"{image}: cannot decode image ({e})") from None
 
     def predict(self, images: ImageLike | Sequence[ImageLike] | torch.Tensor, top_k: int = 5) -> list[dict[str, Any]]:
@@ -81,3 +102,11 @@ class ImageClassifier:
             t = torch.stack([torch.from_numpy(load_uint8(Image.fromarray(x.permute(1, 2, 0).numpy()), self.policy).copy())
                              for x in t.cpu()])
         return t
+
+
+def _from_array(image: ImageLike) -> str | Path | Image.Image:
+    if not isinstance(image, np.ndarray):
+        return image
+    if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
+        raise UserError(f"numpy image must be uint8 HxW or HxWxC (C = 1, 3 or 4), got {image.dtype} {image.shape}")
+    return Image.fromarray(image[:, :, 0] if image.ndim == 3 and image.shape[2] == 1 else image)

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
+
+import numpy as np
 
 import torch
+from PIL import Image
 
 from ..errors import UserError
 from ..models import load_model
 from ..preprocessing import EXTENSIONS, ImageDecodeError, load_uint8, model_input
 from ..runtime import select_device
 from ..weights import resolve_checkpoint
-from .classifier import ImageClassifier, ImageLike  # noqa: F401  (ImageLike: part of this module's API)
+from .classifier import ImageClassifier, ImageLike
+from .explain import METHODS, Explanation, gradcam, heatmap, overlay
 
 
 
@@ -57,6 +61,29 @@ class Classifier(ImageClassifier):
         with self._lock:
             return self.model(x).float().cpu()
 
+    def explain(self, images: ImageLike | Sequence[ImageLike], method: str = "gradcam",
+                target: int | str | None = None) -> list[Explanation]:
+        """Grad-CAM of each image (a path, PIL image or HxWxC uint8 array, or a list of them) for `target` (a class
+        name or index; None: the class the model predicts for it). The heat maps are at each image's own size."""
+        if method not in METHODS:
+            raise UserError(f"unknown explanation method {method!r}; choose {', '.join(METHODS)}")
+        fixed = self.target_index(target)
+        seq = [images] if isinstance(images, (str, Path, Image.Image, np.ndarray)) else list(images)
+        out: list[Explanation] = []
+        for i in range(0, len(seq), self.batch_size):
+            originals = [self.original(im) for im in seq[i:i + self.batch_size]]
+            pixels = torch.stack([self.pixels(im) for im in originals])
+            x = model_input(pixels.to(self.device), self.metadata["mean"], self.metadata["std"], self.input_size)
+            with self._lock:
+                with torch.no_grad():
+                    probs = self.model(x).float().softmax(1).cpu()
+                targets = probs.argmax(1) if fixed is None else torch.full((len(x),), fixed)
+                cams = gradcam(self.model, x.float(), targets)
+            for img, cam, t, p in zip(originals, cams, targets.tolist(), probs):
+                heat = heatmap(cam, img.size)
+                out.append(Explanation(t, self.classes[t], float(p[t]), heat, overlay(img, heat)))
+        return out
+
 
 def load(checkpoint: str | Path, device: str = "auto", batch_size: int = 64,
          backend: str = "auto") -> ImageClassifier:
@@ -75,13 +102,22 @@ def load(checkpoint: str | Path, device: str = "auto", batch_size: int = 64,
 
 
 def predict(checkpoint: str | Path, paths: list[str], top_k: int = 3, batch_size: int = 256,
-            device: str = "cpu", max_pixels: int = 40_000_000) -> list[dict]:
+            device: str = "cpu", max_pixels: int = 40_000_000, explain_dir: str | Path | None = None) -> list[dict]:
     """`resnetlab predict`: files and folders → [{"file", "top": [{"class", "prob"}]}], in order. A file that
-    cannot be decoded, or declares more than max_pixels, gets {"file", "error"} instead and the rest go on."""
+    cannot be decoded, or declares more than max_pixels, gets {"file", "error"} instead and the rest go on.
+    explain_dir: also write each file's Grad-CAM overlay there as <name>.cam.png ({"explanation": path})."""
     if not isinstance(top_k, int) or top_k < 1:
         raise UserError(f"top-k must be a positive integer, got {top_k!r}")
     clf = Classifier(checkpoint, device, batch_size)
     files = collect_images(paths)
+    if explain_dir is not None:
+        from .explain import require_captum
+        require_captum()  # refuse before any work when Captum is missing
+        explain_dir = Path(explain_dir)
+        if explain_dir.exists() and not explain_dir.is_dir():
+            raise UserError(f"{explain_dir}: is a file; --explain takes a folder to write overlays into")
+        explain_dir.mkdir(parents=True, exist_ok=True)
+    names: set[str] = set()
     out: list[dict] = []
     for i in range(0, len(files), batch_size):  # decoded one batch at a time
         good: list[tuple[int, torch.Tensor]] = []
@@ -94,4 +130,19 @@ def predict(checkpoint: str | Path, paths: list[str], top_k: int = 3, batch_size
         if good:
             for (j, _), r in zip(good, clf.predict(torch.stack([x for _, x in good]), top_k)):
                 out[j]["top"] = [{"class": t["class"], "prob": round(t["prob"], 4)} for t in r["top"]]
+            if explain_dir is not None:
+                for (j, _), e in zip(good, clf.explain([out[j]["file"] for j, _ in good])):
+                    stem, n = Path(out[j]["file"]).stem, 2
+                    name = f"{stem}.cam.png"
+                    while name in names:  # same file name in two folders
+                        name, n = f"{stem}-{n}.cam.png", n + 1
+                    names.add(name)
+                    atomic_save_png(e.overlay, explain_dir / name)
+                    out[j]["explanation"] = {"file": str(explain_dir / name), "class": e.label}
     return out
+
+
+def atomic_save_png(image: Image.Image, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.save(tmp, format="PNG")
+    tmp.replace(path)

@@ -7,6 +7,7 @@ model work is batched off the event loop; every bad input is a 4xx with {"detail
 from __future__ import annotations
 
 import asyncio
+import base64
 import hmac
 import html
 import io
@@ -26,7 +27,8 @@ from starlette.requests import ClientDisconnect
 
 from .._version import __version__
 from ..inference.classifier import ImageClassifier
-from ..preprocessing import ImageDecodeError, ImageTooLarge, NotAnImage, image_size, load_uint8
+from ..errors import UserError
+from ..preprocessing import ImageDecodeError, ImageTooLarge, NotAnImage, image_size, load_uint8, open_rgb
 from .batcher import DynamicBatcher
 from .metrics import Metrics
 from .settings import ServeSettings
@@ -92,6 +94,12 @@ class PredictService:
     def decode(self, files: list[tuple[str, bytes]]) -> torch.Tensor:
         """Every file's pixels. First every header (format, size: no pixel decoded) against the per-image and
         per-request pixel budgets, then the pixels. Runs in a worker thread, never on the event loop."""
+        self.check_budget(files)
+        return torch.stack([torch.from_numpy(self._guard(name, lambda d=data: load_uint8(
+            io.BytesIO(d), self.clf.policy, self.settings.max_pixels)).copy()) for name, data in files])
+
+    def check_budget(self, files: list[tuple[str, bytes]]) -> None:
+        """Every header (format, size: no pixel decoded) against the per-image and per-request pixel budgets."""
         total = 0
         for name, data in files:
             if not data:
@@ -101,8 +109,6 @@ class PredictService:
         if total > self.settings.max_request_pixels:
             raise RequestError(413, f"the request's images hold {total:,} pixels, over the limit of "
                                f"{self.settings.max_request_pixels:,} per request")
-        return torch.stack([torch.from_numpy(self._guard(name, lambda d=data: load_uint8(
-            io.BytesIO(d), self.clf.policy, self.settings.max_pixels)).copy()) for name, data in files])
 
     @staticmethod
     def _guard(name: str, work):
@@ -124,10 +130,7 @@ class PredictService:
         return min(k, len(self.clf.classes))
 
     async def classify(self, files: list[tuple[str, bytes]], k: int, token) -> dict:
-        if not files:
-            raise RequestError(400, "no image in the request: send multipart file fields or a raw image body")
-        if len(files) > self.settings.max_files:
-            raise RequestError(413, f"too many files: at most {self.settings.max_files} per request")
+        self.check_files(files)
         # off the event loop, always: a tiny file can declare a huge image
         pixels = await asyncio.get_running_loop().run_in_executor(self.decoders, self.decode, files)
         logits = await self.batcher.submit(pixels, token)
@@ -136,6 +139,34 @@ class PredictService:
         return {"model": self.clf.metadata["arch"], "predictions": [
             {"file": name, "top": [{"class": classes[j], "prob": round(q, 6)} for q, j in zip(p, idx)]}
             for (name, _), p, idx in zip(files, top.values.tolist(), top.indices.tolist())]}
+
+    def check_files(self, files: list[tuple[str, bytes]]) -> None:
+        if not files:
+            raise RequestError(400, "no image in the request: send multipart file fields or a raw image body")
+        if len(files) > self.settings.max_files:
+            raise RequestError(413, f"too many files: at most {self.settings.max_files} per request")
+
+    def explain_files(self, files: list[tuple[str, bytes]], k: int, target: str | None) -> dict:
+        """Top-k classes and a Grad-CAM overlay (PNG, base64) per file. In a worker thread: budgets first (from
+        the headers), then decoding, then the model's forward and backward (serialised with the batcher's)."""
+        self.check_budget(files)
+        images = [self._guard(name, lambda d=data: open_rgb(io.BytesIO(d), self.settings.max_pixels))
+                  for name, data in files]
+        if target is not None and target.isdigit():
+            target = int(target)
+        try:
+            self.clf.target_index(target)
+        except UserError as e:
+            raise RequestError(400, str(e)) from None
+        tops = self.clf.predict(images, top_k=k)
+        out = []
+        for (name, _), top, e in zip(files, tops, self.clf.explain(images, target=target)):
+            buf = io.BytesIO()
+            e.overlay.save(buf, format="PNG")
+            out.append({"file": name, "top": [{"class": t["class"], "prob": round(t["prob"], 6)} for t in top["top"]],
+                        "explained": {"class": e.label, "prob": round(e.prob, 6)},
+                        "overlay_png": base64.b64encode(buf.getvalue()).decode("ascii")})
+        return {"model": self.clf.metadata["arch"], "method": "gradcam", "explanations": out}
 
     def card(self) -> dict[str, Any]:
         clf, s = self.clf, self.settings
@@ -277,6 +308,29 @@ async def predict(request: Request, top_k: str | None = None, svc: PredictServic
         return await svc.classify(files, k, token)
     finally:
         token.release()
+
+
+@router.post("/v1/explain", summary="Explain the classes of images (Grad-CAM)",
+             description="The same uploads and limits as /v1/predict. Returns per file the top_k classes, the class "
+                         "explained (`target`: a class name or index; default the predicted one) and a PNG of the "
+                         "image with its Grad-CAM heat map overlaid, base64-encoded. 501 on the ONNX backend.")
+async def explain(request: Request, top_k: str | None = None, target: str | None = None,
+                  svc: PredictService = Depends(service)) -> dict:
+    k = svc.top_k(top_k)
+    if svc.clf.backend != "torch":
+        raise RequestError(501, "explanations need the PyTorch model: serve the .safetensors checkpoint "
+                                "(--backend torch)")
+    try:
+        from ..inference.explain import require_captum
+        require_captum()
+    except UserError as e:
+        raise RequestError(501, str(e)) from None
+    if not svc.ready:
+        raise RequestError(503, "model is still loading; retry shortly (see /readyz)")
+    body = await read_body(request, svc.settings.max_body_bytes, svc.settings.read_timeout_s, svc.stopping)
+    files = await uploaded_files(request, body, svc.settings)
+    svc.check_files(files)
+    return await asyncio.get_running_loop().run_in_executor(svc.decoders, svc.explain_files, files, k, target)
 
 
 async def request_error(request: Request, e: RequestError) -> JSONResponse:
