@@ -105,21 +105,33 @@ def test_export_of_missing_checkpoint(tmp_path, capsys):
     assert capsys.readouterr().err.count("\n") == 1
 
 
-def test_int8_export_passes_its_check_and_loads(small_checkpoint, real_data, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def confident_checkpoint(tmp_path_factory):
+    """resnet20 trained to high accuracy on learnable synthetic CIFAR-format data (confident predictions, as a
+    deployable model has; the 1-epoch real-data checkpoint sits at 23 % and its int8 copy is rightly refused)."""
+    from conftest import write_cifar10_bin
+    root = tmp_path_factory.mktemp("confident")
+    write_cifar10_bin(root / "data", per_file=300)
+    assert main(["train", "--data-dir", str(root / "data"), "--out", str(root / "run"), "--no-progress",
+                 "data.verify=false", "model.name=resnet20", "train.epochs=5", "train.batch_size=50", "optim.lr=0.05",
+                 "data.val_size=0", "train.precision=fp32", "train.tta=false"]) == 0
+    return root / "run" / "best.safetensors"
+
+
+def test_int8_export_passes_its_check_and_loads(confident_checkpoint, tmp_path, capsys):
     out = tmp_path / "m.int8.onnx"
-    assert main(["export", str(small_checkpoint), "--int8", "--calibration", "256", "--check-count", "500",
-                 "--out", str(out)]) == 0
+    assert main(["export", str(confident_checkpoint), "--int8", "--calibration", "256", "--out", str(out)]) == 0
     line = next(ln for ln in capsys.readouterr().out.splitlines() if "agrees with float" in ln)
     agree = float(line.split("float on ")[1].split("%")[0]) / 100
     fp32, int8 = (float(x.split("%")[0]) for x in line.split("top-1 float ")[1].split(", int8 "))
-    assert agree >= 0.99 and fp32 - int8 <= 0.5, line
+    assert agree >= 0.99 and fp32 - int8 <= 0.5 and fp32 > 90, line
     model = onnx.load(str(out))
     assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)  # QDQ: the graph really is int8
     meta = json.loads({p.key: p.value for p in model.metadata_props}["resnetlab"])
     assert meta["quantization"]["calibration_images"] == 256
-    # resnetlab.load takes the int8 file: the same API, and the float model's answers on real images
-    clf8, clf = load(out), load(small_checkpoint, device="cpu")
-    images = load_cifar(real_data, "cifar10", "test").images[:200]
+    # resnetlab.load takes the int8 file: the same API, and the float model's answers
+    clf8, clf = load(out), load(confident_checkpoint, device="cpu")
+    images = torch.from_numpy(__import__("conftest").synthetic_images(100, seed=77)[0])
     a = [r["top"][0]["class"] for r in clf8.predict(images)]
     b = [r["top"][0]["class"] for r in clf.predict(images)]
     assert clf8.backend == "onnx" and np.mean([x == y for x, y in zip(a, b)]) >= 0.97
