@@ -69,7 +69,7 @@ def main() -> None:
     ap.add_argument("--archs", default="resnet18,resnet50")
     ap.add_argument("--seconds", type=float, default=4.0, help="timing per (model, batch, round)")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--calibration", type=int, default=256)
+    ap.add_argument("--calibration", type=int, default=512)
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
@@ -77,17 +77,20 @@ def main() -> None:
     rows = []
     jobs = []
     if a.checkpoint:
-        out = subprocess.run([sys.executable, "-m", "resnetlab", "export", a.checkpoint, "--int8", "--calibration",
-                              str(a.calibration), "--out", str(a.work / "ckpt.int8.onnx")],
-                             capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT / "src")))
-        if out.returncode:
-            raise SystemExit(out.stderr.strip())
-        subprocess.run([sys.executable, "-m", "resnetlab", "export", a.checkpoint, "--out", str(a.work / "ckpt.onnx")],
-                       check=True, capture_output=True, env=dict(os.environ, PYTHONPATH=str(ROOT / "src")))
+        from resnetlab.cli.common import recorded_test_split
+        from resnetlab.models import validate_meta
         from resnetlab.weights import read_metadata
-        meta = read_metadata(Path(a.checkpoint))
-        jobs.append((meta["arch"], meta["input_size"], str(a.work / "ckpt.onnx"), str(a.work / "ckpt.int8.onnx"),
-                     out.stdout.strip().splitlines()[-1]))
+        ck = Path(a.checkpoint)
+        meta = validate_meta(read_metadata(ck), ck)
+        _, splits = recorded_test_split(meta, ck, None, "cpu")
+        pick = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(0))[:a.calibration]
+        fp, q = a.work / "ckpt.onnx", a.work / "ckpt.int8.onnx"
+        export(ck, "onnx", splits.test.take(slice(0, 256)), fp)
+        _, c = export_int8(ck, splits.train.take(pick), splits.test.take(slice(None)), splits.test.labels, q,
+                           require_check=False)
+        jobs.append((meta["arch"], meta["input_size"], str(fp), str(q),
+                     f"whole test split: float top-1 {c.fp32_top1:.2%}, int8 {c.int8_top1:.2%}, agreement "
+                     f"{c.agreement:.2%} ({'passes' if c.passed else 'fails'} the export's self-check)"))
     for arch in a.archs.split(",") if a.archs else []:
         ck = random_checkpoint(a.work, arch, 224)
         g = torch.Generator().manual_seed(1)

@@ -68,6 +68,13 @@ class ScheduleConfig:
 
 
 @dataclass
+class DistillConfig:
+    teacher: str | None = None      # knowledge distillation from this resnetlab checkpoint (same classes); None: off
+    alpha: float = 0.5              # loss = (1 - alpha) * CE + alpha * T^2 * KL(teacher || student) at temperature T
+    temperature: float = 4.0
+
+
+@dataclass
 class EarlyStopConfig:
     patience: int = 0               # epochs without improvement before stopping; 0 = off
     min_delta: float = 0.0
@@ -98,6 +105,7 @@ class TrainConfig:
     checkpoint_every_min: float = 0  # also write last.safetensors every N minutes mid-epoch (exact resume); 0 = off
     sync_bn: bool = False           # distributed runs: BatchNorm statistics over the whole global batch
     early_stopping: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 @dataclass
@@ -265,6 +273,8 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "train.checkpoint_every_min": (0, None, True, True),
     "train.early_stopping.patience": (0, None, True, True),
     "train.early_stopping.min_delta": (0, None, True, True),
+    "train.distill.alpha": (0, 1, True, True),
+    "train.distill.temperature": (0, 100, False, True),
     "finetune.unfreeze_stages": (1, None, True, True),
     "finetune.stage1_epochs": (1, None, True, True),
     "finetune.stage2_lr_mult": (0, None, False, True),

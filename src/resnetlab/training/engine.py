@@ -32,6 +32,7 @@ from ..evaluation.profile import count_macs, count_train_flops
 from ..files import atomic_write_text
 from ..runtime import all_reduce_sum, autocast_for, barrier, broadcast_flag, dist_context
 from ..weights import optimizer_from_flat, optimizer_to_flat, read_full, save_checkpoint
+from .distill import Teacher, distill_loss
 from .config import Recipe
 from .distributed import convert_sync_bn, wrap
 from .optim import EMA, Lookahead, build_optimizer, lr_factor, param_groups
@@ -181,6 +182,9 @@ class Trainer:
         self.optimizer = build_optimizer(param_groups(self.model, recipe.optim, self.stage.lr_scales), recipe.optim)
         self.scaler = (torch.amp.GradScaler("cuda") if ctx.amp_dtype == torch.float16 and ctx.device.type == "cuda"
                        else None)
+        d = recipe.train.distill
+        self.teacher = Teacher(d.teacher, ctx.meta["classes"], ctx.meta["mean"], ctx.meta["std"], ctx.device,
+                               ctx.channels_last) if d.teacher else None
         self.ema = EMA(self.model, recipe.train.ema_decay) if recipe.train.ema_decay > 0 else None
         la = recipe.train.lookahead_every
         self.lookahead = Lookahead(self.model, la, recipe.train.lookahead_decay) if la else None
@@ -205,8 +209,9 @@ class Trainer:
     def train_flops_per_image(self, size: int) -> int:
         if self.stage.train_flops is not None:
             return self.stage.train_flops
-        if size not in self._flops_at:
-            self._flops_at[size] = count_train_flops(_cpu_copy(self.model), size)
+        if size not in self._flops_at:  # a teacher's forward pass is training compute too
+            self._flops_at[size] = count_train_flops(_cpu_copy(self.model), size) + (
+                self.teacher.flops_per_image() if self.teacher is not None else 0)
         return self._flops_at[size]
 
     @property
@@ -284,7 +289,11 @@ class Trainer:
         t = self.recipe.train
         with autocast_for(self.device, self.amp_dtype):
             out = self.forward(x)
-        loss = F.cross_entropy(out.float(), y, label_smoothing=t.label_smoothing)
+            soft = self.teacher.logits(x) if self.teacher is not None else None
+        if soft is None:
+            loss = F.cross_entropy(out.float(), y, label_smoothing=t.label_smoothing)
+        else:
+            loss = distill_loss(out.float(), soft, y, t.distill.alpha, t.distill.temperature, t.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()

@@ -241,6 +241,10 @@ def prepare_run(recipe: Recipe, out: str | Path | None, data_dir: str | None, *,
         log(f"distributed: {dist.describe()}, global batch {recipe.train.batch_size} = "
             f"{recipe.train.batch_size // dist.world_size} per process, sync_bn {recipe.train.sync_bn}")
     build_model(arch, 2, kwargs)  # fail in a second on a model that cannot be built, before any data work
+    teacher = recipe.train.distill.teacher
+    if teacher is not None and not Path(teacher).is_file():
+        raise UserError(f"recipe key train.distill.teacher: {teacher} is not a file (a resnetlab .safetensors "
+                        f"checkpoint with the same classes)")
     input_size = input_size_for(recipe, arch, kwargs, pretrained, pretrained_size)
     if recipe.data.dataset == "folder":
         recipe.data.image_size = input_size  # folders are decoded at the size the net reads (recorded)
