@@ -268,6 +268,11 @@ def test_page_classifies_an_upload_in_headless_chromium(server, images, tmp_path
         top1 = driver.find_element(By.CSS_SELECTOR, ".card[data-top1]").get_attribute("data-top1")
         bars = driver.find_elements(By.CSS_SELECTOR, ".card[data-top1] .bar")
         error = driver.find_element(By.CSS_SELECTOR, ".card .error").text
+        # the heat-map toggle: the classified card's thumbnail becomes its Grad-CAM overlay (from /v1/explain)
+        driver.find_element(By.ID, "cam").click()
+        WebDriverWait(driver, 30).until(lambda d: d.find_element(By.CSS_SELECTOR, ".card[data-top1] img")
+                                        .get_attribute("src").startswith("data:image/png;base64,"))
+        heat_note = driver.find_element(By.CSS_SELECTOR, ".card[data-top1] .note").text
         driver.save_screenshot(str(tmp_path / "page-phone.png"))
         driver.set_window_size(1280, 900)
         driver.save_screenshot(str(tmp_path / "page-desktop.png"))
@@ -278,6 +283,7 @@ def test_page_classifies_an_upload_in_headless_chromium(server, images, tmp_path
     assert top1 == api["predictions"][0]["top"][0]["class"]
     assert len(bars) == 5
     assert "Rejected" in error and "not an image" in error
+    assert heat_note == f"heat map for {top1}"
     assert (tmp_path / "page-phone.png").stat().st_size > 1000 and width <= 1280
     if os.environ.get("RESNETLAB_SCREENSHOTS"):  # keep them for a person to look at
         for name in ("page-phone.png", "page-desktop.png"):

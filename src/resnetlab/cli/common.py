@@ -37,8 +37,14 @@ def recorded_test_split(meta: dict, path, data_dir: str | None = None, device: s
 
     if not meta.get("recipe"):
         raise UserError(f"{path}: checkpoint has no recipe; cannot tell which data it was trained on")
+    from ..training.runner import old_folder_split
     recipe = recipe_from_dict(meta["recipe"])
     ref = meta.get("dataset") or {}
+    if old_folder_split(meta):
+        import sys
+        print(f"warning: {path} was trained before the decoded cache; its folder split is drawn differently now, "
+              f"so this 'test split' may hold images it trained on (evaluate on --images or a held-out folder)",
+              file=sys.stderr)
     recipe.train.device = device or recipe.train.device
     recipe.data.verify = recipe.data.verify and verify
     splits = load_splits(recipe.data, data_dir or ref.get("data_dir"), progress=False,

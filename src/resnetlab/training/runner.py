@@ -178,6 +178,9 @@ def resume_plan(run_dir: Path, data_dir: str | None, overrides: list[str]) -> tu
     meta = read_metadata(last)  # the tensors are read once, by the trainer
     if not meta.get("recipe"):
         raise UserError(f"{last}: has no recipe; not a resnetlab run")
+    if old_folder_split(meta):
+        raise UserError(f"{last}: a folder run from before the decoded cache; its splits cannot be rebuilt the "
+                        f"same way, so it cannot be resumed exactly: train it again")
     stored = recipe_from_dict(meta["recipe"])
     recipe = load_recipe(None, list(overrides), base=stored.to_dict()) if overrides else stored
     before, after = _flatten(stored.to_dict()), _flatten(recipe.to_dict())
@@ -425,4 +428,15 @@ def data_ref(cfg: DataConfig, data_dir: str | None) -> dict:
     url = cfg.path and cfg.path.startswith(("http://", "https://"))
     path = (cfg.path if url else str(Path(cfg.path).resolve())) if cfg.path else None
     return {"dataset": cfg.dataset, "path": path, "data_dir": root,
-            "val_size": cfg.val_size, "split_seed": cfg.split_seed, "test_fraction": cfg.test_fraction}
+            "val_size": cfg.val_size, "split_seed": cfg.split_seed, "test_fraction": cfg.test_fraction,
+            "split": FOLDER_SPLIT if cfg.dataset == "folder" else None}
+
+
+# How folder splits are drawn: over the rows of the decoded cache (data.cache). Checkpoints of folder runs from
+# before the cache lack it: their splits were drawn over the files in scan order and cannot be rebuilt.
+FOLDER_SPLIT = "cache-rows-1"
+
+
+def old_folder_split(meta: dict) -> bool:
+    ref = meta.get("dataset") or {}
+    return ref.get("dataset") == "folder" and ref.get("split") != FOLDER_SPLIT
