@@ -63,8 +63,8 @@ def run_finetune(weights: str, recipe: Recipe, out: str | Path | None, data_dir:
             r.train.epochs = epochs
         frozen = apply_strategy(m, strategy, f.unfreeze_stages, freeze_stats)
         log(f"[{prefix.rstrip('-')}] {strategy}: {count_params(m, trainable_only=True):,} trainable params")
-        if strategy == "linear-probe" and f.cached_features:
-            return head_stage(m, r, prefix, frozen)
+        if strategy == "linear-probe" and f.cached_features and not r.train.distill.teacher:
+            return head_stage(m, r, prefix, frozen)  # (a teacher needs the images: then the full path)
         scales = stage_lr_scales(m, f.layer_decay) if strategy != "linear-probe" else None
         tr = Trainer(m, r, run.train, run.val, ctx, Stage(prefix, scales, frozen))
         state = tr.fit()
