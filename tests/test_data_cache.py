@@ -291,8 +291,9 @@ def _peak_anon_mb(cmd: list[str], env: dict) -> tuple[int, float, str]:
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RssAnon from /proc")
 def test_training_from_a_cache_bigger_than_its_anonymous_memory_bound(tmp_path):
     """A run over 12,000 rows of 112 px (450 MB decoded) needs no more anonymous memory than a run over 120
-    rows, within 64 MB: the images stay in the page cache, and nothing copies the set (the folder reader before
-    the cache held ~4 copies, +2.4 GB measured for +440 MB of pixels)."""
+    rows, within 150 MB (the run-to-run noise of a torch process here is ~50 MB): the images stay in the page
+    cache, and nothing copies the set (the folder reader before the cache held ~4 copies: +2.4 GB measured for
+    +440 MB of pixels)."""
     src = _folder(tmp_path / "src", n=12, size=32)
     peaks = {}
     for name, repeat in (("small", 10), ("big", 1000)):
@@ -315,7 +316,7 @@ def test_training_from_a_cache_bigger_than_its_anonymous_memory_bound(tmp_path):
         assert "decoded in" not in out  # the run after `data cache` starts without decoding
     big = next(c for c in list_caches() if c.name.startswith("big.csv-112px"))
     assert big.bytes > 400 * 2**20  # several times the bound
-    assert peaks["big"] < peaks["small"] + 64, f"{peaks} MB of anonymous memory for {big.bytes / 2**20:.0f} MB of images"
+    assert peaks["big"] < peaks["small"] + 150, f"{peaks} MB of anonymous memory for {big.bytes / 2**20:.0f} MB of images"
 
 
 def test_precomputed_linear_probe_matches_the_full_forward_path(tmp_path):
