@@ -61,15 +61,12 @@ def test_distilled_student_follows_its_teacher(teacher_and_data, tmp_path):
 
 def test_distillation_resumes_exactly_after_sigkill(teacher_and_data, tmp_path):
     import os
-    import signal
     import subprocess
     import sys
-    import time
 
     from safetensors.torch import load_file
 
-    from resnetlab.weights import read_full
-    from test_training import _train_cmd
+    from test_training import _train_cmd, kill_after_first_epoch
     teacher, data = teacher_and_data
     kd = [f"train.distill.teacher={teacher}", "train.distill.alpha=0.7", "train.distill.temperature=3"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -77,18 +74,7 @@ def test_distillation_resumes_exactly_after_sigkill(teacher_and_data, tmp_path):
     killed = tmp_path / "killed"
     proc = subprocess.Popen(_train_cmd(data, killed, kd), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline:  # epoch 1 checkpointed: kill during epoch 2
-        try:
-            if read_full(killed / "last.safetensors")[2]["trainer"]["epoch"] >= 1:
-                break
-        except Exception:
-            pass
-        time.sleep(0.05)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert read_full(killed / "last.safetensors")[2]["trainer"]["epoch"] < 4, "finished before it was killed"
+    kill_after_first_epoch(proc, killed)
     subprocess.run([sys.executable, "-m", "resnetlab", "train", "--resume", str(killed), "--data-dir", str(data),
                     "--no-progress"], check=True, env=env, capture_output=True)
     a, b = load_file(tmp_path / "ref" / "last.safetensors"), load_file(killed / "last.safetensors")

@@ -131,16 +131,12 @@ def _train_cmd(data, out, extra=()):
             "train.lookahead_every=3", *extra]
 
 
-def test_resume_after_sigkill_is_bit_identical(tiny_cifar, tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    ref = tmp_path / "ref"
-    subprocess.run(_train_cmd(tiny_cifar, ref), check=True, env=env, capture_output=True)
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(tiny_cifar, killed), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+def kill_after_first_epoch(proc: subprocess.Popen, run_dir: Path) -> None:
+    """SIGKILL a training process during its second epoch (once epoch 1 is checkpointed), checking it was killed
+    before it finished its 4 epochs."""
     deadline = time.time() + 120
     while time.time() < deadline:  # wait until epoch 1 is checkpointed, then kill during epoch 2
-        p = killed / "last.safetensors"
+        p = run_dir / "last.safetensors"
         if p.exists():
             try:
                 if read_full(p)[2]["trainer"]["epoch"] >= 1:
@@ -151,8 +147,18 @@ def test_resume_after_sigkill_is_bit_identical(tiny_cifar, tmp_path):
     time.sleep(0.3)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    state = read_full(killed / "last.safetensors")[2]["trainer"]
+    state = read_full(run_dir / "last.safetensors")[2]["trainer"]
     assert state["epoch"] < 4, "the run finished before it could be killed"
+
+
+def test_resume_after_sigkill_is_bit_identical(tiny_cifar, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    ref = tmp_path / "ref"
+    subprocess.run(_train_cmd(tiny_cifar, ref), check=True, env=env, capture_output=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(tiny_cifar, killed), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    kill_after_first_epoch(proc, killed)
     subprocess.run([sys.executable, "-m", "resnetlab", "train", "--resume", str(killed), "--data-dir",
                     str(tiny_cifar), "--no-progress"], check=True, env=env, capture_output=True)
     a, b = load_file(ref / "last.safetensors"), load_file(killed / "last.safetensors")

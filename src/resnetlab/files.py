@@ -48,3 +48,14 @@ def sweep_temp_files(folder: Path) -> list[Path]:
             p.unlink(missing_ok=True)
             removed.append(p)
     return removed
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (ours or someone else's): lock and build files name their owner."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True

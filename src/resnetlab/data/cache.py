@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from ..errors import UserError
-from ..files import atomic_write_text
+from ..files import atomic_write_text, pid_alive
 from ..preprocessing import ImageDecodeError, ResizePolicy, load_uint8
 from .sources import Listing, Sample, read_bytes
 
@@ -182,18 +182,10 @@ def _sweep(base: Path, name: str) -> None:
     """Remove what killed builds of this cache left behind (their process is gone)."""
     for d in base.glob(f".{name}.build-*"):
         pid = d.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(d, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # ------------------------------------------------------------------------------------------- building

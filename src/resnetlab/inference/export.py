@@ -30,7 +30,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -86,20 +86,36 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: str, opset
         warnings.simplefilter("ignore")
         raw = os.path.join(tmp, "model.onnx")
         # the exporter logs each pass at INFO/WARNING level; the user asked for one file, not a trace
-        quiet = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "torch.export", "torch._export")]
-        levels = [lg.level for lg in quiet]
-        for lg in quiet:
-            lg.setLevel(logging.ERROR)
-        try:
-            torch.onnx.export(model, (example,), raw, dynamo=True, input_names=["input"], output_names=["logits"],
-                              dynamic_shapes=({0: batch},), opset_version=opset, external_data=False,
-                              verbose=False)
-        except Exception as e:  # the exporter's own failure (unsupported op or opset): name it, one line
-            raise UserError(f"ONNX export failed at opset {opset}: {str(e).splitlines()[0]}") from None
-        finally:
-            for lg, level in zip(quiet, levels):
-                lg.setLevel(level)
+        with _quiet("torch.onnx", "onnxscript", "torch.export", "torch._export"):
+            try:
+                torch.onnx.export(model, (example,), raw, dynamo=True, input_names=["input"],
+                                  output_names=["logits"], dynamic_shapes=({0: batch},), opset_version=opset,
+                                  external_data=False, verbose=False)
+            except Exception as e:  # the exporter's own failure (unsupported op or opset): name it, one line
+                raise UserError(f"ONNX export failed at opset {opset}: {str(e).splitlines()[0]}") from None
         proto = onnx.load(raw)
+    _set_metadata(proto, meta)
+    onnx.checker.check_model(proto)
+    with open(path, "wb") as f:
+        f.write(proto.SerializeToString())
+
+
+@contextlib.contextmanager
+def _quiet(*names: str) -> Iterator[None]:
+    """These loggers at ERROR level for the duration (exporters and quantizers log every pass)."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _set_metadata(proto, meta: dict) -> None:
+    """What a runtime needs beside the graph, in metadata_props (the whole under META_KEY, the rest for tools)."""
     del proto.metadata_props[:]
     for key, value in {META_KEY: json.dumps(meta), "classes": json.dumps(meta["classes"]),
                        "mean": json.dumps(meta["mean"]), "std": json.dumps(meta["std"]),
@@ -108,15 +124,13 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: str, opset
         entry.key, entry.value = key, value
     proto.producer_name = "resnetlab"
     proto.doc_string = f"{meta['arch']} exported by resnetlab; input and output: see metadata '{META_KEY}'"
-    onnx.checker.check_model(proto)
-    with open(path, "wb") as f:
-        f.write(proto.SerializeToString())
 
 
-def _run_onnx(path: str, x: np.ndarray) -> np.ndarray:
+def _run_onnx(model: str | bytes, x: torch.Tensor) -> np.ndarray:
+    """Logits of an ONNX model (a path or its bytes) on x, one session, batches of 256."""
     _, ort = _onnx_modules()
-    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    return session.run(None, {"input": x})[0]
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    return np.concatenate([session.run(None, {"input": x[i:i + 256].numpy()})[0] for i in range(0, len(x), 256)])
 
 
 def _export_program(model: torch.nn.Module, example: torch.Tensor, path: str, meta: dict) -> None:
@@ -145,6 +159,13 @@ def check_images_input(pixels: torch.Tensor, meta: dict) -> torch.Tensor:
     return model_input(pixels, meta["mean"], meta["std"], meta["input_size"]).contiguous()
 
 
+def example_input(x: torch.Tensor) -> torch.Tensor:
+    """Two images to trace with (batch 2: the batch axis stays dynamic). A copy, not a view: torch.export stores
+    the example input, and a view would store all of x (12 MB for the 1000 check images at 32 px, where the
+    weights of the default net are 1.7 MB)."""
+    return x[:2].clone() if len(x) >= 2 else x.repeat(2, 1, 1, 1)
+
+
 def export(checkpoint: str | Path, fmt: str, pixels: torch.Tensor, out: str | Path | None = None,
            opset: int = DEFAULT_OPSET, log=print) -> tuple[Path, ExportCheck]:
     """Export, check against PyTorch on `pixels` (uint8 (N, 3, H, W), real images), write atomically."""
@@ -166,15 +187,13 @@ def export(checkpoint: str | Path, fmt: str, pixels: torch.Tensor, out: str | Pa
     x = check_images_input(pixels, info)
     with torch.no_grad():
         reference = torch.cat([model(x[i:i + 256]) for i in range(0, len(x), 256)]).numpy()
-    # a copy, not a view: torch.export stores the example input, and a view would store all of x (12 MB for
-    # the 1000 check images at 32 px, where the weights of the default net are 1.7 MB)
-    example = x[:2].clone() if len(x) >= 2 else x.repeat(2, 1, 1, 1)
+    example = example_input(x)
 
     def write(tmp: str) -> None:
         nonlocal check
         if fmt == "onnx":
             _export_onnx(model, example, tmp, opset, info)
-            got = np.concatenate([_run_onnx(tmp, x[i:i + 256].numpy()) for i in range(0, len(x), 256)])
+            got = _run_onnx(tmp, x)
         else:
             _export_program(model, example, tmp, info)
             module, _ = load_exported_program(tmp)
@@ -228,10 +247,9 @@ def export_int8(checkpoint: str | Path, calibration: torch.Tensor, pixels: torch
     pixels), checked on `pixels` (uint8, with `labels` when known) against the float model; written atomically
     only when the check passes (require_check=False: written whatever the check says — for timing models
     without trained weights in benchmarks, never for deployment)."""
-    _, ort = _onnx_modules()
+    onnx, _ = _onnx_modules()
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
-    import onnx
     path = resolve_checkpoint(checkpoint)
     model, meta = load_model(path, "cpu")
     model = model.float().eval()
@@ -245,13 +263,9 @@ def export_int8(checkpoint: str | Path, calibration: torch.Tensor, pixels: torch
     calib = check_images_input(calibration, info)
     with tempfile.TemporaryDirectory() as tmp:
         fp32, pre, q = (os.path.join(tmp, n) for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
-        _export_onnx(model, x[:2].clone() if len(x) >= 2 else x.repeat(2, 1, 1, 1), fp32, opset, info)
-        quiet = logging.getLogger("root"), logging.getLogger()
-        with warnings.catch_warnings():
+        _export_onnx(model, example_input(x), fp32, opset, info)
+        with warnings.catch_warnings(), _quiet("root", ""):
             warnings.simplefilter("ignore")
-            levels = [lg.level for lg in quiet]
-            for lg in quiet:
-                lg.setLevel(logging.ERROR)
             try:  # the calibrator prints its progress on stdout: the user asked for one file
                 with contextlib.redirect_stdout(io.StringIO()):
                     quant_pre_process(fp32, pre, skip_symbolic_shape=True)
@@ -263,22 +277,13 @@ def export_int8(checkpoint: str | Path, calibration: torch.Tensor, pixels: torch
                                     extra_options={"CalibMaxIntermediateOutputs": 4})
             except Exception as e:
                 raise UserError(f"int8 quantization failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-            finally:
-                for lg, level in zip(quiet, levels):
-                    lg.setLevel(level)
         proto = onnx.load(q)
-        del proto.metadata_props[:]
-        for key, value in {META_KEY: json.dumps(dict(info, quantization={"format": "QDQ int8", "weights": "int8 per channel",
-                                                                            "activations": "uint8, 99.999th percentile",
-                                                                            "calibration_images": len(calibration)})),
-                           "classes": json.dumps(info["classes"]), "mean": json.dumps(info["mean"]),
-                           "std": json.dumps(info["std"]), "input_size": str(info["input_size"])}.items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
-        proto.producer_name = "resnetlab"
+        _set_metadata(proto, dict(info, quantization={"format": "QDQ int8", "weights": "int8 per channel",
+                                                      "activations": "uint8, 99.999th percentile",
+                                                      "calibration_images": len(calibration)}))
         data = proto.SerializeToString()
-        got = _run_batches(fp32, x)
-        got8 = _run_batches(data, x)
+        got = _run_onnx(fp32, x)
+        got8 = _run_onnx(data, x)
     agree = float((got8.argmax(1) == got.argmax(1)).mean())
     acc = (lambda z: float((z.argmax(1) == labels.numpy()).mean())) if labels is not None else None
     check = Int8Check(len(x), agree, acc(got) if acc else None, acc(got8) if acc else None, len(calibration))
@@ -289,14 +294,3 @@ def export_int8(checkpoint: str | Path, calibration: torch.Tensor, pixels: torch
                         f"written: try more --calibration images")
     atomic_write(dest, lambda tmp: Path(tmp).write_bytes(data))
     return dest, check
-
-
-def _session(model: str | bytes):
-    _, ort = _onnx_modules()
-    return ort.InferenceSession(model, providers=["CPUExecutionProvider"])
-
-
-def _run_batches(model: str | bytes, x: torch.Tensor) -> np.ndarray:
-    """Logits of an ONNX model (a path or its bytes) on x, in batches of 256."""
-    s = _session(model)
-    return np.concatenate([s.run(None, {"input": x[i:i + 256].numpy()})[0] for i in range(0, len(x), 256)])

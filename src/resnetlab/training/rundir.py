@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..errors import UserError
-from ..files import sweep_temp_files
+from ..files import pid_alive, sweep_temp_files
 
 LOCK = ".lock"
 
@@ -30,14 +30,6 @@ def next_run_dir(base: Path) -> Path:
     return base.with_name(f"{base.name}-{n}")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
 
 
 def _make_folder(run_dir: Path) -> bool:
@@ -63,7 +55,7 @@ def _take_lock(run_dir: Path, log: Callable[[str], None]) -> Path:
                 pid = int(lock.read_text().strip() or "0")
             except (OSError, ValueError):
                 pid = 0
-            if pid and pid != os.getpid() and _pid_alive(pid):
+            if pid and pid != os.getpid() and pid_alive(pid):
                 raise UserError(f"{run_dir}: in use by another run (process {pid}); wait for it or choose "
                                 f"another --out") from None
             log(f"{run_dir}: taking over the lock of a run that is gone (process {pid or 'unknown'})")
