@@ -45,11 +45,16 @@ GOOD = [_png(i) for i in range(32)]
 BOMB = _bomb()
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int) -> dict:
+    """Resident memory in MB: all of it (VmRSS), and its anonymous (heaps, tensors) and file-backed (library
+    code and data paged in) parts."""
+    fields = {"VmRSS:": "rss_mb", "RssAnon:": "anon_mb", "RssFile:": "file_mb"}
+    out = {v: float("nan") for v in fields.values()}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+        key = line.split(":", 1)[0] + ":"
+        if key in fields:
+            out[fields[key]] = int(line.split()[1]) / 1024
+    return out
 
 
 def server_5xx(client: httpx.Client) -> int:
@@ -144,7 +149,7 @@ def soak(url: str, pid: int, seconds: float, share: float, window_s: float, log=
             results.append(out)
 
     start = time.perf_counter()
-    next_window, t_next, rss0 = start + window_s, start, None
+    next_window, t_next = start + window_s, start
     while time.perf_counter() - start < seconds:
         t_next += random.expovariate(rate)  # open loop: arrivals do not wait for answers
         delay = t_next - time.perf_counter()
@@ -156,7 +161,6 @@ def soak(url: str, pid: int, seconds: float, share: float, window_s: float, log=
                 chunk, results[:] = list(results), []
             windows.append(_window(len(windows) + 1, chunk, rss_mb(pid), server_5xx(load.client) - base_5xx))
             log(_row(windows[-1]))
-            rss0 = rss0 or windows[-1]["rss_mb"]
             next_window += window_s
     pool.shutdown(wait=True)
     if results:
@@ -171,16 +175,17 @@ def soak(url: str, pid: int, seconds: float, share: float, window_s: float, log=
             "server_5xx": windows[-1]["server_5xx"], "rss_growth": windows[-1]["rss_mb"] / first - 1}
 
 
-def _window(i: int, chunk: list, rss: float, s5xx: int) -> dict:
+def _window(i: int, chunk: list, rss: dict, s5xx: int) -> dict:
     good = sorted(t for k, s, t in chunk if k == "good" and s == 200)
     q = (lambda p: good[min(len(good) - 1, int(p * len(good)))] * 1000) if good else (lambda p: float("nan"))
-    return {"window": i, "good": len(good), "p50_ms": q(0.5), "p99_ms": q(0.99), "rss_mb": rss, "server_5xx": s5xx,
+    return {"window": i, "good": len(good), "p50_ms": q(0.5), "p99_ms": q(0.99), **rss, "server_5xx": s5xx,
             "statuses": dict(Counter(str(s) for _, s, _ in chunk))}
 
 
 def _row(w: dict) -> str:
     return (f"window {w['window']}: {w['good']} good, p50 {w['p50_ms']:.1f} ms, p99 {w['p99_ms']:.1f} ms, "
-            f"statuses {w['statuses']}, server 5xx {w['server_5xx']}, RSS {w['rss_mb']:.0f} MB")
+            f"statuses {w['statuses']}, server 5xx {w['server_5xx']}, RSS {w['rss_mb']:.0f} MB "
+            f"(anonymous {w['anon_mb']:.0f}, file {w['file_mb']:.0f})")
 
 
 def main() -> None:
@@ -199,12 +204,12 @@ def main() -> None:
     with ServeProcess(args.checkpoint, capture=False, env=env) as server:
         out = soak(server.url, server.proc.pid, args.minutes * 60, args.load, args.window_s)
     print(json.dumps({k: v for k, v in out.items() if k != "windows"}))
-    print("| window | good requests | p50 ms | p99 ms | statuses | server 5xx | RSS MB |")
-    print("|---|---|---|---|---|---|---|")
+    print("| window | good requests | p50 ms | p99 ms | statuses | server 5xx | RSS MB | anonymous MB | file MB |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for w in out["windows"]:
         print(f"| {w['window']} | {w['good']} | {w['p50_ms']:.1f} | {w['p99_ms']:.1f} | "
               f"{', '.join(f'{k}: {v}' for k, v in sorted(w['statuses'].items()))} | {w['server_5xx']} | "
-              f"{w['rss_mb']:.0f} |")
+              f"{w['rss_mb']:.0f} | {w['anon_mb']:.0f} | {w['file_mb']:.0f} |")
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
     ok = out["client_5xx"] == 0 and out["server_5xx"] == 0 and out["rss_growth"] <= args.max_rss_growth

@@ -156,6 +156,36 @@ def test_api_keys_on_v1_and_metrics_rotate_with_the_key_file(classifier, good_pn
         c.__exit__(None, None, None)
 
 
+def test_a_key_file_caught_half_written_keeps_the_keys_last_read_for_access_and_docs(classifier, tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("alpha-key\n")
+    c = client_for(classifier, api_key_file=str(keys))
+    try:
+        keys.write_text("")  # an editor truncates before it writes
+        os.utime(keys, ns=(time.time_ns(), time.time_ns() + 10**9))
+        assert c.get("/v1/model", headers={"X-API-Key": "alpha-key"}).status_code == 200
+        page = c.get("/docs")
+        assert page.status_code == 200 and "Send the API key" in page.text
+    finally:
+        c.__exit__(None, None, None)
+
+
+def test_the_service_hands_freed_heap_memory_back_while_it_runs(classifier, monkeypatch):
+    import resnetlab.serving.app as app_module
+    assert app_module._malloc_trim() is not None  # glibc (Linux): the real malloc_trim is found
+    calls = []
+    monkeypatch.setattr(app_module, "TRIM_EVERY_S", 0.01)
+    monkeypatch.setattr(app_module, "_malloc_trim", lambda: calls.append)
+    c = client_for(classifier)
+    try:
+        deadline = time.time() + 10
+        while len(calls) < 3 and time.time() < deadline:
+            time.sleep(0.02)
+        assert len(calls) >= 3 and all(pad == 0 for pad in calls)
+    finally:
+        c.__exit__(None, None, None)
+
+
 def test_a_public_bind_needs_a_key_or_an_explicit_no_auth(tmp_path, monkeypatch):
     monkeypatch.delenv("RESNETLAB_API_KEY", raising=False)
     with pytest.raises(UserError, match="not loopback.*without an API key.*--no-auth"):

@@ -38,6 +38,19 @@ PROTECTED = ("/v1/", "/metrics")  # need an API key when the service has keys; /
 TOP_K = re.compile(r"[0-9]{1,4}")  # ASCII digits only (str.isdigit also accepts "²")
 
 
+TRIM_EVERY_S = 10.0
+
+
+def _malloc_trim():
+    """glibc's malloc_trim, or None on another C library."""
+    import ctypes
+    import ctypes.util
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
 class RequestError(Exception):
     """A client error with its HTTP status; becomes {"detail": message}."""
 
@@ -51,6 +64,7 @@ class PredictService:
 
     def __init__(self, clf: ImageClassifier, settings: ServeSettings, metrics: Metrics) -> None:
         self.clf, self.settings, self.metrics = clf, settings, metrics
+        self.keys = KeyRing(settings)  # the one reader of the key file: access checks and /docs ask it
         self.ready = False
         self.batcher: DynamicBatcher | None = None
         self.stopping: asyncio.Event | None = None  # set on SIGTERM: uploads still arriving are ended with 503
@@ -82,14 +96,27 @@ class PredictService:
                                       self.metrics.batch_done)
         await self.batcher.start()
         warm = asyncio.create_task(self.warm_up())
+        trim = asyncio.create_task(self.release_freed_memory())
         try:
             yield
         finally:
             self.ready = False
+            trim.cancel()
             if not warm.done():
                 warm.cancel()
             await self.batcher.stop()  # requests already queued are answered first
             self.decoders.shutdown(wait=False)
+
+    async def release_freed_memory(self) -> None:
+        """Every TRIM_EVERY_S, hand the pages that the C heaps hold free back to the system (glibc's
+        malloc_trim): a burst of large requests otherwise leaves the process at its high-water mark for good."""
+        trim = _malloc_trim()
+        if trim is None:
+            return
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(TRIM_EVERY_S)
+            await loop.run_in_executor(self.decoders, trim, 0)
 
     def decode(self, files: list[tuple[str, bytes]]) -> torch.Tensor:
         """Every file's pixels. First every header (format, size: no pixel decoded) against the per-image and
@@ -264,7 +291,7 @@ async def docs(request: Request) -> HTMLResponse:
                         f"</td><td>{html.escape(op.get('summary', ''))}. {html.escape(op.get('description', ''))}"
                         f"</td></tr>")
     auth = ("Send the API key as <code>Authorization: Bearer KEY</code> or <code>X-API-Key: KEY</code> on /v1/* and "
-            "/metrics." if request.app.state.service.settings.keys() else "This service has no API keys.")
+            "/metrics." if request.app.state.service.keys.keys() else "This service has no API keys.")
     return HTMLResponse(f"<!doctype html><meta charset=utf-8><title>{html.escape(schema['info']['title'])} API</title>"
                         f"<h1>{html.escape(schema['info']['title'])} {html.escape(schema['info']['version'])}</h1>"
                         f"<p>{html.escape(schema['info'].get('description', ''))}</p><p>{auth}</p>"
@@ -349,7 +376,7 @@ def create_app(clf: ImageClassifier, settings: ServeSettings | None = None) -> "
     app.include_router(router)
     if settings.docs:
         app.add_api_route("/docs", docs, methods=["GET"], response_class=HTMLResponse, include_in_schema=False)
-    return MetricsMiddleware(AccessMiddleware(app, settings), svc.metrics)
+    return MetricsMiddleware(AccessMiddleware(app, settings, svc.keys), svc.metrics)
 
 
 class KeyRing:
@@ -357,17 +384,19 @@ class KeyRing:
 
     def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
-        self._stamp: tuple | None = None
+        self._stamp = self._file_stamp()
         self._keys = [k.encode() for k in settings.keys()]
 
+    def _file_stamp(self) -> tuple | None:
+        try:
+            st = os.stat(self.settings.api_key_file)
+            return st.st_mtime_ns, st.st_size
+        except (OSError, TypeError):
+            return None  # no key file, or it went away: keep the keys last read
+
     def keys(self) -> list[bytes]:
-        path = self.settings.api_key_file
-        if path:
-            try:
-                st = os.stat(path)
-                stamp = (st.st_mtime_ns, st.st_size)
-            except OSError:
-                stamp = None  # the file went away: keep the keys last read
+        if self.settings.api_key_file:
+            stamp = self._file_stamp()
             if stamp is not None and stamp != self._stamp:
                 try:
                     self._keys = [k.encode() for k in self.settings.keys()]
@@ -394,11 +423,11 @@ class AccessMiddleware:
     """Who may call: the Host header allowlist (DNS rebinding), API keys on /v1/* and /metrics, CORS only for
     the configured origins, and security headers on every response. Pure ASGI, one line per refusal."""
 
-    def __init__(self, app, settings: ServeSettings) -> None:
+    def __init__(self, app, settings: ServeSettings, ring: "KeyRing") -> None:
         self.app, self.settings = app, settings
         self.state = app.state
         self.hosts = settings.host_names()
-        self.ring = KeyRing(settings)
+        self.ring = ring
         self.origins = {o.rstrip("/") for o in settings.cors_origins}
 
     async def __call__(self, scope, receive, send):

@@ -115,7 +115,7 @@ def serve(checkpoint: str, backend: str = "torch", device: str = "cpu", settings
     log(f"serving {clf.metadata['arch']} ({len(clf.classes)} classes, backend {clf.backend}) from {clf.path}")
     docs = f"   docs: http://{shown}:{port}/docs" if settings.docs else ""
     log(f"page: http://{shown}:{port}/   API: http://{shown}:{port}/v1/predict{docs}", flush=True)
-    keys = len(settings.keys())
+    keys = len(app.state.service.keys.keys())
     log(f"access: {f'{keys} API key(s) required on /v1/* and /metrics' if keys else 'no API key (open)'}; hosts "
         f"{', '.join(sorted(settings.host_names())) if settings.host_names() else 'any'}"
         f"{'; CORS for ' + ', '.join(settings.cors_origins) if settings.cors_origins else ''}", flush=True)
