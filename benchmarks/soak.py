@@ -137,6 +137,7 @@ def soak(url: str, pid: int, seconds: float, share: float, window_s: float, log=
     base_5xx = server_5xx(load.client)
     kinds, weights = zip(*MIX)
     windows, results, lock = [], [], threading.Lock()
+    last_chunk: list = []
     pool = ThreadPoolExecutor(max_workers=96)
 
     def run(kind: str) -> None:
@@ -159,17 +160,22 @@ def soak(url: str, pid: int, seconds: float, share: float, window_s: float, log=
         if time.perf_counter() >= next_window:
             with lock:
                 chunk, results[:] = list(results), []
+            last_chunk = chunk
             windows.append(_window(len(windows) + 1, chunk, rss_mb(pid), server_5xx(load.client) - base_5xx))
             log(_row(windows[-1]))
             next_window += window_s
     pool.shutdown(wait=True)
+    tail_s = time.perf_counter() - (next_window - window_s)
+    if windows and tail_s < window_s / 2:  # answers still arriving at the end belong to the last window
+        windows.pop()
+        results = last_chunk + results
     if results:
         windows.append(_window(len(windows) + 1, results, rss_mb(pid), server_5xx(load.client) - base_5xx))
-        log(_row(windows[-1]))
+        log(_row(windows[-1]) + " (final)")
     statuses = Counter()
     for w in windows:
         statuses.update(w["statuses"])
-    first = windows[1]["rss_mb"] if len(windows) > 1 else windows[0]["rss_mb"]  # after the first window's warm-up
+    first = windows[0]["rss_mb"]  # the first window is the warm-up: growth is measured from its end
     return {"capacity_req_s": cap, "rate_req_s": rate, "windows": windows, "statuses": dict(statuses),
             "client_5xx": sum(n for s, n in statuses.items() if 500 <= int(s) < 600),
             "server_5xx": windows[-1]["server_5xx"], "rss_growth": windows[-1]["rss_mb"] / first - 1}

@@ -72,24 +72,33 @@ def test_many_tiny_bombs_are_refused_from_their_headers(client):
 
 
 def test_a_bomb_in_flight_does_not_block_the_event_loop(classifier):
-    with ServeProcess(classifier.path, capture=False) as server:
-        body = [webp_bomb(), webp_bomb()]  # 79 MP: inside the per-request budget, decoded in a worker thread
+    """Two 39.7 MP WebPs (inside the per-request budget) are decoded in a worker thread while /healthz keeps
+    being answered. Pillow holds the GIL for stretches of a decode this large (its WebP frame copy and RGBA
+    to RGB conversion), so a single poll can wait up to ~1 s on 2 cores (docs/results.md); what the loop must
+    not do is wait for the decode: polls go on being answered throughout and most of them at once."""
+    with ServeProcess(classifier.path, capture=False) as server, httpx.Client(timeout=10) as poller:
+        body = [webp_bomb(), webp_bomb()]
         done = []
 
         def post():
             files = {f"f{i}": (f"b{i}.webp", b, "image/webp") for i, b in enumerate(body)}
+            t0 = time.perf_counter()
             done.append(httpx.post(server.url + "/v1/predict", files=files, timeout=60).status_code)
+            done.append(time.perf_counter() - t0)
         t = threading.Thread(target=post)
         t.start()
         time.sleep(0.15)
-        slowest = 0.0
+        polls = []
         while t.is_alive():
             t0 = time.perf_counter()
-            assert httpx.get(server.url + "/healthz", timeout=10).status_code == 200
-            slowest = max(slowest, time.perf_counter() - t0)
+            assert poller.get(server.url + "/healthz").status_code == 200
+            polls.append(time.perf_counter() - t0)
             time.sleep(0.05)
         t.join()
-    assert done == [200] and slowest < 0.5
+    status, request_s = done
+    assert status == 200
+    # A loop blocked by the decode answers one or two polls, each as slow as the decode (~1.3 s here).
+    assert len(polls) >= 5 and sorted(polls)[len(polls) // 2] < 0.1, (request_s, polls)
 
 
 @pytest.mark.parametrize("top_k", ["²", "1" * 5000, "0", "-1", "٣"])
@@ -170,18 +179,30 @@ def test_a_key_file_caught_half_written_keeps_the_keys_last_read_for_access_and_
         c.__exit__(None, None, None)
 
 
-def test_the_service_hands_freed_heap_memory_back_while_it_runs(classifier, monkeypatch):
+def test_the_service_hands_freed_heap_memory_back_once_it_is_quiet_and_never_during_a_request(
+        classifier, good_png, monkeypatch):
     import resnetlab.serving.app as app_module
     assert app_module._malloc_trim() is not None  # glibc (Linux): the real malloc_trim is found
     calls = []
-    monkeypatch.setattr(app_module, "TRIM_EVERY_S", 0.01)
+    monkeypatch.setattr(app_module, "TRIM_EVERY_S", 0.05)
     monkeypatch.setattr(app_module, "_malloc_trim", lambda: calls.append)
+
+    def calls_after(seconds: float, at_least: int = 0) -> int:
+        deadline = time.time() + 10
+        while len(calls) < at_least and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(seconds)
+        return len(calls)
     c = client_for(classifier)
     try:
-        deadline = time.time() + 10
-        while len(calls) < 3 and time.time() < deadline:
-            time.sleep(0.02)
-        assert len(calls) >= 3 and all(pad == 0 for pad in calls)
+        assert calls_after(0.3) == 0  # no request yet: nothing to hand back
+        assert c.post("/v1/predict", content=good_png).status_code == 200
+        assert calls_after(0.3, at_least=1) == 1 and calls == [0]  # once per quiet spell, not every period
+        metrics = c.app.state.service.metrics
+        metrics.work_begins()  # a request in flight: no trim however long it takes
+        assert calls_after(0.3) == 1
+        metrics.work_ends()
+        assert calls_after(0.3, at_least=2) == 2
     finally:
         c.__exit__(None, None, None)
 
@@ -324,8 +345,8 @@ def test_predict_classifies_the_good_files_and_reports_the_bad(small_checkpoint,
 def test_a_60_second_soak_has_no_5xx_and_no_gross_leak(small_checkpoint):
     """benchmarks/soak.py for one minute at 70 % of the measured capacity: good, bad, oversized, slow and
     aborted clients; no 5xx seen by clients or counted by /metrics. A minute is still warm-up for memory (the
-    30-minute soak in docs/results.md grew 6 % in its first 20 minutes, then stayed flat), so here RSS only has
-    to stay within 25 % of its first window: a leak per request would pass that in seconds."""
+    30-minute soak in docs/results.md grew 10 % after its first 5 minutes, in steps, as latency peaked), so
+    here RSS only has to stay within 25 % of its first window: a leak per request would pass that in seconds."""
     import subprocess
     import sys
     from pathlib import Path

@@ -108,15 +108,20 @@ class PredictService:
             self.decoders.shutdown(wait=False)
 
     async def release_freed_memory(self) -> None:
-        """Every TRIM_EVERY_S, hand the pages that the C heaps hold free back to the system (glibc's
-        malloc_trim): a burst of large requests otherwise leaves the process at its high-water mark for good."""
+        """Once the service has had no /v1/ request for TRIM_EVERY_S, hand the pages that the C heaps hold free
+        back to the system (glibc's malloc_trim): a burst of large requests otherwise leaves the process at its
+        high-water mark for good. Only when quiet: a trim locks each heap in turn and takes 0.5-1 s on a loaded
+        process, and a request arriving meanwhile waits for it (a periodic trim stalled /healthz 1.4 s)."""
         trim = _malloc_trim()
         if trim is None:
             return
         loop = asyncio.get_running_loop()
+        trimmed_at = self.metrics.work_seen  # nothing to return before the first request
         while True:
             await asyncio.sleep(TRIM_EVERY_S)
-            await loop.run_in_executor(self.decoders, trim, 0)
+            if self.metrics.quiet_for(TRIM_EVERY_S) and self.metrics.work_seen != trimmed_at:
+                trimmed_at = self.metrics.work_seen  # once per quiet spell: an idle process has nothing new to return
+                await loop.run_in_executor(self.decoders, trim, 0)
 
     def decode(self, files: list[tuple[str, bytes]]) -> torch.Tensor:
         """Every file's pixels. First every header (format, size: no pixel decoded) against the per-image and
@@ -495,9 +500,14 @@ class MetricsMiddleware:
                 status["code"] = message["status"]
             await send(message)
 
+        work = route.startswith("/v1/")
         self.metrics.in_flight += 1
+        if work:
+            self.metrics.work_begins()
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
             self.metrics.in_flight -= 1
+            if work:
+                self.metrics.work_ends()
             self.metrics.request_done(route, status["code"], time.perf_counter() - start)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import defaultdict
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -41,6 +42,20 @@ class Metrics:
         self.batches = Histogram(BATCH_BUCKETS)
         self.images = 0
         self.in_flight = 0
+        self.work_in_flight = 0  # /v1/ requests being handled now
+        self.work_seen = 0.0  # time.monotonic() when a /v1/ request last began or ended
+
+    def work_begins(self) -> None:
+        self.work_in_flight += 1
+        self.work_seen = time.monotonic()
+
+    def work_ends(self) -> None:
+        self.work_in_flight -= 1
+        self.work_seen = time.monotonic()
+
+    def quiet_for(self, seconds: float) -> bool:
+        """No /v1/ request in flight, and none began or ended in the last `seconds`."""
+        return self.work_in_flight == 0 and time.monotonic() - self.work_seen >= seconds
 
     def request_done(self, route: str, status: int, seconds: float) -> None:
         with self._lock:
