@@ -37,10 +37,12 @@ def _weights(run: Path) -> dict:
 def test_alpha_zero_is_plain_training_and_the_teacher_costs_flops(teacher_and_data, tmp_path):
     teacher, data = teacher_and_data
     plain = _train(data, tmp_path / "plain", "train.epochs=1")
-    zero = _train(data, tmp_path / "zero", "train.epochs=1", f"train.distill.teacher={teacher}", "train.distill.alpha=0")
+    zero = _train(data, tmp_path / "zero", "train.epochs=1", f"train.distill.teacher={teacher.parent}",
+                  "train.distill.alpha=0")  # the teacher's run folder: its best checkpoint, named in the recipe
     a, b = _weights(tmp_path / "plain"), _weights(tmp_path / "zero")
     assert all(torch.equal(a[k], b[k]) for k in a)  # the teacher ran, and changed nothing but the cost
     assert zero["train_pflop"] > plain["train_pflop"] * 1.2
+    assert f"teacher: {teacher}" in (tmp_path / "zero" / "recipe.yaml").read_text()
 
 
 def test_distilled_student_follows_its_teacher(teacher_and_data, tmp_path):
@@ -90,4 +92,5 @@ def test_a_teacher_with_other_classes_is_refused_in_one_line(teacher_and_data, t
     assert "the teacher's classes" in err and "\n" not in err
     assert main(["train", "--out", str(tmp_path / "y"), "--no-progress", "train.distill.teacher=/no/such.safetensors",
                  "train.epochs=1"]) == 2
-    assert "is not a file" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert "train.distill.teacher: /no/such.safetensors: checkpoint not found" in err and "\n" not in err

@@ -232,3 +232,20 @@ def test_predict_on_png_files_equals_eval(real_data, tmp_path, extra):
     as_np = [x.permute(1, 2, 0).numpy() for x in some]
     for batch in (as_np, [Image.fromarray(a) for a in as_np], some):
         assert [r["top"][0]["class"] for r in clf.predict(batch, top_k=3)] == names[:8]
+
+
+def test_a_fine_tuning_run_folder_stands_for_its_last_stage_checkpoint(tmp_path):
+    from resnetlab.errors import UserError
+    from resnetlab.weights import resolve_checkpoint
+    run = tmp_path / "ft"
+    run.mkdir()
+    with pytest.raises(UserError, match="run folder has none of best.safetensors, last.safetensors, stage2-best"):
+        resolve_checkpoint(run)
+    for name in ("stage1-best.safetensors", "stage1-last.safetensors"):
+        (run / name).write_bytes(b"")
+    assert resolve_checkpoint(run) == run / "stage1-best.safetensors"  # a linear probe: one stage
+    for name in ("stage2-best.safetensors", "stage2-last.safetensors"):
+        (run / name).write_bytes(b"")
+    assert resolve_checkpoint(run) == run / "stage2-best.safetensors"  # two-stage: the last stage's best
+    (run / "best.safetensors").write_bytes(b"")
+    assert resolve_checkpoint(run) == run / "best.safetensors"

@@ -48,14 +48,19 @@ def save_checkpoint(path: Path, state_dict: dict[str, torch.Tensor], meta: dict[
         raise OSError(f"cannot write {path} ({e})") from None
 
 
+RUN_CHECKPOINTS = ("best.safetensors", "last.safetensors", "stage2-best.safetensors", "stage2-last.safetensors",
+                   "stage1-best.safetensors", "stage1-last.safetensors")
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or a run folder (its best, else its last checkpoint)."""
+    """A checkpoint file, or a run folder: its best, else its last checkpoint; for a fine-tuning run in stages, the
+    last stage's best (stage2-best.safetensors of a two-stage run)."""
     p = Path(path)
     if p.is_dir():
-        for name in ("best.safetensors", "last.safetensors"):
+        for name in RUN_CHECKPOINTS:
             if (p / name).is_file():
                 return p / name
-        raise UserError(f"{p}: run folder has no best.safetensors or last.safetensors")
+        raise UserError(f"{p}: run folder has none of {', '.join(RUN_CHECKPOINTS)}")
     if not p.is_file():
         raise UserError(f"{path}: checkpoint not found")
     if p.suffix in (".pth", ".pt", ".bin", ".ckpt"):

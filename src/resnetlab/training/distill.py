@@ -18,13 +18,21 @@ from ..errors import UserError
 from ..evaluation.profile import count_macs
 from ..models import load_model
 from ..preprocessing import resize_batch
+from ..weights import resolve_checkpoint
+
+
+def teacher_checkpoint(path: str) -> Path:
+    """The teacher's checkpoint file: `path` itself, or the one a run folder holds (as `eval` picks it)."""
+    try:
+        return resolve_checkpoint(path)
+    except UserError as e:
+        raise UserError(f"recipe key train.distill.teacher: {e} (a resnetlab .safetensors checkpoint with the "
+                        f"same classes, or its run folder)") from None
 
 
 class Teacher:
     def __init__(self, path: str, classes: list[str], mean, std, device: torch.device, channels_last: bool) -> None:
-        if not Path(path).is_file():
-            raise UserError(f"recipe key train.distill.teacher: {path} is not a file (a resnetlab .safetensors "
-                            f"checkpoint)")
+        path = str(teacher_checkpoint(path))
         model, meta = load_model(path, "cpu")
         if list(meta["classes"]) != list(classes):
             raise UserError(f"{path}: the teacher's classes ({len(meta['classes'])}: {', '.join(meta['classes'][:4])}"

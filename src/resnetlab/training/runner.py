@@ -31,6 +31,7 @@ from ..runtime import (barrier, broadcast_flag, broadcast_module, broadcast_str,
                        select_precision, use_channels_last)
 from ..weights import read_checkpoint, read_metadata, save_checkpoint
 from .config import DataConfig, Recipe, load_recipe, recipe_from_dict, recipe_yaml
+from .distill import teacher_checkpoint
 from .engine import RunContext, Trainer, TrainerState
 from .features import FeatureSet
 from .rundir import claim, next_run_dir
@@ -244,10 +245,8 @@ def prepare_run(recipe: Recipe, out: str | Path | None, data_dir: str | None, *,
         log(f"distributed: {dist.describe()}, global batch {recipe.train.batch_size} = "
             f"{recipe.train.batch_size // dist.world_size} per process, sync_bn {recipe.train.sync_bn}")
     build_model(arch, 2, kwargs)  # fail in a second on a model that cannot be built, before any data work
-    teacher = recipe.train.distill.teacher
-    if teacher is not None and not Path(teacher).is_file():
-        raise UserError(f"recipe key train.distill.teacher: {teacher} is not a file (a resnetlab .safetensors "
-                        f"checkpoint with the same classes)")
+    if recipe.train.distill.teacher is not None:  # a file or a run folder; the recipe saved names the file
+        recipe.train.distill.teacher = str(teacher_checkpoint(recipe.train.distill.teacher))
     input_size = input_size_for(recipe, arch, kwargs, pretrained, pretrained_size)
     if recipe.data.dataset == "folder":
         recipe.data.image_size = input_size  # folders are decoded at the size the net reads (recorded)
