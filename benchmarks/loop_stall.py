@@ -9,21 +9,13 @@ no request in flight, for the host's own noise. Loopback only.
 from __future__ import annotations
 
 import argparse
-import io
 import statistics
 import threading
 import time
 
 import httpx
-from PIL import Image
 
-from resnetlab.testing import ServeProcess
-
-
-def webp(side: int) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (side, side)).save(buf, "WEBP", lossless=True, quality=0, method=0)
-    return buf.getvalue()
+from resnetlab.testing import ServeProcess, webp_bomb
 
 
 def poll_while(poller: httpx.Client, url: str, busy) -> list[float]:
@@ -49,7 +41,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=2)
     p.add_argument("--side", type=int, default=6300)
     a = p.parse_args()
-    body = webp(a.side)
+    body = webp_bomb(a.side)
     print(f"{a.images} x {a.side}x{a.side} lossless WebP ({len(body)} bytes each, "
           f"{a.images * a.side * a.side / 1e6:.1f} MP per request)")
     print("     rep | request s | polls | median ms | max ms")

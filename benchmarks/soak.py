@@ -26,7 +26,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from resnetlab.testing import ServeProcess
+from resnetlab.testing import ServeProcess, webp_bomb
 
 
 def _png(seed: int) -> bytes:
@@ -35,14 +35,8 @@ def _png(seed: int) -> bytes:
     return buf.getvalue()
 
 
-def _bomb() -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (7000, 7000)).save(buf, "WEBP", lossless=True, quality=0, method=0)  # 49 MP in 34 bytes
-    return buf.getvalue()
-
-
 GOOD = [_png(i) for i in range(32)]
-BOMB = _bomb()
+BOMB = webp_bomb(7000)  # 49 MP in 34 bytes: over the per-image limit, refused from its header
 
 
 def rss_mb(pid: int) -> dict:

@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from conftest import png_bytes, ready_client
-from resnetlab import load
+from resnetlab import load, testing
 from resnetlab.cli import main
 from resnetlab.errors import UserError
 from resnetlab.serving.app import create_app
@@ -29,10 +29,8 @@ from resnetlab.testing import ServeProcess
 
 
 def webp_bomb(side: int = 6300) -> bytes:
-    """A 34-byte lossless WebP that decodes to side x side pixels (39.7 MP at 6300: under the per-image limit)."""
-    buf = io.BytesIO()
-    Image.new("RGB", (side, side)).save(buf, "WEBP", lossless=True, quality=0, method=0)
-    return buf.getvalue()
+    """34 bytes that decode to 6300 x 6300 (39.7 MP: under the per-image limit)."""
+    return testing.webp_bomb(side)
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@ integration tests. Not used by the library itself.
 
 - `ServeProcess`: a real `resnetlab serve` in a child process on a free loopback port (its signal handling,
   port binding and batching thread, not an in-process app). Standard library only.
+- `webp_bomb`: a lossless WebP of a few dozen bytes that decodes to side x side pixels (PIL).
 - `write_cifar10_binary`: images in CIFAR-10's official binary layout, so that data made elsewhere (synthetic
   images, random bytes for a smoke test, a user's own 32x32 set) goes through the reader the real files do.
 """
@@ -21,6 +22,16 @@ from pathlib import Path
 import numpy as np
 
 from .data.cifar import _LAYOUT, CIFAR10_CLASSES, IMAGE_BYTES
+
+
+def webp_bomb(side: int) -> bytes:
+    """A lossless WebP of a few dozen bytes that decodes to side x side black pixels (34 bytes at 6300)."""
+    import io
+
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("RGB", (side, side)).save(buf, "WEBP", lossless=True, quality=0, method=0)
+    return buf.getvalue()
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -32,8 +32,7 @@ def teacher_checkpoint(path: str) -> Path:
 
 class Teacher:
     def __init__(self, path: str, classes: list[str], mean, std, device: torch.device, channels_last: bool) -> None:
-        path = str(teacher_checkpoint(path))
-        model, meta = load_model(path, "cpu")
+        model, meta = load_model(path, "cpu")  # a file: prepare_run resolved the recipe's teacher once
         if list(meta["classes"]) != list(classes):
             raise UserError(f"{path}: the teacher's classes ({len(meta['classes'])}: {', '.join(meta['classes'][:4])}"
                             f"…) are not this run's ({len(classes)}: {', '.join(classes[:4])}…) in the same order")
