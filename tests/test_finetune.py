@@ -106,6 +106,9 @@ def test_finetune_cli_all_strategies(strategy, pretrained, image_folder, tmp_pat
     summary = json.loads((out / "summary.json").read_text())
     assert summary["classes"] == ["class_0", "class_1", "class_2"] and summary["after"]["n"] > 0
     assert (out / "report.md").is_file()
+    from resnetlab.weights import resolve_checkpoint
+    final = "stage2-" if strategy == "two-stage" else f"{strategy}-"
+    assert resolve_checkpoint(out) == out / f"{final}best.safetensors"  # the folder stands for its final stage
     ckpt = next(out.glob("*best.safetensors"))
     _, meta = read_checkpoint(ckpt)
     assert meta["num_classes"] == 3 and meta["finetuned_from"] == str(pretrained)
@@ -239,13 +242,13 @@ def test_a_fine_tuning_run_folder_stands_for_its_last_stage_checkpoint(tmp_path)
     from resnetlab.weights import resolve_checkpoint
     run = tmp_path / "ft"
     run.mkdir()
-    with pytest.raises(UserError, match="run folder has none of best.safetensors, last.safetensors, stage2-best"):
+    with pytest.raises(UserError, match="run folder has no best.safetensors or last.safetensors, nor a summary"):
         resolve_checkpoint(run)
-    for name in ("stage1-best.safetensors", "stage1-last.safetensors"):
+    for name in ("stage1-best.safetensors", "stage2-best.safetensors", "stage2-last.safetensors"):
         (run / name).write_bytes(b"")
-    assert resolve_checkpoint(run) == run / "stage1-best.safetensors"  # a linear probe: one stage
-    for name in ("stage2-best.safetensors", "stage2-last.safetensors"):
-        (run / name).write_bytes(b"")
+    (run / "summary.json").write_text(json.dumps({"strategy": "two-stage", "checkpoint": "stage2-best.safetensors"}))
     assert resolve_checkpoint(run) == run / "stage2-best.safetensors"  # two-stage: the last stage's best
+    (run / "summary.json").write_text(json.dumps({"checkpoint": "../../elsewhere/stage2-best.safetensors"}))
+    assert resolve_checkpoint(run) == run / "stage2-best.safetensors"  # only ever a file inside the folder
     (run / "best.safetensors").write_bytes(b"")
     assert resolve_checkpoint(run) == run / "best.safetensors"

@@ -113,7 +113,9 @@ def run_finetune(weights: str, recipe: Recipe, out: str | Path | None, data_dir:
         if not main:
             return results
         b, a = results["before"], results["after"]
-        summary = {"weights": str(weights), "strategy": f.strategy, "classes": classes,
+        final = "stage2-" if f.strategy == "two-stage" else f"{f.strategy}-"
+        summary = {"weights": str(weights), "strategy": f.strategy, "checkpoint": f"{final}best.safetensors",
+                   "classes": classes,
                    "before_linear_probe": b["test"] if b else None, "after": a["test"],
                    "time_min": sum(x["train_time_min"] for x in {id(b): b, id(a): a}.values() if x)}
         atomic_write_text(run.run_dir / "summary.json", json.dumps(summary, indent=2))

@@ -48,19 +48,28 @@ def save_checkpoint(path: Path, state_dict: dict[str, torch.Tensor], meta: dict[
         raise OSError(f"cannot write {path} ({e})") from None
 
 
-RUN_CHECKPOINTS = ("best.safetensors", "last.safetensors", "stage2-best.safetensors", "stage2-last.safetensors",
-                   "stage1-best.safetensors", "stage1-last.safetensors")
+def _summary_checkpoint(run_dir: Path) -> str | None:
+    """The file name a fine-tuning run's summary.json gives as its final checkpoint, if any."""
+    try:
+        name = json.loads((run_dir / "summary.json").read_text()).get("checkpoint")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return Path(name).name if isinstance(name, str) else None  # a name inside the folder, never a path out of it
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or a run folder: its best, else its last checkpoint; for a fine-tuning run in stages, the
-    last stage's best (stage2-best.safetensors of a two-stage run)."""
+    """A checkpoint file, or a run folder: its best, else its last checkpoint; for a fine-tuning run, the final
+    stage's checkpoint that its summary.json names."""
     p = Path(path)
     if p.is_dir():
-        for name in RUN_CHECKPOINTS:
+        for name in ("best.safetensors", "last.safetensors"):
             if (p / name).is_file():
                 return p / name
-        raise UserError(f"{p}: run folder has none of {', '.join(RUN_CHECKPOINTS)}")
+        final = _summary_checkpoint(p)
+        if final is not None and (p / final).is_file():
+            return p / final
+        raise UserError(f"{p}: run folder has no best.safetensors or last.safetensors, nor a summary.json naming "
+                        f"its checkpoint")
     if not p.is_file():
         raise UserError(f"{path}: checkpoint not found")
     if p.suffix in (".pth", ".pt", ".bin", ".ckpt"):
