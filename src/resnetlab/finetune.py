@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,103 +26,124 @@ from .training.config import Recipe
 from .training.engine import Stage, Trainer
 from .training.features import FeatureLoader, PooledHead, compute_features, head_train_flops
 from .training.rundir import claim
-from .training.runner import finish_run, interruptible, prepare_run, quiet, write_recipe_file
+from .training.runner import PreparedRun, finish_run, interruptible, prepare_run, quiet, write_recipe_file
 from .weights import IMAGENET_MEAN, IMAGENET_STD, load_backbone_weights, map_head, read_weights
+
+
+@dataclass
+class Source:
+    """The pretrained weights and what they say of themselves: architecture, its arguments, their classes."""
+    weights: str
+    state_dict: dict[str, torch.Tensor]
+    arch: str
+    kwargs: dict[str, Any]
+    classes: list[str] | None
+
+    def model(self, classes: list[str], log=quiet) -> tuple[nn.Module, dict[str, list[str]]]:
+        """A new model for `classes` with these weights loaded (the head mapped class by class where the names
+        match); the load report says what was loaded and what is new."""
+        m = build_model(self.arch, len(classes), self.kwargs)
+        report = load_backbone_weights(m, self.state_dict, verbose=log is not quiet, log=log)
+        map_head(m, self.state_dict, self.classes, classes, log=log)
+        return m, report
 
 
 def run_finetune(weights: str, recipe: Recipe, out: str | Path | None, data_dir: str | None = None,
                  arch: str | None = None, progress: bool = True, log=print, on_epoch=None) -> dict[str, Any]:
     """Fine-tune and write the run folder (out None: runs/finetune-<strategy>[-N], chosen by rank 0 in a
     distributed run, where only rank 0 logs and writes)."""
-    sd, src_meta = read_weights(weights)
-    name = src_meta.get("arch") or arch or recipe.model.name
-    kwargs = src_meta.get("kwargs") or dict(recipe.model.kwargs)
+    sd, meta = read_weights(weights)
+    src = Source(str(weights), sd, meta.get("arch") or arch or recipe.model.name,
+                 meta.get("kwargs") or dict(recipe.model.kwargs), meta.get("classes"))
     f = recipe.finetune
-    mean_std = (tuple(src_meta["mean"]), tuple(src_meta["std"])) if src_meta.get("mean") else (
+    mean_std = (tuple(meta["mean"]), tuple(meta["std"])) if meta.get("mean") else (
         (IMAGENET_MEAN, IMAGENET_STD) if Path(str(weights)).suffix in (".pth", ".pt") else None)
-    old = src_meta.get("classes")
-    run = prepare_run(recipe, out, data_dir, arch=name, kwargs=kwargs, default_name=f"finetune-{f.strategy}",
+    run = prepare_run(recipe, out, data_dir, arch=src.arch, kwargs=src.kwargs, default_name=f"finetune-{f.strategy}",
                       progress=progress, log=log, on_epoch=on_epoch, mean_std=mean_std, pretrained=True,
-                      pretrained_size=src_meta.get("input_size"), class_order=old, finetuned_from=str(weights))
-    log, splits, ctx = run.ctx.log, run.splits, run.ctx
-    classes = list(splits.classes)
+                      pretrained_size=meta.get("input_size"), class_order=src.classes, finetuned_from=str(weights))
+    log = run.ctx.log
+    classes = list(run.splits.classes)
     torch.manual_seed(recipe.train.seed)
-
-    def pretrained_model(say=quiet) -> tuple[nn.Module, dict[str, list[str]]]:
-        m = build_model(name, len(classes), kwargs)
-        report = load_backbone_weights(m, sd, verbose=say is not quiet, log=say)
-        map_head(m, sd, old, classes, log=say)
-        return m, report
-
-    model, report = pretrained_model(log)
-
-    def stage(m: nn.Module, strategy: str, prefix: str, lr_mult: float = 1.0, epochs: int | None = None,
-              freeze_stats: bool = False) -> dict:
-        r = copy.deepcopy(recipe)
-        r.optim.lr *= lr_mult
-        if epochs is not None:
-            r.train.epochs = epochs
-        frozen = apply_strategy(m, strategy, f.unfreeze_stages, freeze_stats)
-        log(f"[{prefix.rstrip('-')}] {strategy}: {count_params(m, trainable_only=True):,} trainable params")
-        if strategy == "linear-probe" and f.cached_features and not r.train.distill.teacher:
-            return head_stage(m, r, prefix, frozen)  # (a teacher needs the images: then the full path)
-        scales = stage_lr_scales(m, f.layer_decay) if strategy != "linear-probe" else None
-        tr = Trainer(m, r, run.train, run.val, ctx, Stage(prefix, scales, frozen))
-        state = tr.fit()
-        res = finish_run(tr, splits, run.test, state, log=log)
-        tr.release()  # the next stage wraps the model anew (other parameters train)
-        res["strategy"] = strategy
-        return res
-
-    def head_stage(m: nn.Module, r: Recipe, prefix: str, frozen) -> dict:
-        """The head trained on the frozen backbone's features, computed once (training.features)."""
-        m.to(ctx.device)
-        if ctx.channels_last:
-            m.to(memory_format=torch.channels_last)
-        resize = ctx.meta["input_size"] if ctx.meta["input_size"] != splits.train.image_size else None
-        feats = compute_features(m, splits.train, splits.val if splits.val is not None else splits.test,
-                                 views=f.feature_views, augment=r.data.augment, batch_size=r.train.eval_batch_size,
-                                 seed=r.train.seed, mean=splits.mean, std=splits.std, device=ctx.device,
-                                 image_size=resize, amp_dtype=ctx.amp_dtype, channels_last=ctx.channels_last, log=log)
-        d = dist_context()
-        train_src = FeatureLoader(feats.train, feats.train_labels, r.train.batch_size, train=True, seed=r.train.seed,
-                                  shard=(d.rank, d.world_size))
-        val_src = FeatureLoader(feats.val, feats.val_labels, r.train.eval_batch_size, shard=(d.rank, d.world_size))
-        tr = Trainer(PooledHead(m), r, train_src, val_src, ctx, Stage(prefix, None, frozen, head_train_flops(m)))
-        state = tr.fit()
-        res = finish_run(tr, splits, run.test, state, log=log, unwrap=lambda head: head.net, features=feats)
-        tr.release()
-        res["strategy"] = "linear-probe"
-        return res
-
-    log(f"fine-tuning {name} ({count_params(model):,} params) on {len(splits.train)} images, "
-        f"{len(classes)} classes, input {ctx.meta['input_size']}px, strategy {f.strategy}")
+    model, report = src.model(classes, log)
+    log(f"fine-tuning {src.arch} ({count_params(model):,} params) on {len(run.splits.train)} images, "
+        f"{len(classes)} classes, input {run.ctx.meta['input_size']}px, strategy {f.strategy}")
 
     main = dist_context().is_main
     with claim(run.run_dir, log) if main else contextlib.nullcontext(), interruptible(run.run_dir, resume_hint=False):
         write_recipe_file(run, recipe)
-        results: dict[str, Any] = {"loaded": len(report["loaded"]), "new": report["new"]}
         if f.strategy == "two-stage":
-            r1 = stage(model, "linear-probe", "stage1-", epochs=f.stage1_epochs)
-            r2 = stage(model, "full", "stage2-", lr_mult=f.stage2_lr_mult, freeze_stats=f.freeze_bn_stats)
-            results.update(before=r1, after=r2)
+            before = train_stage(run, recipe, model, "linear-probe", "stage1-", epochs=f.stage1_epochs)
+            after = train_stage(run, recipe, model, "full", "stage2-", lr_mult=f.stage2_lr_mult,
+                                freeze_stats=f.freeze_bn_stats)
         else:
-            after = stage(model, f.strategy, f"{f.strategy}-", freeze_stats=f.freeze_bn_stats)
+            after = train_stage(run, recipe, model, f.strategy, f"{f.strategy}-", freeze_stats=f.freeze_bn_stats)
             before = after if f.strategy == "linear-probe" else (
-                stage(pretrained_model()[0], "linear-probe", "probe-") if f.compare else None)
-            results.update(before=before, after=after)
+                train_stage(run, recipe, src.model(classes)[0], "linear-probe", "probe-") if f.compare else None)
         if not main:
-            return results
-        b, a = results["before"], results["after"]
-        final = "stage2-" if f.strategy == "two-stage" else f"{f.strategy}-"
-        summary = {"weights": str(weights), "strategy": f.strategy, "checkpoint": f"{final}best.safetensors",
-                   "classes": classes,
-                   "before_linear_probe": b["test"] if b else None, "after": a["test"],
-                   "time_min": sum(x["train_time_min"] for x in {id(b): b, id(a): a}.values() if x)}
-        atomic_write_text(run.run_dir / "summary.json", json.dumps(summary, indent=2))
-        write_report(run.run_dir)
-        if b:
-            log(f"before (linear probe of pretrained net): top-1 {b['test']['top1']:.4f}  top-5 {b['test']['top5']:.4f}")
-        log(f"after ({f.strategy}): top-1 {a['test']['top1']:.4f}  top-5 {a['test']['top5']:.4f}")
+            return {"loaded": len(report["loaded"]), "new": report["new"], "before": before, "after": after}
+        summary = write_summary(run, src.weights, f.strategy, classes, before, after)
+        if before:
+            log(f"before (linear probe of pretrained net): top-1 {before['test']['top1']:.4f}  "
+                f"top-5 {before['test']['top5']:.4f}")
+        log(f"after ({f.strategy}): top-1 {after['test']['top1']:.4f}  top-5 {after['test']['top5']:.4f}")
     log(f"run folder: {run.run_dir}")
+    return summary
+
+
+def train_stage(run: PreparedRun, recipe: Recipe, m: nn.Module, strategy: str, prefix: str, lr_mult: float = 1.0,
+                epochs: int | None = None, freeze_stats: bool = False) -> dict:
+    """One stage: freeze by `strategy`, train with the recipe (lr × lr_mult, `epochs` if given) and test the
+    best-on-validation weights; checkpoints are named <prefix>best/last.safetensors."""
+    f = recipe.finetune
+    r = copy.deepcopy(recipe)
+    r.optim.lr *= lr_mult
+    if epochs is not None:
+        r.train.epochs = epochs
+    frozen = apply_strategy(m, strategy, f.unfreeze_stages, freeze_stats)
+    run.ctx.log(f"[{prefix.rstrip('-')}] {strategy}: {count_params(m, trainable_only=True):,} trainable params")
+    if strategy == "linear-probe" and f.cached_features and not r.train.distill.teacher:
+        return train_head_on_features(run, r, m, prefix, frozen)  # (a teacher needs the images: the full path)
+    scales = stage_lr_scales(m, f.layer_decay) if strategy != "linear-probe" else None
+    tr = Trainer(m, r, run.train, run.val, run.ctx, Stage(prefix, scales, frozen))
+    state = tr.fit()
+    res = finish_run(tr, run.splits, run.test, state, log=run.ctx.log)
+    tr.release()  # the next stage wraps the model anew (other parameters train)
+    res["strategy"] = strategy
+    return res
+
+
+def train_head_on_features(run: PreparedRun, r: Recipe, m: nn.Module, prefix: str, frozen) -> dict:
+    """A linear probe trained on the frozen backbone's features, computed once (training.features)."""
+    ctx, splits, f = run.ctx, run.splits, r.finetune
+    m.to(ctx.device)
+    if ctx.channels_last:
+        m.to(memory_format=torch.channels_last)
+    resize = ctx.meta["input_size"] if ctx.meta["input_size"] != splits.train.image_size else None
+    feats = compute_features(m, splits.train, splits.val if splits.val is not None else splits.test,
+                             views=f.feature_views, augment=r.data.augment, batch_size=r.train.eval_batch_size,
+                             seed=r.train.seed, mean=splits.mean, std=splits.std, device=ctx.device,
+                             image_size=resize, amp_dtype=ctx.amp_dtype, channels_last=ctx.channels_last, log=ctx.log)
+    d = dist_context()
+    train_src = FeatureLoader(feats.train, feats.train_labels, r.train.batch_size, train=True, seed=r.train.seed,
+                              shard=(d.rank, d.world_size))
+    val_src = FeatureLoader(feats.val, feats.val_labels, r.train.eval_batch_size, shard=(d.rank, d.world_size))
+    tr = Trainer(PooledHead(m), r, train_src, val_src, ctx, Stage(prefix, None, frozen, head_train_flops(m)))
+    state = tr.fit()
+    res = finish_run(tr, splits, run.test, state, log=ctx.log, unwrap=lambda head: head.net, features=feats)
+    tr.release()
+    res["strategy"] = "linear-probe"
+    return res
+
+
+def write_summary(run: PreparedRun, weights: str, strategy: str, classes: list[str], before: dict | None,
+                  after: dict) -> dict[str, Any]:
+    """summary.json (what was fine-tuned, the checkpoint that stands for the run folder, before/after test
+    figures, training minutes) and the report page."""
+    final = "stage2-" if strategy == "two-stage" else f"{strategy}-"
+    stages = [after] if before is None or before is after else [before, after]
+    summary = {"weights": weights, "strategy": strategy, "checkpoint": f"{final}best.safetensors",
+               "classes": classes, "before_linear_probe": before["test"] if before else None, "after": after["test"],
+               "time_min": sum(x["train_time_min"] for x in stages)}
+    atomic_write_text(run.run_dir / "summary.json", json.dumps(summary, indent=2))
+    write_report(run.run_dir)
     return summary
