@@ -83,7 +83,7 @@ def part_build(work: Path, n: int, size: int) -> dict:
     from resnetlab.data.cache import cache_dir, open_cache
     from resnetlab.data.folders import load_image_folder
     from resnetlab.data.sources import scan
-    from resnetlab.preprocessing import ResizePolicy, load_uint8
+    from resnetlab.decoding import ResizePolicy, load_uint8
     photos = make_photos(work / f"photos-{n}", n, 10)
     listing = scan(photos, cache_dir())
     out: dict = {"images": n, "size": size}

@@ -26,7 +26,7 @@ from resnetlab import load
 from resnetlab.data.cifar import ImageSet, load_cifar
 from resnetlab.training.config import recipe_from_dict
 from resnetlab.training.runner import load_splits
-from resnetlab.preprocessing import load_uint8
+from resnetlab.decoding import load_uint8
 
 
 def _png(img: Image.Image) -> bytes:

@@ -154,7 +154,8 @@ def test_predict_cli(pretrained, image_folder, capsys):
     files = sorted((image_folder / "class_0").glob("*.png"))
     assert [r["file"] for r in rows] == [str(f) for f in files]
     # the same pixels through the model by hand: predict must give the same classes and probabilities
-    from resnetlab.preprocessing import ResizePolicy, load_uint8, normalize
+    from resnetlab.decoding import ResizePolicy, load_uint8
+    from resnetlab.preprocessing import normalize
     model, meta = resnetlab.load_model(pretrained)
     x = torch.from_numpy(np.stack([load_uint8(f, ResizePolicy(32)) for f in files]))
     with torch.no_grad():

@@ -6,23 +6,45 @@ or a `Recipe`) and return the results they also write into the run folder.
 """
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ._version import __version__
 from .errors import UserError
-from .inference.predict import Classifier, load
-from .models import create_model, list_models, load_model
-from .training.config import Recipe, bundled_recipes, load_recipe
+
+if TYPE_CHECKING:
+    from .inference.predict import Classifier, load
+    from .models import create_model, list_models, load_model
+    from .training.config import Recipe, bundled_recipes, load_recipe
 
 __all__ = ["create_model", "list_models", "load", "load_model", "Classifier", "UserError", "Recipe",
            "load_recipe", "bundled_recipes", "train", "finetune", "__version__"]
+
+# The API is imported on first use (PEP 562), so that `import resnetlab.<module>` of a module that needs no torch
+# (the CLI's --version, a decoding worker process) does not pay for importing torch.
+_LAZY = {"Classifier": ".inference.predict", "load": ".inference.predict", "create_model": ".models",
+         "list_models": ".models", "load_model": ".models", "Recipe": ".training.config",
+         "bundled_recipes": ".training.config", "load_recipe": ".training.config"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'resnetlab' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 def _recipe(recipe: str | Path | Recipe, overrides: dict[str, Any] | list[str] | None,
             literal: dict[str, Any] | None = None) -> Recipe:
     """A Recipe from a name, file or Recipe, with overrides: a dict {dotted key: Python value} or a list of
     "key=value" strings (YAML values, as on the command line)."""
+    from .training.config import Recipe, load_recipe
     if isinstance(recipe, Recipe):
         base, path = recipe.to_dict(), None
     else:

@@ -7,7 +7,6 @@ import os
 import sys
 
 from ..errors import RunInterrupted, UserError
-from ..runtime import shutdown_distributed
 from .._version import __version__
 from . import data, download, evaluate, export, finetune, models, predict, recipes, report, serve, train, tune
 
@@ -58,5 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     finally:
-        shutdown_distributed()  # leave a torchrun job's process group, on success and on error alike
+        if "torch.distributed" in sys.modules:  # leave a torchrun job's process group, on success and error alike
+            from ..runtime import shutdown_distributed
+            shutdown_distributed()
     return 0

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..data.cifar import download, resolve_data_root
-
 
 def add_parser(sub) -> None:
     s = sub.add_parser("download", help="fetch an official CIFAR archive (needs internet)")
@@ -16,6 +14,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from ..data.cifar import download, resolve_data_root
     fmt = "py" if args.format == "python" else "bin"
     path = download(f"{args.dataset}-{fmt}", resolve_data_root(args.data_dir), url=args.url)
     print(f"{args.dataset} ready in {path}")

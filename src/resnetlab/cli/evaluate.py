@@ -4,11 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..evaluation.metrics import evaluate
-from ..evaluation.report import write_confusion
-from ..models import load_model
-from ..training.runner import make_loaders, setup_runtime
-from ..weights import resolve_checkpoint
 from .common import recorded_test_split
 
 
@@ -24,6 +19,11 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from ..evaluation.metrics import evaluate
+    from ..evaluation.report import write_confusion
+    from ..models import load_model
+    from ..training.runner import make_loaders, setup_runtime
+    from ..weights import resolve_checkpoint
     path = resolve_checkpoint(args.checkpoint)
     model, meta = load_model(path)
     recipe, splits = recorded_test_split(meta, path, args.data_dir, args.device, verify=not args.no_verify)

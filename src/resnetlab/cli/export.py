@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-import torch
-
-from ..inference.export import DEFAULT_OPSET, FORMATS, export, export_int8
-from ..inference.classifier import ImageClassifier
-from ..inference.predict import collect_images
-from ..models import validate_meta
-from ..weights import read_metadata, resolve_checkpoint
+from ..inference.formats import DEFAULT_OPSET, FORMATS
 from .common import recorded_test_split
+
+if TYPE_CHECKING:
+    import torch
 
 
 def add_parser(sub) -> None:
@@ -32,6 +30,12 @@ def add_parser(sub) -> None:
 
 def check_pixels(args: argparse.Namespace) -> tuple[torch.Tensor, str]:
     """uint8 pixels of real images, decoded by the checkpoint's own preprocessing."""
+    import torch
+
+    from ..inference.classifier import ImageClassifier
+    from ..inference.predict import collect_images
+    from ..models import validate_meta
+    from ..weights import read_metadata, resolve_checkpoint
     path = resolve_checkpoint(args.checkpoint)
     meta = validate_meta(read_metadata(path), path)  # the header only: export() loads the weights
     if args.images:
@@ -45,7 +49,12 @@ def check_pixels(args: argparse.Namespace) -> tuple[torch.Tensor, str]:
 
 def run_int8(args: argparse.Namespace) -> None:
     """--int8: calibrated on the recorded training split, checked on the test split (with labels) or --images."""
+    import torch
+
     from ..errors import UserError
+    from ..inference.export import export_int8
+    from ..models import validate_meta
+    from ..weights import read_metadata, resolve_checkpoint
     if args.format != "onnx":
         raise UserError("--int8 needs --format onnx")
     if args.calibration < 1:
@@ -70,6 +79,7 @@ def run_int8(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from ..errors import UserError
+    from ..inference.export import export
     if args.check_count < 1:
         raise UserError(f"--check-count must be positive, got {args.check_count}")
     if args.int8:

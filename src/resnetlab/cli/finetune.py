@@ -4,8 +4,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..finetune import run_finetune
-from ..training.config import load_recipe
 from .common import add_data_flags, add_overrides, flag_overrides
 
 
@@ -27,6 +25,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from ..finetune import run_finetune
+    from ..training.config import load_recipe
     overrides = list(args.overrides)
     literal: dict[str, object] = {}  # values taken as given (a path is a string, never YAML)
     if args.data in ("cifar10", "cifar100"):

@@ -10,11 +10,7 @@ import argparse
 import json
 from importlib import resources
 
-import torch
-
 from ..errors import UserError
-from ..evaluation.profile import count_macs, count_params
-from ..models import create_model, get_spec, list_models, natural_input_size
 
 TABLE = "zoo.json"
 
@@ -30,6 +26,7 @@ def add_parser(sub) -> None:
 def variants(name: str) -> list[tuple[dict, str]]:
     """The rows shown for a model: as registered, with the CIFAR stem (ImageNet nets), separable blocks
     (count_rows leaves out those the model cannot be built with, e.g. separable grouped convolutions)."""
+    from ..models import get_spec
     spec = get_spec(name)
     out = [({}, "")]
     if spec.family == "imagenet":
@@ -41,6 +38,10 @@ def variants(name: str) -> list[tuple[dict, str]]:
 
 def count_row(name: str, kw: dict, suffix: str) -> dict:
     """Params and MACs of one variant, built on the meta device (shapes only, nothing allocated)."""
+    import torch
+
+    from ..evaluation.profile import count_macs, count_params
+    from ..models import create_model, get_spec, natural_input_size
     spec = get_spec(name)
     nc = 1000 if spec.family == "imagenet" and kw.get("stem") != "cifar" else 10
     with torch.device("meta"):
@@ -69,6 +70,7 @@ def count_rows(name: str) -> list[dict]:
 def table(count: bool = False) -> list[dict]:
     """Every row, in registry order: from the shipped table, or counted (all with count; else the models the
     table does not know)."""
+    from ..models import list_models
     shipped = {} if count else shipped_table()
     rows = []
     for name in list_models():

@@ -6,7 +6,6 @@ import json
 import sys
 
 from ..errors import UserError
-from ..inference.predict import predict
 
 
 def add_parser(sub) -> None:
@@ -20,6 +19,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from ..inference.predict import predict
     results = predict(args.checkpoint, args.images, args.top_k, explain_dir=args.explain)
     bad = [r for r in results if "error" in r]
     if args.json:

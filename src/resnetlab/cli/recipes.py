@@ -5,7 +5,6 @@ import argparse
 import json
 
 from ..errors import UserError
-from ..training.config import bundled_recipes, load_recipe, recipe_keys, recipe_text
 
 
 def add_parser(sub) -> None:
@@ -17,6 +16,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from ..training.config import bundled_recipes, load_recipe, recipe_keys, recipe_text
     if args.action == "show":
         if not args.name:
             raise UserError(f"recipes show: name a recipe ({', '.join(bundled_recipes())})")

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..evaluation.report import write_report
-
 
 def add_parser(sub) -> None:
     s = sub.add_parser("report", help="write report.md with curves and the results table")
@@ -13,4 +11,5 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from ..evaluation.report import write_report
     print(f"wrote {write_report(args.run_dir)}")

@@ -4,8 +4,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..training.config import load_recipe
-from ..training.runner import train_recipe
 from .common import add_data_flags, add_overrides, flag_overrides
 
 
@@ -24,6 +22,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from ..training.config import load_recipe
+    from ..training.runner import train_recipe
     if args.nproc:
         launch_torchrun(args.nproc, args.argv)
         return

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from ..errors import UserError
 from ..files import atomic_write_text, pid_alive
-from ..preprocessing import ImageDecodeError, ResizePolicy, load_uint8
+from ..decoding import ImageDecodeError, ResizePolicy, load_uint8
 from .sources import Listing, Sample, read_bytes
 
 FORMAT = 1

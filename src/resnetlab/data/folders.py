@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from ..preprocessing import ResizePolicy
+from ..decoding import ResizePolicy
 from .cache import DecodedCache, cache_dir, open_cache
 from .cifar import ImageSet
 from .sources import scan, source_kind

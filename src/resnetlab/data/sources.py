@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import UserError
-from ..preprocessing import EXTENSIONS
+from ..decoding import EXTENSIONS
 
 SOURCE_KINDS = ("folder", "manifest", "shards")
 

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from ..errors import UserError
-from ..preprocessing import ImageDecodeError, ResizePolicy, load_uint8, open_rgb
+from ..decoding import ImageDecodeError, ResizePolicy, load_uint8, open_rgb
 
 ImageLike = str | Path | Image.Image | np.ndarray
 

@@ -40,10 +40,9 @@ from ..files import atomic_write
 from ..models import load_model
 from ..preprocessing import model_input
 from ..weights import resolve_checkpoint
+from .formats import DEFAULT_OPSET, FORMATS
 
-FORMATS = {"onnx": ".onnx", "export": ".pt2"}
 MAX_ABS_DIFF = 1e-4
-DEFAULT_OPSET = 18
 META_KEY = "resnetlab"  # metadata_props key (ONNX) / extra file name (pt2) holding the JSON below
 
 

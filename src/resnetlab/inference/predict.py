@@ -1,7 +1,7 @@
 """Using a trained model from an application: `resnetlab.load(CKPT).predict(images)`.
 
 Everything comes from the checkpoint (architecture, class names, normalisation, input size and the
-resize policy), and images go through resnetlab.preprocessing exactly as the model's test images did in
+resize policy), and images go through resnetlab.decoding and resnetlab.preprocessing exactly as the model's test images did in
 training, so a file gives the prediction `eval` gives for the same pixels. `resnetlab predict` is a thin
 layer over this.
 """
@@ -18,7 +18,8 @@ from PIL import Image
 
 from ..errors import UserError
 from ..models import load_model
-from ..preprocessing import EXTENSIONS, ImageDecodeError, load_uint8, model_input
+from ..decoding import EXTENSIONS, ImageDecodeError, load_uint8
+from ..preprocessing import model_input
 from ..runtime import select_device
 from ..weights import resolve_checkpoint
 from .classifier import ImageClassifier, ImageLike

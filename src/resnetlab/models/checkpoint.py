@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..preprocessing import RESIZE_MODES
+from ..decoding import RESIZE_MODES
 from ..weights import read_checkpoint
 from .registry import build_model, check_num_classes, get_spec, validate_model_args
 
