@@ -1,6 +1,6 @@
 """Soak a real `resnetlab serve` on loopback: its capacity first, then a long run at a share of it, mixing good,
 bad, oversized, slow and aborted clients. Prints one row per window: good requests and their p50/p99 latency,
-the statuses seen, 5xx counted by the server's own /metrics, and the RSS of the server with its child processes.
+the statuses seen, 5xx counted by the server's own /metrics, and the server's RSS.
 
     RESNETLAB_DATA=... python benchmarks/soak.py CKPT [--minutes 30] [--load 0.7] [--window-s 300] [--json OUT]
 
@@ -39,33 +39,16 @@ GOOD = [_png(i) for i in range(32)]
 BOMB = webp_bomb(7000)  # 49 MP in 34 bytes: over the per-image limit, refused from its header
 
 
-def process_tree(pid: int) -> list[int]:
-    """The process and all its descendants (the server's decoding workers, their fork server)."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        for task in Path(f"/proc/{p}/task").glob("*/children"):
-            todo += [int(c) for c in task.read_text().split()]
-    return out
-
-
 def rss_mb(pid: int) -> dict:
-    """Resident memory in MB of the server and its child processes together: all of it (VmRSS), and its
-    anonymous (heaps, tensors) and file-backed (library code and data paged in) parts, and how many processes."""
+    """Resident memory in MB: all of it (VmRSS), and its anonymous (heaps, tensors) and file-backed (library
+    code and data paged in) parts."""
     fields = {"VmRSS:": "rss_mb", "RssAnon:": "anon_mb", "RssFile:": "file_mb"}
-    out = dict.fromkeys(fields.values(), 0.0)
-    pids = process_tree(pid)
-    for p in pids:
-        try:
-            lines = Path(f"/proc/{p}/status").read_text().splitlines()
-        except FileNotFoundError:  # a worker that ended meanwhile
-            continue
-        for line in lines:
-            key = line.split(":", 1)[0] + ":"
-            if key in fields:
-                out[fields[key]] += int(line.split()[1]) / 1024
-    return {**out, "processes": len(pids)}
+    out = {v: float("nan") for v in fields.values()}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key = line.split(":", 1)[0] + ":"
+        if key in fields:
+            out[fields[key]] = int(line.split()[1]) / 1024
+    return out
 
 
 def server_5xx(client: httpx.Client) -> int:
@@ -202,7 +185,7 @@ def _window(i: int, chunk: list, rss: dict, s5xx: int) -> dict:
 def _row(w: dict) -> str:
     return (f"window {w['window']}: {w['good']} good, p50 {w['p50_ms']:.1f} ms, p99 {w['p99_ms']:.1f} ms, "
             f"statuses {w['statuses']}, server 5xx {w['server_5xx']}, RSS {w['rss_mb']:.0f} MB "
-            f"(anonymous {w['anon_mb']:.0f}, file {w['file_mb']:.0f}; {w['processes']} processes)")
+            f"(anonymous {w['anon_mb']:.0f}, file {w['file_mb']:.0f})")
 
 
 def main() -> None:

@@ -4,18 +4,15 @@ settings, docs assets), API keys, the Host allowlist, CORS and security headers 
 (httpx through TestClient) and with a real `resnetlab serve` process."""
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import os
-import pickle
 import socket
 import threading
 import time
 import urllib.error
 import urllib.request
 
-import anyio.to_thread
 import httpx
 import numpy as np
 import pytest
@@ -26,9 +23,7 @@ from conftest import png_bytes, ready_client
 from resnetlab import load, testing
 from resnetlab.cli import main
 from resnetlab.errors import UserError
-from resnetlab.decoding import ResizePolicy
 from resnetlab.serving.app import create_app
-from resnetlab.serving.decode import Budget, Decoders, RequestError, decode_for_model
 from resnetlab.serving.settings import ServeSettings
 from resnetlab.testing import ServeProcess
 
@@ -180,45 +175,6 @@ def test_a_key_file_caught_half_written_keeps_the_keys_last_read_for_access_and_
         assert page.status_code == 200 and "Send the API key" in page.text
     finally:
         c.__exit__(None, None, None)
-
-
-def test_a_request_error_crosses_the_process_boundary_with_its_status():
-    e = pickle.loads(pickle.dumps(RequestError(413, "a.png: image too large")))
-    assert (e.status, e.message, str(e)) == (413, "a.png: image too large", "a.png: image too large")
-
-
-def test_a_decoding_worker_that_dies_fails_its_request_with_one_line_and_is_replaced(good_png):
-    async def scenario():
-        decoders = Decoders(1)
-        try:
-            await decoders.start()
-            with pytest.raises(RequestError) as died:
-                await decoders.run(os._exit, 1)  # what a decoder crash or the OOM killer look like from outside
-            pixels = await decoders.run(decode_for_model, [("a.png", good_png)], ResizePolicy(32), Budget(10**6, 10**6))
-            return died.value, pixels
-        finally:
-            decoders.shutdown()
-    died, pixels = asyncio.run(scenario())
-    assert died.status == 500 and "restarted" in died.message and "\n" not in died.message
-    assert pixels.shape == (1, 3, 32, 32) and pixels.dtype == np.uint8
-
-
-def test_requests_take_no_hop_through_the_thread_pool(client, good_png, monkeypatch):
-    """Routes and their dependencies are coroutines: FastAPI runs a plain-function dependency in anyio's thread
-    pool, one thread hop per request, and under load the pool grew and shrank by tens of threads (each churn of
-    threads left the C heaps more fragmented: resident memory crept up in the soak)."""
-    hops = []
-    run_sync = anyio.to_thread.run_sync
-
-    async def counted(func, *args, **kwargs):
-        hops.append(getattr(func, "__qualname__", repr(func)))
-        return await run_sync(func, *args, **kwargs)
-    monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
-    answers = [client.post("/v1/predict", content=good_png),
-               client.post("/v1/predict", files={"f": ("a.png", good_png, "image/png")}),
-               client.get("/v1/model"), client.get("/readyz"), client.get("/metrics"), client.get("/healthz")]
-    assert [r.status_code for r in answers] == [200] * 6
-    assert hops == []
 
 
 def test_the_service_hands_freed_heap_memory_back_once_it_is_quiet_and_never_during_a_request(

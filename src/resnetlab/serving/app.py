@@ -14,6 +14,7 @@ import io
 import os
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
@@ -22,14 +23,13 @@ import torch
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException
-from PIL import Image
 from starlette.requests import ClientDisconnect
 
 from .._version import __version__
 from ..inference.classifier import ImageClassifier
 from ..errors import UserError
+from ..preprocessing import ImageDecodeError, ImageTooLarge, NotAnImage, image_size, load_uint8, open_rgb
 from .batcher import DynamicBatcher
-from .decode import Budget, Decoders, RequestError, decode_for_model, decode_originals
 from .metrics import Metrics
 from .settings import ServeSettings
 
@@ -51,6 +51,14 @@ def _malloc_trim():
         return None
 
 
+class RequestError(Exception):
+    """A client error with its HTTP status; becomes {"detail": message}."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
 class PredictService:
     """decode → batch → results for one classifier, with the batcher's lifetime and readiness."""
 
@@ -60,10 +68,10 @@ class PredictService:
         self.ready = False
         self.batcher: DynamicBatcher | None = None
         self.stopping: asyncio.Event | None = None  # set on SIGTERM: uploads still arriving are ended with 503
-        # Decoding processes: one core fewer than the machine has, so that however large the uploads, a core is
+        # Decoding threads: one core fewer than the machine has, so that however large the uploads, a core is
         # left for the event loop and the model (on 2 cores, two bomb decodes in parallel stalled /healthz 1.3 s).
-        self.decoders = Decoders(max(1, (os.cpu_count() or 2) - 1))
-        self.budget = Budget(settings.max_pixels, settings.max_request_pixels)
+        self.decoders = ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 2) - 1),
+                                           thread_name_prefix="resnetlab-decode")
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def begin_shutdown(self) -> None:
@@ -77,7 +85,6 @@ class PredictService:
     async def warm_up(self) -> None:
         s = self.clf.policy.input_size
         loop = asyncio.get_running_loop()
-        await self.decoders.start()
         for n in sorted({1, self.settings.max_batch}):  # first calls pay for allocation and kernel choice
             await loop.run_in_executor(None, self.run_model, torch.zeros(n, 3, s, s, dtype=torch.uint8))
         self.ready = True
@@ -98,7 +105,7 @@ class PredictService:
             if not warm.done():
                 warm.cancel()
             await self.batcher.stop()  # requests already queued are answered first
-            self.decoders.shutdown()
+            self.decoders.shutdown(wait=False)
 
     async def release_freed_memory(self) -> None:
         """Once the service has had no /v1/ request for TRIM_EVERY_S, hand the pages that the C heaps hold free
@@ -114,7 +121,37 @@ class PredictService:
             await asyncio.sleep(TRIM_EVERY_S)
             if self.metrics.quiet_for(TRIM_EVERY_S) and self.metrics.work_seen != trimmed_at:
                 trimmed_at = self.metrics.work_seen  # once per quiet spell: an idle process has nothing new to return
-                await loop.run_in_executor(None, trim, 0)
+                await loop.run_in_executor(self.decoders, trim, 0)
+
+    def decode(self, files: list[tuple[str, bytes]]) -> torch.Tensor:
+        """Every file's pixels. First every header (format, size: no pixel decoded) against the per-image and
+        per-request pixel budgets, then the pixels. Runs in a worker thread, never on the event loop."""
+        self.check_budget(files)
+        return torch.stack([torch.from_numpy(self._guard(name, lambda d=data: load_uint8(
+            io.BytesIO(d), self.clf.policy, self.settings.max_pixels)).copy()) for name, data in files])
+
+    def check_budget(self, files: list[tuple[str, bytes]]) -> None:
+        """Every header (format, size: no pixel decoded) against the per-image and per-request pixel budgets."""
+        total = 0
+        for name, data in files:
+            if not data:
+                raise RequestError(400, f"{name}: empty file")
+            w, h = self._guard(name, lambda d=data: image_size(io.BytesIO(d), self.settings.max_pixels))
+            total += w * h
+        if total > self.settings.max_request_pixels:
+            raise RequestError(413, f"the request's images hold {total:,} pixels, over the limit of "
+                               f"{self.settings.max_request_pixels:,} per request")
+
+    @staticmethod
+    def _guard(name: str, work):
+        try:
+            return work()
+        except NotAnImage as e:
+            raise RequestError(415, f"{name}: {e}") from None
+        except ImageTooLarge as e:
+            raise RequestError(413, f"{name}: image too large: {e}") from None
+        except ImageDecodeError as e:
+            raise RequestError(400, f"{name}: cannot decode image ({e})") from None
 
     def top_k(self, top_k: str | None) -> int:
         k = self.settings.default_top_k
@@ -126,8 +163,8 @@ class PredictService:
 
     async def classify(self, files: list[tuple[str, bytes]], k: int, token) -> dict:
         self.check_files(files)
-        # in the decoding process, always: a tiny file can declare a huge image
-        pixels = torch.from_numpy(await self.decoders.run(decode_for_model, files, self.clf.policy, self.budget))
+        # off the event loop, always: a tiny file can declare a huge image
+        pixels = await asyncio.get_running_loop().run_in_executor(self.decoders, self.decode, files)
         logits = await self.batcher.submit(pixels, token)
         top = logits.float().softmax(1).topk(k, dim=1)
         classes = self.clf.classes
@@ -141,16 +178,12 @@ class PredictService:
         if len(files) > self.settings.max_files:
             raise RequestError(413, f"too many files: at most {self.settings.max_files} per request")
 
-    async def explain_files(self, files: list[tuple[str, bytes]], k: int, target: str | None) -> dict:
-        """Top-k classes and a Grad-CAM overlay (PNG, base64) per file: decoded at their own size in the decoding
-        process (budgets first, from the headers), then explained in a thread."""
-        originals = await self.decoders.run(decode_originals, files, self.budget)
-        images = [Image.fromarray(a) for a in originals]
-        return await asyncio.get_running_loop().run_in_executor(None, self.explain_images, files, images, k, target)
-
-    def explain_images(self, files: list[tuple[str, bytes]], images: list[Image.Image], k: int,
-                       target: str | None) -> dict:
-        """The model's forward and backward for explain_files (serialised with the batcher's)."""
+    def explain_files(self, files: list[tuple[str, bytes]], k: int, target: str | None) -> dict:
+        """Top-k classes and a Grad-CAM overlay (PNG, base64) per file. In a worker thread: budgets first (from
+        the headers), then decoding, then the model's forward and backward (serialised with the batcher's)."""
+        self.check_budget(files)
+        images = [self._guard(name, lambda d=data: open_rgb(io.BytesIO(d), self.settings.max_pixels))
+                  for name, data in files]
         if target is not None and target.isdigit():
             target = int(target)
         try:
@@ -240,9 +273,7 @@ async def uploaded_files(request: Request, body: bytes, settings: ServeSettings)
     return files
 
 
-async def service(request: Request) -> PredictService:
-    """The app's service. A coroutine, as every dependency here: FastAPI runs a plain function in its thread pool,
-    a thread hop per request that under load grew the pool to ~40 threads and back (each one a C heap to fill)."""
+def service(request: Request) -> PredictService:
     return request.app.state.service
 
 
@@ -331,7 +362,7 @@ async def explain(request: Request, top_k: str | None = None, target: str | None
     body = await read_body(request, svc.settings.max_body_bytes, svc.settings.read_timeout_s, svc.stopping)
     files = await uploaded_files(request, body, svc.settings)
     svc.check_files(files)
-    return await svc.explain_files(files, k, target)
+    return await asyncio.get_running_loop().run_in_executor(svc.decoders, svc.explain_files, files, k, target)
 
 
 async def request_error(request: Request, e: RequestError) -> JSONResponse:
