@@ -28,7 +28,7 @@ from starlette.requests import ClientDisconnect
 from .._version import __version__
 from ..inference.classifier import ImageClassifier
 from ..errors import UserError
-from ..preprocessing import ImageDecodeError, ImageTooLarge, NotAnImage, image_size, load_uint8, open_rgb
+from ..decoding import ImageDecodeError, ImageTooLarge, NotAnImage, image_size, load_uint8, open_rgb
 from .batcher import DynamicBatcher
 from .metrics import Metrics
 from .settings import ServeSettings
