@@ -32,6 +32,17 @@ def test_version_is_the_package_version(capsys):
     assert capsys.readouterr().out.strip() == f"resnetlab {resnetlab.__version__}"
 
 
+def test_the_command_line_and_decoding_load_without_torch():
+    """`resnetlab --help`/`--version` answer at once, and resnetlab.decoding (file → uint8 pixels) needs no torch:
+    the package and the command modules import what a command needs when it runs."""
+    code = ("import sys; from resnetlab.cli import build_parser; build_parser(); import resnetlab.decoding; "
+            "torch = sorted(m for m in sys.modules if m.split('.')[0] == 'torch'); assert not torch, torch")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, "-m", "resnetlab", "--version"], capture_output=True, text=True)
+    assert (r.returncode, r.stdout.strip()) == (0, f"resnetlab {resnetlab.__version__}")
+
+
 def test_recipes_lists_every_bundled_recipe_with_its_description(capsys):
     assert main(["recipes"]) == 0
     lines = capsys.readouterr().out.splitlines()

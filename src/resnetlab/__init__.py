@@ -22,7 +22,7 @@ __all__ = ["create_model", "list_models", "load", "load_model", "Classifier", "U
            "load_recipe", "bundled_recipes", "train", "finetune", "__version__"]
 
 # The API is imported on first use (PEP 562), so that `import resnetlab.<module>` of a module that needs no torch
-# (the CLI's --version, a decoding worker process) does not pay for importing torch.
+# (the CLI's --help and --version, resnetlab.decoding) does not pay for importing torch.
 _LAZY = {"Classifier": ".inference.predict", "load": ".inference.predict", "create_model": ".models",
          "list_models": ".models", "load_model": ".models", "Recipe": ".training.config",
          "bundled_recipes": ".training.config", "load_recipe": ".training.config"}

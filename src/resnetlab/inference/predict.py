@@ -1,8 +1,8 @@
 """Using a trained model from an application: `resnetlab.load(CKPT).predict(images)`.
 
 Everything comes from the checkpoint (architecture, class names, normalisation, input size and the
-resize policy), and images go through resnetlab.decoding and resnetlab.preprocessing exactly as the model's test images did in
-training, so a file gives the prediction `eval` gives for the same pixels. `resnetlab predict` is a thin
+resize policy), and images go through resnetlab.decoding and resnetlab.preprocessing exactly as the model's
+test images did in training, so a file gives the prediction `eval` gives for the same pixels. `resnetlab predict` is a thin
 layer over this.
 """
 from __future__ import annotations
