@@ -324,7 +324,7 @@ def test_precomputed_linear_probe_matches_the_full_forward_path(tmp_path):
     from conftest import write_cifar10_bin
     write_cifar10_bin(tmp_path / "data", per_file=60)
     assert main(["train", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "pre"), "--no-progress",
-                 "data.verify=false", "model.name=resnet20", "train.epochs=2", "train.batch_size=30", "data.val_size=0",
+                 "data.verify=false", "model.name=resnet20", "train.epochs=6", "train.batch_size=30", "data.val_size=0",
                  "train.precision=fp32", "train.tta=false"]) == 0
     folder = _folder(tmp_path / "new", n=240, classes=4, size=32, seed=11)
     results = {}
