@@ -1,10 +1,11 @@
 """Service latency and throughput over loopback, dynamic batching on vs off, and ONNX Runtime vs PyTorch.
 
-Starts `resnetlab serve` as a separate process (batching on: --max-batch 64 --max-wait-ms 5; off:
---max-batch 1) and loads it with 1, 16 and 64 concurrent keep-alive connections, each request one
+Starts `resnetlab serve` as a separate process (batching on: --max-batch 64 --max-wait-ms 5, passes padded
+to the pass sizes 1, 2, 4, 8, 16 ... 64 as by default, and the same with --exact-batches; off: --max-batch 1) and loads it with 1, 16 and 64 concurrent keep-alive connections, each request one
 CIFAR-10 test image as a PNG body; prints p50/p99 latency and requests/s. The load comes from `wrk`
 (Debian package; C, so the load generator takes little of the CPU it shares with the server) with a
-small Lua script, else from asyncio + httpx in this process. Both servers are measured in the same run
+small Lua script, else from asyncio + httpx in this process. Also prints each server's anonymous resident
+memory (heaps, tensors, kernels) once its cells are done. All servers are measured in the same run
 on the same machine.
 
     python benchmarks/serve.py runs/cifar10_quick/best.safetensors [--seconds 10]
@@ -109,6 +110,14 @@ def runtime_throughput(checkpoint: str, onnx_path: str | None, pixels: torch.Ten
         print(f"| {name} | {row[0]:.0f} | {row[1]:.0f} |")
 
 
+def anon_mb(pid: int) -> float:
+    """The process's anonymous resident memory (RssAnon) in MB."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoint")
@@ -130,8 +139,9 @@ def main() -> None:
           f"{clf.metadata.get('kwargs') or ''}; {args.seconds:.0f} s per cell; load from "
           f"{'wrk' if use_wrk else 'asyncio + httpx'}\n")
     print("| server | clients | req/s | p50 ms | p99 ms | mean batch (cumulative) | non-200 |\n|---|---|---|---|---|---|---|")
-    results = {}
+    results, memory = {}, {}
     for label, extra in (("batching on (64 / 5 ms)", ["--max-batch", "64", "--max-wait-ms", "5"]),
+                         ("batching on, exact batches", ["--max-batch", "64", "--max-wait-ms", "5", "--exact-batches"]),
                          ("batching off", ["--max-batch", "1"])):
         server = ServeProcess(args.checkpoint, *extra, capture=False)
         url = server.url
@@ -143,12 +153,16 @@ def main() -> None:
                 results[(label, clients)] = r
                 print(f"| {label} | {clients} | {r['req_s']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} | "
                       f"{batch_histogram(url)} | {r['failures']} |", flush=True)
+            memory[label] = anon_mb(server.proc.pid)
         finally:
             server.stop()
     top = max(args.clients)
     on, off = results[("batching on (64 / 5 ms)", top)], results[("batching off", top)]
+    exact = results[("batching on, exact batches", top)]
     print(f"\nat {top} clients: batching on {on['req_s']:.0f} req/s vs off {off['req_s']:.0f} req/s = "
-          f"{on['req_s'] / off['req_s']:.2f}x")
+          f"{on['req_s'] / off['req_s']:.2f}x; padded to pass sizes vs exact batches {exact['req_s']:.0f} req/s = "
+          f"{on['req_s'] / exact['req_s']:.2f}x")
+    print("anonymous memory after the cells: " + ", ".join(f"{k} {v:.0f} MB" for k, v in memory.items()))
     onnx_path = args.onnx or (args.checkpoint.rsplit(".", 1)[0] + ".onnx")
     runtime_throughput(args.checkpoint, onnx_path if os.path.exists(onnx_path) else None, test.images[:64])
 

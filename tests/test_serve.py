@@ -27,6 +27,7 @@ from resnetlab.data.cifar import load_cifar
 from resnetlab.serving.app import create_app
 from resnetlab.serving.settings import ServeSettings
 from resnetlab.serving.batcher import DynamicBatcher
+from resnetlab.serving.settings import pass_sizes
 from resnetlab.testing import ServeProcess as Server
 
 
@@ -147,6 +148,55 @@ def test_batcher_groups_concurrent_requests_and_bounds_the_batch():
     assert [float(r[0, 0]) for r in results] == list(range(12))  # each request got its own answer
     assert sizes[:2] == [8, 4]  # 12 concurrent single-image requests: two forward passes, not twelve
     assert sizes[2:] == [8, 8, 3] and big.shape == (19, 2)
+
+
+def test_pass_sizes_are_powers_of_two_to_8_then_multiples_of_8_up_to_max_batch():
+    assert pass_sizes(64) == (1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64)
+    assert pass_sizes(10) == (1, 2, 4, 8, 10) and pass_sizes(3) == (1, 2, 3) and pass_sizes(1) == (1,)
+
+
+def test_batcher_pads_each_pass_to_the_next_pass_size_and_answers_each_request_with_its_own_rows():
+    shapes: list[int] = []
+    counted: list[int] = []
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        shapes.append(len(x))
+        return x.float().mean(dim=(1, 2, 3))[:, None] + torch.zeros(len(x), 2)
+
+    async def scenario():
+        b = DynamicBatcher(run, max_batch=16, max_wait_ms=200, on_batch=counted.append, sizes=pass_sizes(16))
+        await b.start()
+        jobs = [torch.full((1, 3, 4, 4), i + 1, dtype=torch.uint8) for i in range(5)]
+        results = await asyncio.gather(*(b.submit(j) for j in jobs))
+        three = await b.submit(torch.full((3, 3, 4, 4), 7, dtype=torch.uint8))
+        big = await b.submit(torch.full((19, 3, 4, 4), 9, dtype=torch.uint8))  # over max_batch: 16 + 3
+        await b.stop()
+        return results, three, big
+
+    results, three, big = asyncio.run(scenario())
+    assert [float(r[0, 0]) for r in results] == [1, 2, 3, 4, 5] and all(r.shape == (1, 2) for r in results)
+    assert three.shape == (3, 2) and (three[:, 0] == 7).all()
+    assert big.shape == (19, 2) and (big[:, 0] == 9).all()
+    assert counted == [5, 3, 16, 3]  # the metrics count real images
+    assert shapes == [8, 4, 16, 4]  # the model saw pass sizes only (5 → 8, 3 → 4)
+
+
+def test_warm_up_runs_every_pass_size_before_ready(classifier):
+    from resnetlab.serving.app import PredictService
+    from resnetlab.serving.metrics import Metrics
+    from resnetlab.serving.settings import ServeSettings
+    seen: list[int] = []
+
+    class Recording(PredictService):
+        def run_model(self, batch):
+            seen.append(len(batch))
+            return super().run_model(batch)
+
+    for exact, want in ((False, [1, 2, 4, 8, 12]), (True, [1, 12])):
+        seen.clear()
+        svc = Recording(classifier, ServeSettings(max_batch=12, exact_batches=exact), Metrics())
+        asyncio.run(svc.warm_up())
+        assert svc.ready and seen == want
 
 
 def test_batcher_stop_answers_what_was_queued():

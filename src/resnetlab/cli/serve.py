@@ -16,6 +16,10 @@ def add_parser(sub) -> None:
     s.add_argument("--device", default="cpu", help="torch backend: cpu, cuda, cuda:N, mps, auto")
     s.add_argument("--max-batch", type=int, default=d.max_batch, help="images per forward pass (1: no batching)")
     s.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms, help="how long a batch waits to fill")
+    s.add_argument("--exact-batches", action="store_true",
+                   help="run each forward pass at its batch's size; by default a batch is padded to the next of "
+                   "1, 2, 4, 8, 16, 24 ... --max-batch, so the model's kernels are all built at start and memory "
+                   "stays flat")
     s.add_argument("--max-body-mb", type=float, default=d.max_body_mb, help="request body limit")
     s.add_argument("--max-files", type=int, default=d.max_files, help="images per request")
     s.add_argument("--max-request-pixels", type=int, default=d.max_request_pixels,
@@ -38,6 +42,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> None:
     from ..serving.server import serve
     settings = ServeSettings(host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                             exact_batches=args.exact_batches,
                              max_body_mb=args.max_body_mb, max_files=args.max_files,
                              max_request_pixels=args.max_request_pixels, api_key_file=args.api_key_file,
                              no_auth=args.no_auth, allowed_hosts=args.allowed_host, cors_origins=args.cors_origin,

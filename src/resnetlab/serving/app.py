@@ -85,7 +85,8 @@ class PredictService:
     async def warm_up(self) -> None:
         s = self.clf.policy.input_size
         loop = asyncio.get_running_loop()
-        for n in sorted({1, self.settings.max_batch}):  # first calls pay for allocation and kernel choice
+        # first calls pay for allocation and kernel choice; each pass size once, so none is paid for under load
+        for n in self.settings.pass_sizes or sorted({1, self.settings.max_batch}):
             await loop.run_in_executor(None, self.run_model, torch.zeros(n, 3, s, s, dtype=torch.uint8))
         self.ready = True
 
@@ -93,7 +94,7 @@ class PredictService:
     async def lifespan(self, app):
         self._loop, self.stopping = asyncio.get_running_loop(), asyncio.Event()
         self.batcher = DynamicBatcher(self.run_model, self.settings.max_batch, self.settings.max_wait_ms,
-                                      self.metrics.batch_done)
+                                      self.metrics.batch_done, sizes=self.settings.pass_sizes)
         await self.batcher.start()
         warm = asyncio.create_task(self.warm_up())
         trim = asyncio.create_task(self.release_freed_memory())
@@ -210,7 +211,8 @@ class PredictService:
                 "mean": list(m["mean"]), "std": list(m["std"]), "params": params,
                 "metrics": m.get("metrics") or {}, "trained_epochs": m.get("epoch"),
                 "limits": {"max_body_bytes": s.max_body_bytes, "max_files": s.max_files, "max_pixels": s.max_pixels},
-                "batching": {"max_batch": s.max_batch, "max_wait_ms": s.max_wait_ms}}
+                "batching": {"max_batch": s.max_batch, "max_wait_ms": s.max_wait_ms,
+                             "pass_sizes": list(s.pass_sizes) if s.pass_sizes else None}}
 
 
 async def read_body(request: Request, limit: int, timeout_s: float, stopping: asyncio.Event | None = None) -> bytes:

@@ -8,6 +8,12 @@ are on their way (announced with `expect()` when their upload is being read and 
 request never waits for company that is not coming. While the model computes, new requests queue and
 form the next batch: under load batches grow by themselves. The model runs in one worker thread, off
 the event loop, so the server keeps accepting and answering (health checks, errors) meanwhile.
+
+Each pass runs at one of a few sizes (`settings.pass_sizes`): a batch is padded with blank images up to the next one
+and the padding's rows are dropped from the answer, as TensorFlow Serving's `allowed_batch_sizes` does. On
+a CPU, oneDNN builds and caches kernels (primitives) per input shape: with every size from 1 to 64 the cache
+held 150 MB more for a ResNet-20 after a few hundred passes, reached only once load first formed the larger
+batches (docs/results.md, "Soak"). With a fixed set of sizes, all of them are built during the warm-up.
 """
 from __future__ import annotations
 
@@ -27,10 +33,16 @@ class _Job:
 
 class DynamicBatcher:
     def __init__(self, run: Callable[[torch.Tensor], torch.Tensor], max_batch: int = 64,
-                 max_wait_ms: float = 5.0, on_batch: Callable[[int], None] | None = None) -> None:
+                 max_wait_ms: float = 5.0, on_batch: Callable[[int], None] | None = None,
+                 sizes: tuple[int, ...] | None = None) -> None:
+        """sizes: the sizes a pass runs at (padded up to the next; the last must be max_batch); None: each
+        pass at the size of its batch."""
         if max_batch < 1 or max_wait_ms < 0:
             raise ValueError("max_batch must be >= 1 and max_wait_ms >= 0")
+        if sizes is not None and (max(sizes) != max_batch or min(sizes) < 1):
+            raise ValueError(f"pass sizes {sizes} must be >= 1 and end at max_batch {max_batch}")
         self.run, self.max_batch, self.max_wait = run, max_batch, max_wait_ms / 1000
+        self.sizes = tuple(sorted(sizes)) if sizes is not None else None
         self.on_batch = on_batch or (lambda n: None)
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="resnetlab-model")
@@ -144,8 +156,16 @@ class DynamicBatcher:
         for i in range(0, len(batch), self.max_batch):
             chunk = batch[i:i + self.max_batch]
             self.on_batch(len(chunk))
-            out.append(self.run(chunk))
+            out.append(self.run(self._padded(chunk))[:len(chunk)])
         return torch.cat(out)
+
+    def _padded(self, chunk: torch.Tensor) -> torch.Tensor:
+        if self.sizes is None:
+            return chunk
+        size = next(s for s in self.sizes if s >= len(chunk))
+        if size == len(chunk):
+            return chunk
+        return torch.cat([chunk, chunk.new_zeros((size - len(chunk), *chunk.shape[1:]))])
 
 
 class Expected:

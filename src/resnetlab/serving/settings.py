@@ -11,12 +11,20 @@ from pathlib import Path
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 
 
+def pass_sizes(max_batch: int) -> tuple[int, ...]:
+    """1, 2, 4, 8, then multiples of 8, up to and including max_batch: padding wastes at most 7 images
+    beyond 8 (under load, when batches are large, a small share of the pass)."""
+    sizes = [n for n in (1, 2, 4, 8) if n < max_batch] + list(range(16, max_batch, 8))
+    return tuple(sizes + [max_batch])
+
+
 @dataclass
 class ServeSettings:
     host: str = "127.0.0.1"
     port: int = 8000
     max_batch: int = 64          # images per forward pass
     max_wait_ms: float = 5.0     # how long the first image of a batch waits for company
+    exact_batches: bool = False  # run each pass at its batch's size instead of padding it to a pass size
     max_body_mb: float = 10.0    # request body limit
     max_files: int = 64          # images per request
     max_pixels: int = 40_000_000  # per image, read from its header before decoding
@@ -31,6 +39,11 @@ class ServeSettings:
     allowed_hosts: list[str] = field(default_factory=list)  # Host header names; [] = loopback names on loopback
     cors_origins: list[str] = field(default_factory=list)   # origins allowed to call the API from a browser
     docs: bool = True             # /docs and /openapi.json
+
+    @property
+    def pass_sizes(self) -> tuple[int, ...] | None:
+        """The sizes a forward pass runs at (pass_sizes); None with exact_batches."""
+        return None if self.exact_batches else pass_sizes(self.max_batch)
 
     @property
     def max_body_bytes(self) -> int:
