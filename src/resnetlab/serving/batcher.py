@@ -9,11 +9,11 @@ request never waits for company that is not coming. While the model computes, ne
 form the next batch: under load batches grow by themselves. The model runs in one worker thread, off
 the event loop, so the server keeps accepting and answering (health checks, errors) meanwhile.
 
-Each pass runs at one of a few sizes (`settings.pass_sizes`): a batch is padded with blank images up to the next one
-and the padding's rows are dropped from the answer, as TensorFlow Serving's `allowed_batch_sizes` does. On
-a CPU, oneDNN builds and caches kernels (primitives) per input shape: with every size from 1 to 64 the cache
-held 150 MB more for a ResNet-20 after a few hundred passes, reached only once load first formed the larger
-batches (docs/results.md, "Soak"). With a fixed set of sizes, all of them are built during the warm-up.
+Each pass runs at one of a few sizes (`settings.pass_sizes`): a batch is padded with blank images up to
+the next one and the padding's rows are dropped from the answer, as TensorFlow Serving's
+`allowed_batch_sizes` does. On a CPU, oneDNN builds and caches kernels (primitives) per input shape: with
+every size from 1 to 64 a ResNet-20 process held ~130 MB more, reached only once load first formed the
+larger batches (docs/results.md, "Pass sizes"). With a fixed set of sizes, all are built during the warm-up.
 """
 from __future__ import annotations
 
