@@ -19,6 +19,19 @@ def rss_mb() -> float:
     return float("nan")
 
 
+def process_memory_mb(pid: int | str = "self") -> dict:
+    """A process's resident memory in MB: all of it (VmRSS), and its anonymous (heaps, tensors, kernels) and
+    file-backed (library code and data paged in) parts."""
+    fields = {"VmRSS:": "rss_mb", "RssAnon:": "anon_mb", "RssFile:": "file_mb"}
+    out = {v: float("nan") for v in fields.values()}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key = line.split(":", 1)[0] + ":"
+            if key in fields:
+                out[fields[key]] = int(line.split()[1]) / 1024
+    return out
+
+
 class PILCifar(torch.utils.data.Dataset):
     """What torchvision.datasets.CIFAR10 does per item: HWC uint8 array → PIL image → transforms."""
 

@@ -17,16 +17,10 @@ import sys
 import time
 
 
-def anon_mb() -> float:
-    for line in open("/proc/self/status"):
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def drive(checkpoint: str, mode: str, calls: int, max_batch: int) -> None:
     import torch
 
+    from _common import process_memory_mb
     from resnetlab import load
     from resnetlab.serving.settings import pass_sizes
     clf = load(checkpoint, device="cpu")
@@ -35,7 +29,7 @@ def drive(checkpoint: str, mode: str, calls: int, max_batch: int) -> None:
     warm = sizes or (1, max_batch)  # as the service's warm-up
     for n in warm:
         clf.logits(torch.zeros(n, 3, s, s, dtype=torch.uint8))
-    print(f"| {mode} | warm-up ({len(warm)} sizes) | {anon_mb():.0f} | |", flush=True)
+    print(f"| {mode} | warm-up ({len(warm)} sizes) | {process_memory_mb()['anon_mb']:.0f} | |", flush=True)
     rng, seen, t = random.Random(0), set(), time.perf_counter()
     for i in range(1, calls + 1):
         n = rng.randint(1, max_batch)
@@ -43,7 +37,7 @@ def drive(checkpoint: str, mode: str, calls: int, max_batch: int) -> None:
         seen.add(run)
         clf.logits(torch.zeros(run, 3, s, s, dtype=torch.uint8))
         if i % (calls // 4) == 0:
-            print(f"| {mode} | {i} passes, {len(seen)} shapes | {anon_mb():.0f} | "
+            print(f"| {mode} | {i} passes, {len(seen)} shapes | {process_memory_mb()['anon_mb']:.0f} | "
                   f"{(time.perf_counter() - t) / i * 1000:.1f} |", flush=True)
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from _common import process_memory_mb
 from resnetlab import load
 from resnetlab.data.cifar import load_cifar
 from resnetlab.runtime import cpu_model
@@ -110,14 +111,6 @@ def runtime_throughput(checkpoint: str, onnx_path: str | None, pixels: torch.Ten
         print(f"| {name} | {row[0]:.0f} | {row[1]:.0f} |")
 
 
-def anon_mb(pid: int) -> float:
-    """The process's anonymous resident memory (RssAnon) in MB."""
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoint")
@@ -153,7 +146,7 @@ def main() -> None:
                 results[(label, clients)] = r
                 print(f"| {label} | {clients} | {r['req_s']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} | "
                       f"{batch_histogram(url)} | {r['failures']} |", flush=True)
-            memory[label] = anon_mb(server.proc.pid)
+            memory[label] = process_memory_mb(server.proc.pid)["anon_mb"]
         finally:
             server.stop()
     top = max(args.clients)

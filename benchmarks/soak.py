@@ -26,6 +26,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from _common import process_memory_mb
 from resnetlab.testing import ServeProcess, webp_bomb
 
 
@@ -37,18 +38,6 @@ def _png(seed: int) -> bytes:
 
 GOOD = [_png(i) for i in range(32)]
 BOMB = webp_bomb(7000)  # 49 MP in 34 bytes: over the per-image limit, refused from its header
-
-
-def rss_mb(pid: int) -> dict:
-    """Resident memory in MB: all of it (VmRSS), and its anonymous (heaps, tensors) and file-backed (library
-    code and data paged in) parts."""
-    fields = {"VmRSS:": "rss_mb", "RssAnon:": "anon_mb", "RssFile:": "file_mb"}
-    out = {v: float("nan") for v in fields.values()}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key = line.split(":", 1)[0] + ":"
-        if key in fields:
-            out[fields[key]] = int(line.split()[1]) / 1024
-    return out
 
 
 def server_5xx(client: httpx.Client) -> int:
@@ -155,7 +144,7 @@ def soak(url: str, pid: int, seconds: float, share: float, window_s: float, log=
             with lock:
                 chunk, results[:] = list(results), []
             last_chunk = chunk
-            windows.append(_window(len(windows) + 1, chunk, rss_mb(pid), server_5xx(load.client) - base_5xx))
+            windows.append(_window(len(windows) + 1, chunk, process_memory_mb(pid), server_5xx(load.client) - base_5xx))
             log(_row(windows[-1]))
             next_window += window_s
     pool.shutdown(wait=True)
@@ -164,7 +153,7 @@ def soak(url: str, pid: int, seconds: float, share: float, window_s: float, log=
         windows.pop()
         results = last_chunk + results
     if results:
-        windows.append(_window(len(windows) + 1, results, rss_mb(pid), server_5xx(load.client) - base_5xx))
+        windows.append(_window(len(windows) + 1, results, process_memory_mb(pid), server_5xx(load.client) - base_5xx))
         log(_row(windows[-1]) + " (final)")
     statuses = Counter()
     for w in windows:
