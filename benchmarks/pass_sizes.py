@@ -22,7 +22,7 @@ def drive(checkpoint: str, mode: str, calls: int, max_batch: int) -> None:
 
     from _common import process_memory_mb
     from resnetlab import load
-    from resnetlab.serving.settings import pass_sizes
+    from resnetlab.serving.settings import pass_size_for, pass_sizes
     clf = load(checkpoint, device="cpu")
     s = clf.policy.input_size
     sizes = pass_sizes(max_batch) if mode == "padded" else None
@@ -33,7 +33,7 @@ def drive(checkpoint: str, mode: str, calls: int, max_batch: int) -> None:
     rng, seen, t = random.Random(0), set(), time.perf_counter()
     for i in range(1, calls + 1):
         n = rng.randint(1, max_batch)
-        run = next(p for p in sizes if p >= n) if sizes else n
+        run = pass_size_for(n, sizes) if sizes else n
         seen.add(run)
         clf.logits(torch.zeros(run, 3, s, s, dtype=torch.uint8))
         if i % (calls // 4) == 0:

@@ -119,7 +119,6 @@ def pipeline_cost(recipe_path: str, data_dir: str | None, overrides: list[str]) 
     from resnetlab.training.config import load_recipe
     from resnetlab.training.runner import load_splits, make_loaders, setup_runtime
     from resnetlab.models import build_model
-    from resnetlab.training.engine import Trainer  # noqa: F401  (the engine's step is what we time)
 
     base = load_recipe(recipe_path, [])
     robust = load_recipe(recipe_path, overrides)

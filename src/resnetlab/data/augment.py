@@ -11,8 +11,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ..preprocessing import normalize  # noqa: F401  (re-exported: the batch pipeline's normalisation)
-
 
 @dataclass
 class AugmentConfig:

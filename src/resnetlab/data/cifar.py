@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..download import fetch, file_digest  # noqa: F401  (file_digest: public helper of this module)
+from ..download import fetch
 from ..errors import UserError
 
 IMAGE_BYTES = 3072  # 3 channel planes of 32x32

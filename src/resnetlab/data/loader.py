@@ -13,8 +13,8 @@ from typing import Iterator, Protocol, runtime_checkable
 
 import torch
 
-from ..preprocessing import resize_batch
-from .augment import AugmentConfig, crop_flip, cutout, normalize, photo_artifacts
+from ..preprocessing import normalize, resize_batch
+from .augment import AugmentConfig, crop_flip, cutout, photo_artifacts
 from .cifar import ImageSet
 
 

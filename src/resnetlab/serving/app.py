@@ -275,7 +275,8 @@ async def uploaded_files(request: Request, body: bytes, settings: ServeSettings)
     return files
 
 
-def service(request: Request) -> PredictService:
+async def service(request: Request) -> PredictService:
+    """The app's PredictService (async: FastAPI runs a sync dependency on its thread pool)."""
     return request.app.state.service
 
 

@@ -24,6 +24,8 @@ from typing import Callable
 
 import torch
 
+from .settings import pass_size_for
+
 
 @dataclass
 class _Job:
@@ -162,7 +164,7 @@ class DynamicBatcher:
     def _padded(self, chunk: torch.Tensor) -> torch.Tensor:
         if self.sizes is None:
             return chunk
-        size = next(s for s in self.sizes if s >= len(chunk))
+        size = pass_size_for(len(chunk), self.sizes)
         if size == len(chunk):
             return chunk
         return torch.cat([chunk, chunk.new_zeros((size - len(chunk), *chunk.shape[1:]))])

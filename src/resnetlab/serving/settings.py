@@ -18,6 +18,11 @@ def pass_sizes(max_batch: int) -> tuple[int, ...]:
     return tuple(sizes + [max_batch])
 
 
+def pass_size_for(n: int, sizes: tuple[int, ...]) -> int:
+    """The smallest pass size that holds n images (n <= sizes[-1])."""
+    return next(s for s in sizes if s >= n)
+
+
 @dataclass
 class ServeSettings:
     host: str = "127.0.0.1"
