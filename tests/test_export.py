@@ -146,3 +146,42 @@ def test_int8_export_that_fails_its_check_writes_nothing(small_checkpoint, tmp_p
     assert "nothing written" in err and "\n" not in err and not out.exists()
     assert main(["export", str(small_checkpoint), "--int8", "--format", "export"]) == 2
     assert "--int8 needs --format onnx" in capsys.readouterr().err
+
+
+def _with_trained_bn_statistics(model: torch.nn.Module, seed: int, negative_first: bool = False) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.weight.data = torch.rand(n, generator=g) * 2 + 0.1
+            m.bias.data = torch.randn(n, generator=g)
+            m.running_mean = torch.randn(n, generator=g)
+            m.running_var = torch.rand(n, generator=g) * 4 + 0.05
+            if negative_first:
+                m.weight.data[0] = -0.5
+    return model.eval()
+
+
+def test_pool_first_batchnorm_folds_into_its_conv_without_changing_the_output():
+    from resnetlab.models import build_model
+    model = _with_trained_bn_statistics(build_model("resnet9", 10, {"widths": [8, 16, 16, 32],
+                                                                                "pool_first": True}), seed=0)
+    folded, n = export_mod.fold_pooled_batchnorm(model)
+    assert n == 3  # the three conv → pool → BN → ReLU runs of the pool-first ResNet-9
+    pairs = [(a, b) for s in folded.modules() if isinstance(s, torch.nn.Sequential) for a, b in zip(s, list(s)[1:])]
+    assert not any(isinstance(a, torch.nn.MaxPool2d) and isinstance(b, torch.nn.BatchNorm2d) for a, b in pairs)
+    x = torch.randn(6, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), atol=1e-5, rtol=1e-5)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is left as it was
+
+
+def test_pool_first_batchnorm_with_a_negative_scale_is_not_folded():
+    from resnetlab.models import build_model
+    model = _with_trained_bn_statistics(build_model("resnet9", 10, {"widths": [8, 16, 16, 32],
+                                                                                "pool_first": True}), seed=1, negative_first=True)
+    folded, n = export_mod.fold_pooled_batchnorm(model)
+    assert n == 0  # max-pool does not commute with a negative scale: folding would change the answers
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x))

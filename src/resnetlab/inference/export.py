@@ -22,6 +22,7 @@ check is not written.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import logging
@@ -229,6 +230,33 @@ class Int8Check:
         return self.agreement >= INT8_MIN_AGREEMENT and loss_ok
 
 
+def fold_pooled_batchnorm(model: torch.nn.Module) -> tuple[torch.nn.Module, int]:
+    """An eval-mode copy of `model` in which each conv → max-pool → BN → ReLU run (the pool-first order of the
+    default net) becomes conv with the BN folded in → ReLU → max-pool, and how many runs were folded.
+
+    Exact whenever every BN channel scale is positive (max-pooling commutes with a positive per-channel affine
+    map and with ReLU); a run with a non-positive scale is left as it is. Why: ONNX Runtime can fold a BN only
+    into the conv right before it, so the quantizer would otherwise give the raw conv output, whose channels
+    differ in range by the BN's scales, one uint8 scale for all of them."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+    model = copy.deepcopy(model).eval()
+    folded = 0
+    for seq in model.modules():
+        if not isinstance(seq, torch.nn.Sequential):
+            continue
+        for i in range(len(seq) - 3):
+            conv, pool, bn, relu = seq[i], seq[i + 1], seq[i + 2], seq[i + 3]
+            if not (type(conv) is torch.nn.Conv2d and isinstance(pool, torch.nn.MaxPool2d)
+                    and type(bn) is torch.nn.BatchNorm2d and isinstance(relu, torch.nn.ReLU)):
+                continue
+            if not bool((bn.weight / torch.sqrt(bn.running_var + bn.eps) > 0).all()):
+                continue
+            seq[i], seq[i + 1], seq[i + 2], seq[i + 3] = (fuse_conv_bn_eval(conv, bn), torch.nn.ReLU(), pool,
+                                                          torch.nn.Identity())
+            folded += 1
+    return model, folded
+
+
 class _Calibration:
     """onnxruntime's CalibrationDataReader protocol over a float tensor, in batches."""
 
@@ -251,7 +279,7 @@ def export_int8(checkpoint: str | Path, calibration: torch.Tensor, pixels: torch
     from onnxruntime.quantization.shape_inference import quant_pre_process
     path = resolve_checkpoint(checkpoint)
     model, meta = load_model(path, "cpu")
-    model = model.float().eval()
+    model, _ = fold_pooled_batchnorm(model.float())
     info = deploy_metadata(meta)
     dest = Path(out) if out else path.with_suffix(".int8.onnx")
     if not dest.parent.is_dir():
