@@ -3,7 +3,9 @@
 For each model: the float ONNX export and the int8 one (`resnetlab export --int8`: static QDQ, per-channel
 weights, calibrated on training images), timed in one process, alternated (median of --rounds). Models:
 - --checkpoint CKPT (e.g. a trained cifar10_quick run): its own size; accuracies on its test split as the
-  export's self-check prints them;
+  export's self-check prints them, for the export as it is and quantized plainly (`plain=True`: no
+  `fold_for_quantization`, the first conv int8 too), both calibrated on the same images, and each one's
+  agreement in ONNX Runtime sessions without `session.x64quantprecision`;
 - resnet18 and resnet50 at 224 px with random weights and random calibration images (speed only: no
   trained ImageNet weights offline), written as throwaway checkpoints under --work.
 Says whether the CPU has VNNI (avx512_vnni / avx_vnni: the int8 dot-product instructions ORT uses).
@@ -37,7 +39,8 @@ def cpu() -> dict:
 
 def rate(model_path: str | bytes, size: int, batch: int, seconds: float) -> float:
     import onnxruntime as ort
-    s = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
+    from resnetlab.inference.export import session_options
+    s = ort.InferenceSession(model_path, session_options(), providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
     s.run(None, {"input": x})
     n, t0 = 0, time.perf_counter()
@@ -45,6 +48,18 @@ def rate(model_path: str | bytes, size: int, batch: int, seconds: float) -> floa
         s.run(None, {"input": x})
         n += batch
     return n / (time.perf_counter() - t0)
+
+
+def agreement_without_precision_option(fp: Path, q: Path, test, meta: dict) -> float:
+    """Top-1 agreement of int8 and float on the test split in sessions without resnetlab's session options
+    (on x86 without VNNI: ONNX Runtime's saturating uint8 x int8 kernels)."""
+    import onnxruntime as ort
+    from resnetlab.inference.export import check_images_input, deploy_metadata
+    x = check_images_input(test.take(slice(None)), deploy_metadata(meta)).numpy()
+    def top1(path: Path) -> np.ndarray:
+        s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return np.concatenate([s.run(None, {"input": x[i:i + 500]})[0].argmax(1) for i in range(0, len(x), 500)])
+    return float((top1(fp) == top1(q)).mean())
 
 
 def random_checkpoint(work: Path, arch: str, size: int) -> Path:
@@ -87,9 +102,15 @@ def main() -> None:
         export(ck, "onnx", splits.test.take(slice(0, 256)), fp)
         _, c = export_int8(ck, splits.train.take(pick), splits.test.take(slice(None)), splits.test.labels, q,
                            require_check=False)
-        jobs.append((meta["arch"], meta["input_size"], str(fp), str(q),
-                     f"whole test split: float top-1 {c.fp32_top1:.2%}, int8 {c.int8_top1:.2%}, agreement "
-                     f"{c.agreement:.2%} ({'passes' if c.passed else 'fails'} the export's self-check)"))
+        q0 = a.work / "ckpt.int8-plain.onnx"
+        _, c0 = export_int8(ck, splits.train.take(pick), splits.test.take(slice(None)), splits.test.labels, q0,
+                            require_check=False, plain=True)
+        for name, path, check in ((meta["arch"], q, c), (f"{meta['arch']} plain (no folds, int8 first conv)", q0, c0)):
+            jobs.append((name, meta["input_size"], str(fp), str(path),
+                         f"whole test split: float top-1 {check.fp32_top1:.2%}, int8 {check.int8_top1:.2%}, "
+                         f"agreement {check.agreement:.2%} ({'passes' if check.passed else 'fails'} the export's "
+                         f"self-check); without session.x64quantprecision: agreement "
+                         f"{agreement_without_precision_option(fp, path, splits.test, meta):.2%}"))
     for arch in a.archs.split(",") if a.archs else []:
         ck = random_checkpoint(a.work, arch, 224)
         g = torch.Generator().manual_seed(1)

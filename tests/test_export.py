@@ -166,7 +166,7 @@ def test_pool_first_batchnorm_folds_into_its_conv_without_changing_the_output():
     from resnetlab.models import build_model
     model = _with_trained_bn_statistics(build_model("resnet9", 10, {"widths": [8, 16, 16, 32],
                                                                                 "pool_first": True}), seed=0)
-    folded, n = export_mod.fold_pooled_batchnorm(model)
+    folded, n = export_mod.fold_for_quantization(model)
     assert n == 3  # the three conv → pool → BN → ReLU runs of the pool-first ResNet-9
     pairs = [(a, b) for s in folded.modules() if isinstance(s, torch.nn.Sequential) for a, b in zip(s, list(s)[1:])]
     assert not any(isinstance(a, torch.nn.MaxPool2d) and isinstance(b, torch.nn.BatchNorm2d) for a, b in pairs)
@@ -180,8 +180,21 @@ def test_pool_first_batchnorm_with_a_negative_scale_is_not_folded():
     from resnetlab.models import build_model
     model = _with_trained_bn_statistics(build_model("resnet9", 10, {"widths": [8, 16, 16, 32],
                                                                                 "pool_first": True}), seed=1, negative_first=True)
-    folded, n = export_mod.fold_pooled_batchnorm(model)
+    folded, n = export_mod.fold_for_quantization(model)
     assert n == 0  # max-pool does not commute with a negative scale: folding would change the answers
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(folded(x), model(x))
+
+
+def test_whitening_conv_and_the_prep_conv_fold_into_one_conv_with_the_same_answers():
+    from resnetlab.models import build_model
+    model = build_model("resnet9", 10, {"widths": [8, 16, 16, 32], "pool_first": True, "whiten": True})
+    model.init_whitening(torch.randn(64, 3, 32, 32))
+    model = _with_trained_bn_statistics(model, seed=2)
+    folded, n = export_mod.fold_for_quantization(model)
+    assert n == 4 and folded.whiten is None and model.whiten is not None  # whitening + three pool-first runs
+    assert folded.prep[0].kernel_size == (3, 3) and folded.prep[0].in_channels == 3
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), atol=1e-4, rtol=1e-4)

@@ -11,7 +11,8 @@ Two formats:
   is loaded with pickle inside torch: treat a .pt2 as code and load only files you made.
 
 `--int8` (onnx only): ONNX Runtime's static quantization (QDQ; per-channel int8 weights, uint8 activations
-whose ranges are the 99.999th percentiles seen on training images decoded by the checkpoint's own preprocessing), written only when its
+whose ranges are the 99.999th percentiles seen on training images decoded by the checkpoint's own preprocessing;
+the layers folded first by `fold_for_quantization`, the first convolution left in float), written only when its
 top-1 agrees with the float model on >= 99 % of the check images and loses <= 0.5 points of accuracy.
 
 Both graphs take the normalised float input (N, 3, S, S) that resnetlab.preprocessing produces, and
@@ -126,10 +127,26 @@ def _set_metadata(proto, meta: dict) -> None:
     proto.doc_string = f"{meta['arch']} exported by resnetlab; input and output: see metadata '{META_KEY}'"
 
 
+def session_options(threads: int = 0):
+    """The ONNX Runtime session options every resnetlab session uses (threads: 0 = ONNX Runtime's default).
+
+    `session.x64quantprecision`: on x86 CPUs without VNNI (SSE4.1, AVX2, AVX-512 without VNNI) ONNX Runtime's
+    fast uint8 x int8 kernels add pairs of products in int16 and saturate when weights fall outside [-64, 63];
+    with this option it runs those layers with uint8 x uint8 kernels instead: on an AVX2 CPU the default net's
+    int8 copy agreed with the float model on only ~71 % of the test images without it
+    (docs/results.md#int8-under-onnx-runtime). CPUs with VNNI are unaffected."""
+    _, ort = _onnx_modules()
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.x64quantprecision", "1")
+    return options
+
+
 def _run_onnx(model: str | bytes, x: torch.Tensor) -> np.ndarray:
     """Logits of an ONNX model (a path or its bytes) on x, one session, batches of 256."""
     _, ort = _onnx_modules()
-    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model, session_options(), providers=["CPUExecutionProvider"])
     return np.concatenate([session.run(None, {"input": x[i:i + 256].numpy()})[0] for i in range(0, len(x), 256)])
 
 
@@ -230,17 +247,20 @@ class Int8Check:
         return self.agreement >= INT8_MIN_AGREEMENT and loss_ok
 
 
-def fold_pooled_batchnorm(model: torch.nn.Module) -> tuple[torch.nn.Module, int]:
-    """An eval-mode copy of `model` in which each conv → max-pool → BN → ReLU run (the pool-first order of the
-    default net) becomes conv with the BN folded in → ReLU → max-pool, and how many runs were folded.
+def fold_for_quantization(model: torch.nn.Module) -> tuple[torch.nn.Module, int]:
+    """An eval-mode copy of `model` with the same answers and fewer layers for a quantizer to round, and how many
+    folds were made: the family's own `fold_for_inference()` (the model contract), then each conv → max-pool →
+    BN → ReLU run (the pool-first order of the default net) becomes conv with the BN folded in → ReLU → max-pool.
 
-    Exact whenever every BN channel scale is positive (max-pooling commutes with a positive per-channel affine
-    map and with ReLU); a run with a non-positive scale is left as it is. Why: ONNX Runtime can fold a BN only
-    into the conv right before it, so the quantizer would otherwise give the raw conv output, whose channels
-    differ in range by the BN's scales, one uint8 scale for all of them."""
+    The second is exact whenever every BN channel scale is positive (max-pooling commutes with a positive
+    per-channel affine map and with ReLU); a run with a non-positive scale is left as it is. Why: ONNX Runtime
+    can fold a BN only into the conv right before it, so the quantizer would otherwise give the raw conv output,
+    whose channels differ in range by the BN's scales, one uint8 scale for all of them."""
     from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    from ..models.contract import ClassifierNet
     model = copy.deepcopy(model).eval()
-    folded = 0
+    folded = model.fold_for_inference() if isinstance(model, ClassifierNet) else 0
     for seq in model.modules():
         if not isinstance(seq, torch.nn.Sequential):
             continue
@@ -257,6 +277,16 @@ def fold_pooled_batchnorm(model: torch.nn.Module) -> tuple[torch.nn.Module, int]
     return model, folded
 
 
+def _input_convs(path: str) -> list[str]:
+    """The convolutions that read the graph's input: int8 exports keep them in float. Rounding the normalised
+    input to one uint8 scale for all channels, then the first layer's weights, cost the default net most of its
+    int8 disagreement with the float model (docs/results.md#int8-under-onnx-runtime)."""
+    onnx, _ = _onnx_modules()
+    graph = onnx.load(path).graph
+    inputs = {i.name for i in graph.input}
+    return [n.name for n in graph.node if n.op_type == "Conv" and n.input[0] in inputs]
+
+
 class _Calibration:
     """onnxruntime's CalibrationDataReader protocol over a float tensor, in batches."""
 
@@ -269,17 +299,19 @@ class _Calibration:
 
 def export_int8(checkpoint: str | Path, calibration: torch.Tensor, pixels: torch.Tensor,
                 labels: torch.Tensor | None = None, out: str | Path | None = None,
-                opset: int = DEFAULT_OPSET, require_check: bool = True) -> tuple[Path, Int8Check]:
+                opset: int = DEFAULT_OPSET, require_check: bool = True,
+                plain: bool = False) -> tuple[Path, Int8Check]:
     """An int8 ONNX model: float export, static QDQ quantization calibrated on `calibration` (uint8 training
     pixels), checked on `pixels` (uint8, with `labels` when known) against the float model; written atomically
     only when the check passes (require_check=False: written whatever the check says — for timing models
-    without trained weights in benchmarks, never for deployment)."""
+    without trained weights in benchmarks, never for deployment). plain=True quantizes every convolution of the
+    unfolded model (for benchmarks that measure what fold_for_quantization and the float first layer buy)."""
     onnx, _ = _onnx_modules()
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
     path = resolve_checkpoint(checkpoint)
     model, meta = load_model(path, "cpu")
-    model, _ = fold_pooled_batchnorm(model.float())
+    model = model.float().eval() if plain else fold_for_quantization(model.float())[0]
     info = deploy_metadata(meta)
     dest = Path(out) if out else path.with_suffix(".int8.onnx")
     if not dest.parent.is_dir():
@@ -297,6 +329,7 @@ def export_int8(checkpoint: str | Path, calibration: torch.Tensor, pixels: torch
                 with contextlib.redirect_stdout(io.StringIO()):
                     quant_pre_process(fp32, pre, skip_symbolic_shape=True)
                     quantize_static(pre, q, _Calibration(calib), quant_format=QuantFormat.QDQ, per_channel=True,
+                                    nodes_to_exclude=[] if plain else _input_convs(pre),
                                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                                     calibrate_method=CalibrationMethod.Percentile,
                                     # fold the activations into the histograms every 4 batches: holding them
@@ -307,6 +340,7 @@ def export_int8(checkpoint: str | Path, calibration: torch.Tensor, pixels: torch
         proto = onnx.load(q)
         _set_metadata(proto, dict(info, quantization={"format": "QDQ int8", "weights": "int8 per channel",
                                                       "activations": "uint8, 99.999th percentile",
+                                                      "float_layers": "the convolutions that read the input",
                                                       "calibration_images": len(calibration)}))
         data = proto.SerializeToString()
         got = _run_onnx(fp32, x)

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from .export import META_KEY, _onnx_modules, check_images_input
+from .export import META_KEY, _onnx_modules, check_images_input, session_options
 from .classifier import ImageClassifier
 
 
@@ -30,8 +30,7 @@ class OnnxClassifier(ImageClassifier):
             raise UserError(f"{self.path}: no resnetlab metadata in this ONNX file; export it with `resnetlab export`")
         metadata = json.loads(props[META_KEY])
         super().__init__(metadata, batch_size)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options = session_options(threads or torch.get_num_threads())
         self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         self.device = torch.device("cpu")
         self.model = None

@@ -9,8 +9,10 @@ A family subclasses `ClassifierNet` and provides:
 - `get_classifier()` / `reset_classifier(num_classes)`: the head, as timm names them.
 Optional hooks, with defaults here: `supports_dilation` (backbones may trade strides for dilation),
 `fixed_parameters()` (never trained, whatever the strategy), `head_extras()` (modules that train with the
-head in a partial fine-tune, e.g. a pre-activation net's final BN) and `init_from_data(images)` (data-dependent
-initialisation before training, e.g. whitening filters, from `init_images` training images; 0: not called).
+head in a partial fine-tune, e.g. a pre-activation net's final BN), `init_from_data(images)` (data-dependent
+initialisation before training, e.g. whitening filters, from `init_images` training images; 0: not called) and
+`fold_for_inference()` (merge, in place, layers whose composition is one layer, for export; the answers stay the
+same, the trained state dict no longer loads).
 """
 from __future__ import annotations
 
@@ -63,6 +65,11 @@ class ClassifierNet(nn.Module):
 
     def init_from_data(self, images: torch.Tensor) -> None:
         """Data-dependent initialisation from normalised training images (N, C, H, W); default: none."""
+
+    def fold_for_inference(self) -> int:
+        """Merge consecutive linear layers into one, in place, without changing the outputs; how many were
+        merged. Default: none."""
+        return 0
 
     @property
     def feature_info(self) -> list[dict[str, Any]]:

@@ -98,6 +98,20 @@ class ResNet9(ClassifierNet):
     def stages(self) -> list[nn.Module]:
         return [self.layer1, self.layer2, self.layer3]
 
+    @torch.no_grad()
+    def fold_for_inference(self) -> int:
+        """The fixed whitening conv and the prep layer's 1x1 conv after it are two linear maps with nothing
+        between them: one 3x3 conv (in_channels → w0) computes both. Quantizers then see no 27-channel
+        intermediate tensor (on the default net it cost the int8 copy the most agreement, docs/results.md)."""
+        if self.whiten is None:
+            return 0
+        point = self.prep[0]
+        merged = nn.Conv2d(self.whiten.in_channels, point.out_channels, 3, padding=1, bias=False)
+        merged.weight.copy_(torch.einsum("oj,jchw->ochw", point.weight[:, :, 0, 0], self.whiten.weight))
+        merged.to(point.weight.device, point.weight.dtype)
+        self.prep[0], self.whiten = merged, None
+        return 1
+
     @property
     def init_images(self) -> int:
         return 5000 if self.whiten is not None else 0
