@@ -127,6 +127,10 @@ def test_int8_export_passes_its_check_and_loads(confident_checkpoint, tmp_path, 
     assert agree >= 0.99 and fp32 - int8 <= 0.5 and fp32 > 90, line
     model = onnx.load(str(out))
     assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)  # QDQ: the graph really is int8
+    # the first conv reads the float input itself (kept in float); every later conv reads dequantized int8
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    made_by = {o: n.op_type for n in model.graph.node for o in n.output}
+    assert convs[0].input[0] == "input" and all(made_by.get(c.input[0]) == "DequantizeLinear" for c in convs[1:])
     meta = json.loads({p.key: p.value for p in model.metadata_props}["resnetlab"])
     assert meta["quantization"]["calibration_images"] == 256
     # resnetlab.load takes the int8 file: the same API, and the float model's answers
@@ -135,6 +139,8 @@ def test_int8_export_passes_its_check_and_loads(confident_checkpoint, tmp_path, 
     a = [r["top"][0]["class"] for r in clf8.predict(images)]
     b = [r["top"][0]["class"] for r in clf.predict(images)]
     assert clf8.backend == "onnx" and np.mean([x == y for x, y in zip(a, b)]) >= 0.97
+    # without VNNI, ONNX Runtime's uint8 x int8 kernels saturate; the session asks for its exact ones
+    assert clf8.session.get_session_options().get_session_config_entry("session.x64quantprecision") == "1"
 
 
 def test_int8_export_that_fails_its_check_writes_nothing(small_checkpoint, tmp_path, capsys, monkeypatch):
