@@ -278,9 +278,9 @@ def fold_for_quantization(model: torch.nn.Module) -> tuple[torch.nn.Module, int]
 
 
 def _input_convs(path: str) -> list[str]:
-    """The convolutions that read the graph's input: int8 exports keep them in float. Rounding the normalised
-    input to one uint8 scale for all channels, then the first layer's weights, cost the default net most of its
-    int8 disagreement with the float model (docs/results.md#int8-under-onnx-runtime)."""
+    """The convolutions that read the graph's input: int8 exports keep them in float. Of all layers, quantizing
+    the first (its input and its weights) cost the default net the most agreement with the float model, and its
+    large whitening weights were the ones that saturated on CPUs without VNNI (docs/results.md)."""
     onnx, _ = _onnx_modules()
     graph = onnx.load(path).graph
     inputs = {i.name for i in graph.input}
