@@ -12,11 +12,8 @@ from PIL import Image
 
 
 def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    """This process's resident memory in MB (VmRSS)."""
+    return process_memory_mb()["rss_mb"]
 
 
 def process_memory_mb(pid: int | str = "self") -> dict:

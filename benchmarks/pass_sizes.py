@@ -22,11 +22,11 @@ def drive(checkpoint: str, mode: str, calls: int, max_batch: int) -> None:
 
     from _common import process_memory_mb
     from resnetlab import load
-    from resnetlab.serving.settings import pass_size_for, pass_sizes
+    from resnetlab.serving.settings import ServeSettings, pass_size_for
     clf = load(checkpoint, device="cpu")
     s = clf.policy.input_size
-    sizes = pass_sizes(max_batch) if mode == "padded" else None
-    warm = sizes or (1, max_batch)  # as the service's warm-up
+    settings = ServeSettings(max_batch=max_batch, exact_batches=mode == "exact")
+    sizes, warm = settings.pass_sizes, settings.warm_up_sizes  # as the service runs and warms up
     for n in warm:
         clf.logits(torch.zeros(n, 3, s, s, dtype=torch.uint8))
     print(f"| {mode} | warm-up ({len(warm)} sizes) | {process_memory_mb()['anon_mb']:.0f} | |", flush=True)

@@ -54,12 +54,10 @@ def agreement_without_precision_option(fp: Path, q: Path, test, meta: dict) -> f
     """Top-1 agreement of int8 and float on the test split in sessions without resnetlab's session options
     (on x86 without VNNI: ONNX Runtime's saturating uint8 x int8 kernels)."""
     import onnxruntime as ort
-    from resnetlab.inference.export import check_images_input, deploy_metadata
-    x = check_images_input(test.take(slice(None)), deploy_metadata(meta)).numpy()
-    def top1(path: Path) -> np.ndarray:
-        s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return np.concatenate([s.run(None, {"input": x[i:i + 500]})[0].argmax(1) for i in range(0, len(x), 500)])
-    return float((top1(fp) == top1(q)).mean())
+    from resnetlab.inference.export import _run_onnx, check_images_input, deploy_metadata
+    x = check_images_input(test.take(slice(None)), deploy_metadata(meta))
+    fp32, int8 = (_run_onnx(str(p), x, ort.SessionOptions()).argmax(1) for p in (fp, q))
+    return float((fp32 == int8).mean())
 
 
 def random_checkpoint(work: Path, arch: str, size: int) -> Path:
@@ -100,11 +98,10 @@ def main() -> None:
         pick = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(0))[:a.calibration]
         fp, q = a.work / "ckpt.onnx", a.work / "ckpt.int8.onnx"
         export(ck, "onnx", splits.test.take(slice(0, 256)), fp)
-        _, c = export_int8(ck, splits.train.take(pick), splits.test.take(slice(None)), splits.test.labels, q,
-                           require_check=False)
+        calib, test_pixels = splits.train.take(pick), splits.test.take(slice(None))
+        _, c = export_int8(ck, calib, test_pixels, splits.test.labels, q, require_check=False)
         q0 = a.work / "ckpt.int8-plain.onnx"
-        _, c0 = export_int8(ck, splits.train.take(pick), splits.test.take(slice(None)), splits.test.labels, q0,
-                            require_check=False, plain=True)
+        _, c0 = export_int8(ck, calib, test_pixels, splits.test.labels, q0, require_check=False, plain=True)
         for name, path, check in ((meta["arch"], q, c), (f"{meta['arch']} plain (no folds, int8 first conv)", q0, c0)):
             jobs.append((name, meta["input_size"], str(fp), str(path),
                          f"whole test split: float top-1 {check.fp32_top1:.2%}, int8 {check.int8_top1:.2%}, "

@@ -25,9 +25,8 @@ from conftest import png_bytes, ready_client
 from resnetlab import load
 from resnetlab.data.cifar import load_cifar
 from resnetlab.serving.app import create_app
-from resnetlab.serving.settings import ServeSettings
+from resnetlab.serving.settings import ServeSettings, pass_sizes
 from resnetlab.serving.batcher import DynamicBatcher
-from resnetlab.serving.settings import pass_sizes
 from resnetlab.testing import ServeProcess as Server
 
 
@@ -184,7 +183,6 @@ def test_batcher_pads_each_pass_to_the_next_pass_size_and_answers_each_request_w
 def test_warm_up_runs_every_pass_size_before_ready(classifier):
     from resnetlab.serving.app import PredictService
     from resnetlab.serving.metrics import Metrics
-    from resnetlab.serving.settings import ServeSettings
     seen: list[int] = []
 
     class Recording(PredictService):

@@ -143,10 +143,11 @@ def session_options(threads: int = 0):
     return options
 
 
-def _run_onnx(model: str | bytes, x: torch.Tensor) -> np.ndarray:
-    """Logits of an ONNX model (a path or its bytes) on x, one session, batches of 256."""
+def _run_onnx(model: str | bytes, x: torch.Tensor, options=None) -> np.ndarray:
+    """Logits of an ONNX model (a path or its bytes) on x, one session (options: session_options()), batches
+    of 256."""
     _, ort = _onnx_modules()
-    session = ort.InferenceSession(model, session_options(), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model, options or session_options(), providers=["CPUExecutionProvider"])
     return np.concatenate([session.run(None, {"input": x[i:i + 256].numpy()})[0] for i in range(0, len(x), 256)])
 
 

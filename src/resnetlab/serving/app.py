@@ -86,7 +86,7 @@ class PredictService:
         s = self.clf.policy.input_size
         loop = asyncio.get_running_loop()
         # first calls pay for allocation and kernel choice; each pass size once, so none is paid for under load
-        for n in self.settings.pass_sizes or sorted({1, self.settings.max_batch}):
+        for n in self.settings.warm_up_sizes:
             await loop.run_in_executor(None, self.run_model, torch.zeros(n, 3, s, s, dtype=torch.uint8))
         self.ready = True
 

@@ -51,6 +51,11 @@ class ServeSettings:
         return None if self.exact_batches else pass_sizes(self.max_batch)
 
     @property
+    def warm_up_sizes(self) -> tuple[int, ...]:
+        """The batch sizes the warm-up runs before the service is ready: every pass size, else 1 and max_batch."""
+        return self.pass_sizes or tuple(sorted({1, self.max_batch}))
+
+    @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1e6)
 
