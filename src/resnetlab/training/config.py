@@ -47,13 +47,17 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"               # sgd | adam | adamw
+    name: str = "sgd"               # sgd | adam | adamw | muon (conv filters: Muon; the rest: SGD as configured)
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 1e-4
     no_decay_bn_bias: bool = False  # exclude BN weights/biases and all biases from weight decay
     betas: list = field(default_factory=lambda: [0.9, 0.999])
+    muon_lr: float = 0.24           # muon: the filters' learning rate (the update is orthogonalised, so this
+                                    # does not scale with the batch or the loss); schedule as lr's
+    muon_momentum: float = 0.6      # muon: Nesterov momentum of the filters
+    muon_ns_steps: int = 3          # muon: Newton-Schulz iterations per step
 
 
 @dataclass
@@ -151,7 +155,7 @@ CHOICES = {
     "data.order": ("auto", "random", "quasi-random"),
     "data.augment.pad_mode": ("zeros", "reflect"),
     "data.augment.flip_mode": ("random", "alternate"),
-    "optim.name": ("sgd", "adam", "adamw"),
+    "optim.name": ("sgd", "adam", "adamw", "muon"),
     "schedule.name": ("constant", "multistep", "cosine", "onecycle"),
     "schedule.unit": ("epoch", "iter"),
     "train.early_stopping.metric": ("val_top1", "val_top5", "val_loss"),
@@ -253,6 +257,9 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "optim.lr": (0, None, False, True),
     "optim.momentum": (0, 1, True, False),
     "optim.weight_decay": (0, None, True, True),
+    "optim.muon_lr": (0, None, False, True),
+    "optim.muon_momentum": (0, 1, True, False),
+    "optim.muon_ns_steps": (1, 10, True, True),
     "schedule.gamma": (0, None, False, True),
     "schedule.warmup": (0, None, True, True),
     "schedule.pct_start": (0, 1, True, False),

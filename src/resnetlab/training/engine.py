@@ -35,7 +35,7 @@ from ..weights import optimizer_from_flat, optimizer_to_flat, read_full, save_ch
 from .distill import Teacher, distill_loss
 from .config import Recipe
 from .distributed import convert_sync_bn, wrap
-from .optim import EMA, Lookahead, build_optimizer, lr_factor, param_groups
+from .optim import EMA, Lookahead, build_optimizer, lr_factor, optimizer_step_flops, param_groups
 
 
 class TrainingDiverged(UserError):
@@ -211,7 +211,8 @@ class Trainer:
             return self.stage.train_flops
         if size not in self._flops_at:  # a teacher's forward pass is training compute too
             self._flops_at[size] = count_train_flops(_cpu_copy(self.model), size) + (
-                self.teacher.flops_per_image() if self.teacher is not None else 0)
+                self.teacher.flops_per_image() if self.teacher is not None else 0) + (
+                optimizer_step_flops(self.optimizer) // self.recipe.train.batch_size)  # Muon's, per image
         return self._flops_at[size]
 
     @property
