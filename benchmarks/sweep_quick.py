@@ -20,6 +20,7 @@ Sweeps (each a set of named override lists, run with several seeds):
   muon94 the fast94 net trained with Muon on its filters at about half fast94's compute (<= 0.29 PFLOP on all
          50k images), on a 45k/5k validation split, seed 0; the figure read is the last epoch's validation
          top-1. Each sweep names its recipe; the others are cifar10_quick's.
+  muonq  the default recipe with and without Muon on the same validation split, seed 0.
 
 With --workers > 1 the runs share the machine, so their times mean nothing; with --workers 1 (the default; a
 2-core CPU) they run one after another and the training minutes are comparable. Prints one JSON line per run
@@ -86,8 +87,11 @@ SWEEPS = {
                "base": ["data.val_size=5000", "optim.name=muon", "optim.momentum=0.85", "train.batch_size=1000",
                         "train.epochs=10", "data.augment.epoch_sizes=[16,16,24,24,24,24]", "schedule.pct_start=0",
                         "train.eval_every=5"],
-               "runs": {"sgd0.4": ["optim.lr=0.4"], "sgd0.8": ["optim.lr=0.8"],
-                        "sgd0.4mlr0.36": ["optim.lr=0.4", "optim.muon_lr=0.36"]}},
+               "runs": {"sgd0.4": ["optim.lr=0.4"], "sgd0.8": ["optim.lr=0.8"]}},
+    # the default recipe against the same with Muon at batch 500 (SGD lr scaled with the batch), seed 0
+    "muonq": {"kind": "val", "seeds": (0,), "base": ["data.val_size=5000"],
+              "runs": {"base": [], "muon": ["optim.name=muon", "optim.momentum=0.85", "train.batch_size=500",
+                                            "optim.lr=0.4", "schedule.pct_start=0"]}},
     "val11b": {"kind": "rob", "seeds": (0,), "base": ["data.val_size=5000"], "split": "val",
                "runs": {"r30": [], "r30we0.1": ["model.kwargs.whiten_eps=0.1"],
                         "r30we1": ["model.kwargs.whiten_eps=1.0"],
