@@ -20,6 +20,7 @@ Sweeps (each a set of named override lists, run with several seeds):
   muon94 the fast94 net trained with Muon on its filters at about half fast94's compute (<= 0.29 PFLOP on all
          50k images), on a 45k/5k validation split, seed 0; the figure read is the last epoch's validation
          top-1. Each sweep names its recipe; the others are cifar10_quick's.
+  muon94b the same budget with fast94's SGD, and Muon on 7 epochs at full size, seed 0.
   muonq  the default recipe with and without Muon on the same validation split, seed 0.
 
 With --workers > 1 the runs share the machine, so their times mean nothing; with --workers 1 (the default; a
@@ -88,6 +89,14 @@ SWEEPS = {
                         "train.epochs=10", "data.augment.epoch_sizes=[16,16,24,24,24,24]", "schedule.pct_start=0",
                         "train.eval_every=5"],
                "runs": {"sgd0.4": ["optim.lr=0.4"], "sgd0.8": ["optim.lr=0.8"]}},
+    # at the same budget: fast94's own SGD (batch 256) on the same 10-epoch schedule, and Muon on 7 epochs all at
+    # 32 px (7 full-size epochs, ~0.28 PFLOP on 50k images)
+    "muon94b": {"kind": "val", "seeds": (0,), "recipe": "cifar10_fast94",
+                "base": ["data.val_size=5000"],
+                "runs": {"sgd10": ["train.epochs=10", "data.augment.epoch_sizes=[16,16,24,24,24,24]"],
+                         "muon7full": ["optim.name=muon", "optim.momentum=0.85", "train.batch_size=1000",
+                                       "train.epochs=7", "data.augment.epoch_sizes=[]", "schedule.pct_start=0",
+                                       "optim.lr=0.4"]}},
     # the default recipe against the same with Muon at batch 500 (SGD lr scaled with the batch), seed 0
     "muonq": {"kind": "val", "seeds": (0,), "base": ["data.val_size=5000"],
               "runs": {"base": [], "muon": ["optim.name=muon", "optim.momentum=0.85", "train.batch_size=500",
