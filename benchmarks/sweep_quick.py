@@ -42,6 +42,7 @@ from pathlib import Path
 from time_to_accuracy import HERE, RunFailed, run
 
 RECIPE = "cifar10_quick"
+MUON_Q = ["optim.name=muon", "optim.momentum=0.85", "train.batch_size=500", "optim.lr=0.4", "schedule.pct_start=0"]
 JPEG30 = ["data.augment.jpeg=0.5", "data.augment.jpeg_quality=[30,95]", "data.augment.resample=0.3"]
 SWEEPS = {
     "rob13": {"kind": "rob", "seeds": (0, 1),
@@ -99,8 +100,24 @@ SWEEPS = {
                                        "optim.lr=0.4"]}},
     # the default recipe against the same with Muon at batch 500 (SGD lr scaled with the batch), seed 0
     "muonq": {"kind": "val", "seeds": (0,), "base": ["data.val_size=5000"],
-              "runs": {"base": [], "muon": ["optim.name=muon", "optim.momentum=0.85", "train.batch_size=500",
-                                            "optim.lr=0.4", "schedule.pct_start=0"]}},
+              "runs": {"base": [], "muon": MUON_Q}},
+    # after muonq (Muon +1.0 point of validation top-1 at the same time): Muon's own settings, weaker
+    # translation (airbench translates by 2 px), the batch, seed 0, on the same validation split
+    "q92": {"kind": "val", "seeds": (0,), "base": ["data.val_size=5000"] + MUON_Q,
+            "runs": {"mlr0.36": ["optim.muon_lr=0.36"], "mlr0.16": ["optim.muon_lr=0.16"],
+                     "pad2": ["data.augment.crop_padding=2"], "bs250": ["train.batch_size=250", "optim.lr=0.2"]}},
+    # after q92 (2-px translation +0.4, muon_lr 0.16-0.24 flat, batch 250 worse): the batch, more epochs at low
+    # resolution in the same time, the SGD groups' lr (BN biases, head), label smoothing 0.2
+    "q92b": {"kind": "val", "seeds": (0,), "base": ["data.val_size=5000", "data.augment.crop_padding=2"] + MUON_Q,
+             "runs": {"bs1000": ["train.batch_size=1000", "optim.lr=0.8"],
+                      "lowres12": ["train.epochs=12", "data.augment.epoch_sizes=[16,16,16,16,16,16,24,24,24]"],
+                      "slr0.8": ["optim.lr=0.8"], "ls0.2": ["train.label_smoothing=0.2"]}},
+    # the fast94 net with the default's Muon settings (batch 500) at <= 0.29 PFLOP on all 50k images: 10 epochs,
+    # 1-2 at 16 px and 3-6 at 24 px (6.75 full-size epochs), seed 0, on the same validation split
+    "f29": {"kind": "val", "seeds": (0,), "recipe": "cifar10_fast94",
+            "base": ["data.val_size=5000", "train.epochs=10", "data.augment.epoch_sizes=[16,16,24,24,24,24]",
+                     "train.eval_every=5"] + MUON_Q,
+            "runs": {"m10": [], "m10pad2": ["data.augment.crop_padding=2"]}},
     "val11b": {"kind": "rob", "seeds": (0,), "base": ["data.val_size=5000"], "split": "val",
                "runs": {"r30": [], "r30we0.1": ["model.kwargs.whiten_eps=0.1"],
                         "r30we1": ["model.kwargs.whiten_eps=1.0"],

@@ -10,7 +10,7 @@ torch version, threads) and a PNG of accuracy against time.
     python benchmarks/time_to_accuracy.py [RECIPE[@SEEDS] ...] [--seeds 0 1] [--out DIR]
 
 RECIPE@0,1 runs that recipe with seeds 0 and 1 (other recipes get --seeds). With no recipes it runs the
-comparison of docs/results.md: the pinned previous default (benchmarks/recipes/cifar10_quick_v1.yaml, seed 0
+comparison of docs/results.md: the pinned previous default (benchmarks/recipes/cifar10_quick_v2.yaml, seed 0
 and 1), the current default (seeds 0 and 1) and fast94 (seed 0), one after another: about 50 minutes on a
 2-core Zen 4.
 """
@@ -84,7 +84,7 @@ def plot(runs: list[dict], path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("recipes", nargs="*", default=["benchmarks/recipes/cifar10_quick_v1.yaml@0,1",
+    ap.add_argument("recipes", nargs="*", default=["benchmarks/recipes/cifar10_quick_v2.yaml@0,1",
                                                    "cifar10_quick@0,1", "cifar10_fast94@0"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--out", type=Path, default=HERE / "out" / "time_to_accuracy")
