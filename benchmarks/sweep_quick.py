@@ -117,7 +117,9 @@ SWEEPS = {
     "f29": {"kind": "val", "seeds": (0,), "recipe": "cifar10_fast94",
             "base": ["data.val_size=5000", "train.epochs=10", "data.augment.epoch_sizes=[16,16,24,24,24,24]",
                      "train.eval_every=5"] + MUON_Q,
-            "runs": {"m10": [], "m10pad2": ["data.augment.crop_padding=2"]}},
+            "runs": {"m10": [], "m10pad2": ["data.augment.crop_padding=2"],
+                     # no progressive resizing: 7 epochs at 32 px (~0.28 PFLOP on 50k images)
+                     "m7full": ["data.augment.crop_padding=2", "train.epochs=7", "data.augment.epoch_sizes=[]"]}},
     "val11b": {"kind": "rob", "seeds": (0,), "base": ["data.val_size=5000"], "split": "val",
                "runs": {"r30": [], "r30we0.1": ["model.kwargs.whiten_eps=0.1"],
                         "r30we1": ["model.kwargs.whiten_eps=1.0"],
