@@ -19,9 +19,15 @@ Sweeps (each a set of named override lists, run with several seeds):
          10 epochs, and the JPEG-augmented recipe at 15, 20 and 30 epochs (how much time the bound needs).
   muon94 the fast94 net trained with Muon on its filters at about half fast94's compute (<= 0.29 PFLOP on all
          50k images), on a 45k/5k validation split, seed 0; the figure read is the last epoch's validation
-         top-1. Each sweep names its recipe; the others are cifar10_quick's.
+         top-1. Each sweep names its recipe; the others ran on the SGD default, pinned as
+         benchmarks/recipes/cifar10_quick_v2.yaml.
   muon94b the same budget with fast94's SGD, and Muon on 7 epochs at full size, seed 0.
   muonq  the default recipe with and without Muon on the same validation split, seed 0.
+  q92    after muonq, seed 0, same split: Muon's filter lr, 2-px translations, batch 250.
+  q92b   after q92 (Muon + 2-px translations): batch 1000, more low-resolution epochs, the SGD groups' lr,
+         label smoothing 0.2.
+  f29    the fast94 net with q92's Muon settings at <= 0.29 PFLOP, seed 0, same split: 10 epochs with progressive
+         resizing (m10, m10pad2) or 7 at full size (m7full).
 
 With --workers > 1 the runs share the machine, so their times mean nothing; with --workers 1 (the default; a
 2-core CPU) they run one after another and the training minutes are comparable. Prints one JSON line per run
@@ -41,7 +47,8 @@ from pathlib import Path
 
 from time_to_accuracy import HERE, RunFailed, run
 
-RECIPE = "cifar10_quick"
+# every sweep of the default ran on the one-cycle SGD default, pinned there (its overrides add Muon where they do)
+RECIPE = str(HERE / "recipes" / "cifar10_quick_v2.yaml")
 MUON_Q = ["optim.name=muon", "optim.momentum=0.85", "train.batch_size=500", "optim.lr=0.4", "schedule.pct_start=0"]
 JPEG30 = ["data.augment.jpeg=0.5", "data.augment.jpeg_quality=[30,95]", "data.augment.resample=0.3"]
 SWEEPS = {
