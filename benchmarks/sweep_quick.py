@@ -26,6 +26,8 @@ Sweeps (each a set of named override lists, run with several seeds):
   q92    after muonq, seed 0, same split: Muon's filter lr, 2-px translations, batch 250.
   q92b   after q92 (Muon + 2-px translations): batch 1000, more low-resolution epochs, the SGD groups' lr,
          label smoothing 0.2.
+  robm   cifar10_quick_robust's settings with SGD (as bundled) and with the Muon default's, seed 0, same split;
+         robustness.py on the 5k held-out images.
   f29    the fast94 net with q92's Muon settings at <= 0.29 PFLOP, seed 0, same split: 10 epochs with progressive
          resizing (m10, m10pad2) or 7 at full size (m7full).
 
@@ -119,6 +121,11 @@ SWEEPS = {
              "runs": {"bs1000": ["train.batch_size=1000", "optim.lr=0.8"],
                       "lowres12": ["train.epochs=12", "data.augment.epoch_sizes=[16,16,16,16,16,16,24,24,24]"],
                       "slr0.8": ["optim.lr=0.8"], "ls0.2": ["train.label_smoothing=0.2"]}},
+    # cifar10_quick_robust (the SGD default + JPEG, 20 epochs) against the same on the Muon default's settings,
+    # seed 0; robustness.py on the 5k held out
+    "robm": {"kind": "rob", "seeds": (0,), "base": ["data.val_size=5000", "train.epochs=20"] + JPEG30,
+             "split": "val",
+             "runs": {"sgd": [], "muon": MUON_Q + ["data.augment.crop_padding=2"]}},
     # the fast94 net with the default's Muon settings (batch 500) at <= 0.29 PFLOP on all 50k images: 10 epochs,
     # 1-2 at 16 px and 3-6 at 24 px (6.75 full-size epochs), seed 0, on the same validation split
     "f29": {"kind": "val", "seeds": (0,), "recipe": "cifar10_fast94",

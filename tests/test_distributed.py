@@ -135,8 +135,8 @@ def test_two_ranks_equal_one_process_with_muon(tiny_cifar, tmp_path):
     """The default recipe's Muon under DDP: the ranks orthogonalise the same all-reduced gradient. Newton-Schulz
     amplifies float rounding in the gradient's small singular directions, so the bound is looser than SGD's and the
     filter lr small: measured after these 4 steps, one process with 1 vs 2 threads differs by 0.078 at muon_lr 0.24
-    (SGD: 4.5e-5), and 1 vs 2 ranks by 6.3e-4 at muon_lr 0.01. A rank that stepped on its own gradient, or skipped
-    the step, would be ~0.01 per step away."""
+    (SGD: 4.5e-5), and 1 vs 2 ranks by 6.3e-4 at muon_lr 0.01. A rank that skipped the all-reduce or the step would
+    be off by the order of the step itself (0.01 per weight per step)."""
     one, two = tmp_path / "one", tmp_path / "two"
     muon = (*EQUAL, "optim.name=muon", "optim.muon_lr=0.01", "optim.momentum=0.85", "schedule.pct_start=0")
     assert resnetlab(train_args(tiny_cifar, one, *muon)).returncode == 0
