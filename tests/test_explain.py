@@ -13,6 +13,7 @@ from PIL import Image
 pytest.importorskip("captum")
 
 import resnetlab  # noqa: E402
+from conftest import SGD_DEFAULT  # noqa: E402
 from resnetlab.cli import main  # noqa: E402
 
 QUADRANTS = ["top-left", "top-right", "bottom-left", "bottom-right"]
@@ -40,13 +41,11 @@ def position_model(tmp_path_factory):
         (root / "data" / name).mkdir(parents=True)
         for i in range(120):
             Image.fromarray(_patch_image(rng, q)[0]).save(root / "data" / name / f"{i:03d}.png")
-    results = resnetlab.train("cifar10_quick", root / "run", overrides={
+    results = resnetlab.train(SGD_DEFAULT, root / "run", overrides={
         "model.name": "resnet9_small", "model.kwargs": {}, "data.dataset": "folder", "data.path": str(root / "data"),
         "data.image_size": 64, "data.val_size": 0, "data.augment.crop_padding": 0, "data.augment.flip": False,
         "data.augment.cutout": 0, "train.epochs": 6, "train.batch_size": 32, "optim.lr": 0.05,
-        "train.precision": "fp32", "train.tta": False, "train.ema_decay": 0,
-        # the settings this test was measured with (one-cycle SGD), whatever the default recipe's optimizer
-        "optim.name": "sgd", "optim.momentum": 0.9, "schedule.pct_start": 0.25}, log=lambda *a: None)
+        "train.precision": "fp32", "train.tta": False, "train.ema_decay": 0}, log=lambda *a: None)
     held = [_patch_image(np.random.default_rng(1000 + i), i % 4) for i in range(80)]
     return root / "run" / "best.safetensors", held, results
 

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import SGD_DEFAULT  # the model's FLOPs only: Muon adds its own (test_muon)
 from resnetlab import UserError
 from resnetlab.cli import main
 from resnetlab.evaluation.metrics import evaluate, tta_views
@@ -53,11 +54,10 @@ def test_evaluate_with_shift_averages_the_six_softmaxes():
 
 def test_eval_every_skips_monitoring_and_the_run_prints_its_training_compute(tiny_cifar, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "--recipe", "cifar10_quick", "--data-dir", str(tiny_cifar),
+    assert main(["train", "--recipe", SGD_DEFAULT, "--data-dir", str(tiny_cifar),
                  "--out", str(out), "--no-progress", "--no-verify", "train.epochs=4", "train.eval_every=3",
                  "train.batch_size=20", "train.eval_batch_size=40", "train.precision=fp32", "train.tta_shift=1",
-                 "model.kwargs.pool_first=true", "data.augment.epoch_sizes=[]",
-                 "optim.name=sgd"]) == 0  # SGD: no optimizer FLOPs on top of the model's (Muon's: test_muon)
+                 "model.kwargs.pool_first=true", "data.augment.epoch_sizes=[]"]) == 0
     printed = capsys.readouterr().out
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["val_top1"] is not None for r in rows] == [False, False, True, True]  # every 3rd, and the last
@@ -145,10 +145,9 @@ def test_alternating_flips_mirror_each_image_every_other_epoch():
 
 def test_progressive_resizing_trains_early_epochs_small_and_counts_their_compute(tiny_cifar, tmp_path):
     out = tmp_path / "run"
-    assert main(["train", "--recipe", "cifar10_quick", "--data-dir", str(tiny_cifar),
+    assert main(["train", "--recipe", SGD_DEFAULT, "--data-dir", str(tiny_cifar),
                  "--out", str(out), "--no-progress", "--no-verify", "train.epochs=3", "train.batch_size=20",
-                 "train.eval_batch_size=40", "train.precision=fp32", "data.augment.epoch_sizes=[24,24]", "data.augment.flip_mode=alternate",
-                 "optim.name=sgd"]) == 0  # SGD: the model's FLOPs only
+                 "train.eval_batch_size=40", "train.precision=fp32", "data.augment.epoch_sizes=[24,24]", "data.augment.flip_mode=alternate"]) == 0
     res = json.loads((out / "results.json").read_text())
     model = build_model("resnet9", 10, {"widths": [16, 32, 64, 128], "whiten": True})
     small, full = count_macs(model, 24), count_macs(model, 32)
@@ -159,10 +158,9 @@ def test_progressive_resizing_trains_early_epochs_small_and_counts_their_compute
 
     # a run shorter than the schedule still ends on full-size images: 3 epochs of [16, 16, 24, 24, 24] → 16, 16, 32
     short = tmp_path / "short"
-    assert main(["train", "--recipe", "cifar10_quick", "--data-dir", str(tiny_cifar),
+    assert main(["train", "--recipe", SGD_DEFAULT, "--data-dir", str(tiny_cifar),
                  "--out", str(short), "--no-progress", "--no-verify", "train.epochs=3", "train.batch_size=20",
-                 "train.eval_batch_size=40", "train.precision=fp32", "data.augment.epoch_sizes=[16,16,24,24,24]",
-                 "optim.name=sgd"]) == 0
+                 "train.eval_batch_size=40", "train.precision=fp32", "data.augment.epoch_sizes=[16,16,24,24,24]"]) == 0
     t_tiny = count_train_flops(model, 16)
     assert json.loads((short / "results.json").read_text())["train_pflop"] == pytest.approx(200 * (2 * t_tiny + t_full) / 1e15)
 

@@ -60,8 +60,8 @@ def test_robust_recipe_is_the_default_plus_jpeg_for_twice_the_epochs():
     file changes, the robust recipe must change with it (or be measured again)."""
     import dataclasses
     robust = dataclasses.replace(load_recipe("cifar10_quick_robust"), name="", description="")
-    pinned = Path(__file__).resolve().parents[1] / "benchmarks" / "recipes" / "cifar10_quick_v2.yaml"
-    measured = dataclasses.replace(load_recipe(pinned, [
+    from conftest import SGD_DEFAULT
+    measured = dataclasses.replace(load_recipe(SGD_DEFAULT, [
         "data.augment.jpeg=0.5", "data.augment.jpeg_quality=[30,95]", "data.augment.resample=0.3",
         "train.epochs=20"]), name="", description="")
     assert robust == measured
