@@ -28,6 +28,10 @@ Sweeps (each a set of named override lists, run with several seeds):
          label smoothing 0.2.
   robm   cifar10_quick_robust's settings with SGD (as bundled) and with the Muon default's, seed 0, same split;
          robustness.py on the 5k held-out images.
+  air    airbench94_muon's GELU and BatchNorm settings (frozen scales, momentum, eps) on the Muon default,
+         2 seeds, same split.
+  air2   after air: the BN biases' own lr (optim.bias_lr), with frozen BN scales, 2 seeds, same split.
+  f29air f29's two schedules with air's GELU and frozen BN scales, seed 0, same split.
   f29    the fast94 net with q92's Muon settings at <= 0.29 PFLOP, seed 0, same split: 10 epochs with progressive
          resizing (m10, m10pad2) or 7 at full size (m7full).
 
@@ -53,6 +57,8 @@ from time_to_accuracy import HERE, RunFailed, run
 RECIPE = str(HERE / "recipes" / "cifar10_quick_v2.yaml")
 MUON_Q = ["optim.name=muon", "optim.momentum=0.85", "train.batch_size=500", "optim.lr=0.4", "schedule.pct_start=0"]
 JPEG30 = ["data.augment.jpeg=0.5", "data.augment.jpeg_quality=[30,95]", "data.augment.resample=0.3"]
+GELU = "model.kwargs.activation=gelu"
+AIR_BN = ["model.kwargs.bn_frozen_scale=true", "model.kwargs.bn_momentum=0.4", "model.kwargs.bn_eps=1e-12"]
 SWEEPS = {
     "rob13": {"kind": "rob", "seeds": (0, 1),
               # the default as it was when this ran (B's "ls0.1" is how it became 0.1; the third 16 px epoch
@@ -134,6 +140,22 @@ SWEEPS = {
             "runs": {"m10": [], "m10pad2": ["data.augment.crop_padding=2"],
                      # no progressive resizing: 7 epochs at 32 px (~0.28 PFLOP on 50k images)
                      "m7full": ["data.augment.crop_padding=2", "train.epochs=7", "data.augment.epoch_sizes=[]"]}},
+    # airbench94_muon's activation and BatchNorm (Jordan 2024) on the Muon default, 2 seeds, same split: GELU;
+    # BN scales frozen at 1 with statistics momentum 0.4 (torch's convention) and eps 1e-12; both
+    "air": {"kind": "val", "seeds": (0, 1), "recipe": "cifar10_quick", "base": ["data.val_size=5000"],
+            "runs": {"base": [], "gelu": [GELU], "bnfrozen": AIR_BN, "gelu_bnfrozen": [GELU] + AIR_BN}},
+    # after air (GELU +0.2 at 16 % more time, frozen BN scales a tie): airbench94_muon's BN biases train at a far
+    # larger lr than its head (0.053 on a summed loss at batch 2000 is ~100 on our mean loss), with weight decay;
+    # here bias_lr 4 and 16 (the SGD groups' lr is 0.4) with frozen BN scales, and 16 with decay on the biases
+    "air2": {"kind": "val", "seeds": (0, 1), "recipe": "cifar10_quick", "base": ["data.val_size=5000"] + AIR_BN,
+             "runs": {"blr4": ["optim.bias_lr=4"], "blr16": ["optim.bias_lr=16"],
+                      "blr16wd": ["optim.bias_lr=16", "optim.no_decay_bn_bias=false"]}},
+    # after air (GELU with frozen BN scales +0.4 on the default net, 2 seeds): the same on f29's two schedules
+    "f29air": {"kind": "val", "seeds": (0,), "recipe": "cifar10_fast94",
+               "base": ["data.val_size=5000", "train.eval_every=5", "data.augment.crop_padding=2", GELU] + AIR_BN
+               + MUON_Q,
+               "runs": {"m10": ["train.epochs=10", "data.augment.epoch_sizes=[16,16,24,24,24,24]"],
+                        "m7full": ["train.epochs=7", "data.augment.epoch_sizes=[]"]}},
     "val11b": {"kind": "rob", "seeds": (0,), "base": ["data.val_size=5000"], "split": "val",
                "runs": {"r30": [], "r30we0.1": ["model.kwargs.whiten_eps=0.1"],
                         "r30we1": ["model.kwargs.whiten_eps=1.0"],

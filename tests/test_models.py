@@ -123,6 +123,29 @@ def test_resnet9_whitening_layer_decorrelates_patches():
     assert model(x[:2]).shape == (2, 10)
 
 
+def test_resnet9_airbench_norm_and_activation_reach_every_layer():
+    """activation=gelu replaces every ReLU (the residual blocks' too); the BN options reach every BatchNorm; frozen
+    BN scales stay at 1, are left out of the optimizer and count as fixed (no fine-tuning strategy trains them)."""
+    from resnetlab.training.config import OptimConfig
+    from resnetlab.training.optim import param_groups
+    model = resnetlab.create_model("resnet9", widths=(8, 8, 16, 16), whiten=True, pool_first=True,
+                                   activation="gelu", bn_momentum=0.4, bn_eps=1e-12, bn_frozen_scale=True)
+    mods = list(model.modules())
+    assert not any(isinstance(m, torch.nn.ReLU) for m in mods)
+    assert sum(isinstance(m, torch.nn.GELU) for m in mods) == 6  # prep, 3 pooling layers, 1 per block (used twice)
+    bns = [m for m in mods if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(bns) == 8 and all(m.momentum == 0.4 and m.eps == 1e-12 for m in bns)
+    trained = {id(p) for g in param_groups(model, OptimConfig(name="muon")) for p in g["params"]}
+    assert all(not m.weight.requires_grad and id(m.weight) not in trained and id(m.bias) in trained for m in bns)
+    assert {id(m.weight) for m in bns} <= {id(p) for p in model.fixed_parameters()}
+    model.train()(torch.randn(4, 3, 32, 32)).sum().backward()
+    assert all(m.weight.grad is None and torch.equal(m.weight, torch.ones_like(m.weight)) for m in bns)
+    plain = resnetlab.create_model("resnet9", widths=(8, 8, 16, 16))
+    assert all(m.weight.requires_grad and m.momentum == 0.1 for m in plain.modules()
+               if isinstance(m, torch.nn.BatchNorm2d))
+    assert len(plain.fixed_parameters()) == 0
+
+
 @pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnet20", "preact_resnet18", "resnet9"])
 def test_classifier_api(name):
     """timm's get_classifier / reset_classifier: callers never need to know the head is called fc."""
@@ -159,6 +182,16 @@ def test_model_arguments_are_validated(kwargs, message):
     from resnetlab.models import build_model
     with pytest.raises(UserError, match=message):
         build_model("resnet18", 10, kwargs)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"activation": "tanh"}, r"activation='tanh': expected one of relu, gelu"),
+    ({"bn_momentum": -0.1}, r"bn_momentum=-0.1: expected a positive number"),
+])
+def test_resnet9_norm_and_activation_arguments_are_validated(kwargs, message):
+    from resnetlab.models import build_model
+    with pytest.raises(UserError, match=message):
+        build_model("resnet9", 10, kwargs)
 
 
 def test_a_new_family_is_a_class_and_a_registered_factory(monkeypatch, tiny_cifar, tmp_path):

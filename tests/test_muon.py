@@ -50,6 +50,14 @@ def test_muon_groups_hold_the_filters_at_muon_lr_without_decay():
     assert all("muon" not in g for g in build_optimizer(param_groups(net, OptimConfig()), OptimConfig()).param_groups)
 
 
+def test_bias_lr_sets_the_peak_lr_of_bn_parameters_and_biases_only():
+    net = small_net()
+    lr_of = {id(p): g["lr"] for g in param_groups(net, muon_cfg(bias_lr=5.0)) for p in g["params"]}
+    assert [lr_of[id(p)] for p in net.parameters()] == pytest.approx([0.24, 5.0, 5.0, 0.24, 5.0, 5.0, 0.1, 5.0])
+    sgd = param_groups(net, OptimConfig(lr=0.1, bias_lr=0))  # 0: optim.lr for everything
+    assert {g["lr"] for g in sgd} == {0.1}
+
+
 def test_a_muon_step_renormalises_then_follows_the_orthogonalised_nesterov_momentum():
     net, ref = small_net(), small_net()
     cfg = muon_cfg()

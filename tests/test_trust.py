@@ -209,6 +209,18 @@ def test_paths_are_strings_and_options_mix_with_overrides(tmp_path):
         parse(["train", "--nonsense"])
 
 
+def test_exponent_numbers_without_a_dot_are_numbers_in_overrides_and_recipe_files(tmp_path):
+    """YAML 1.1 (PyYAML) reads 1e-12 as a string; model arguments are checked as numbers and refused it."""
+    from resnetlab.training.config import load_recipe
+    r = load_recipe(None, ["model.name=resnet9", "model.kwargs.bn_eps=1e-12", "model.kwargs.whiten_eps=5E-4",
+                           "optim.lr=2e-1"])
+    assert r.model.kwargs == {"bn_eps": 1e-12, "whiten_eps": 5e-4} and r.optim.lr == 0.2
+    f = tmp_path / "r.yaml"
+    f.write_text("model: {name: resnet9, kwargs: {bn_eps: 1e-12}}\ndescription: 1e5 images\n")
+    r = load_recipe(str(f))
+    assert r.model.kwargs["bn_eps"] == 1e-12 and r.description == "1e5 images"
+
+
 def test_disk_full_mid_run_is_one_line_and_keeps_the_last_good_checkpoint(tiny_cifar, tmp_path, capsys,
                                                                                monkeypatch):
     calls = {"n": 0}

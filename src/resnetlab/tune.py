@@ -23,7 +23,7 @@ import yaml
 from .errors import RunInterrupted, UserError
 from .files import atomic_write_text
 from .models import get_spec
-from .training.config import Recipe, load_recipe
+from .training.config import Recipe, load_recipe, load_yaml
 
 PRUNERS = ("median", "halving", "none")
 
@@ -73,7 +73,7 @@ def load_space(path: str | Path, base: Recipe) -> list[Param]:
     if not p.is_file():
         raise UserError(f"{p}: no such search-space file")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = load_yaml(p.read_text())
     except yaml.YAMLError as e:
         raise UserError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict) or not data:

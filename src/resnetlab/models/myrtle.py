@@ -30,6 +30,21 @@ def conv_bn(c_in: int, c_out: int, pool: bool = False, separable: bool = False,
     return nn.Sequential(*layers)
 
 
+def set_norm_act(model: nn.Module, activation: str, bn_momentum: float, bn_eps: float,
+                 bn_frozen_scale: bool) -> None:
+    """Every BatchNorm and activation of `model` as airbench94_muon sets them, when asked (Jordan 2024: GELU,
+    BN statistics momentum 0.4 in torch's convention (its 0.6 is the old statistics' share), eps 1e-12,
+    scales frozen at 1 so the BN biases alone shift each channel)."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum, m.eps = bn_momentum, bn_eps
+            m.weight.requires_grad_(not bn_frozen_scale)
+        if activation == "gelu":
+            for name, child in m.named_children():
+                if isinstance(child, nn.ReLU):
+                    setattr(m, name, nn.GELU())
+
+
 class ResNet9(ClassifierNet):
     """prep conv → [conv+pool, BasicBlock] → conv+pool → [conv+pool, BasicBlock] → max-pool → linear."""
 
@@ -38,7 +53,8 @@ class ResNet9(ClassifierNet):
                  whiten_eps: float = 1e-2, block: Literal["standard", "separable"] = "standard",
                  drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, pool_first: bool = False, dirac: bool = False,
-                 se_reduction: int = 0) -> None:
+                 se_reduction: int = 0, activation: Literal["relu", "gelu"] = "relu", bn_momentum: float = 0.1,
+                 bn_eps: float = 1e-5, bn_frozen_scale: bool = False) -> None:
         super().__init__()
         if block not in ("standard", "separable"):
             raise ValueError(f"unknown block kind {block!r}; use standard or separable")
@@ -80,6 +96,8 @@ class ResNet9(ClassifierNet):
         if self.whiten is not None:
             nn.init.dirac_(self.whiten.weight[: in_channels])  # until init_whitening: pass-through
             nn.init.zeros_(self.whiten.weight[in_channels:])
+        self.bn_frozen_scale = bn_frozen_scale
+        set_norm_act(self, activation, bn_momentum, bn_eps, bn_frozen_scale)
 
     @torch.no_grad()
     def init_whitening(self, x: torch.Tensor, eps: float | None = None) -> None:
@@ -139,8 +157,12 @@ class ResNet9(ClassifierNet):
         self.fc = nn.Linear(self.num_features, num_classes, bias=False).to(self.fc.weight.device)
 
     def fixed_parameters(self) -> list[nn.Parameter]:
-        """Parameters that never train, whatever the fine-tuning strategy (the whitening filters)."""
-        return list(self.whiten.parameters()) if self.whiten is not None else []
+        """Parameters that never train, whatever the fine-tuning strategy: the whitening filters, and the BN
+        scales when bn_frozen_scale."""
+        fixed = list(self.whiten.parameters()) if self.whiten is not None else []
+        if self.bn_frozen_scale:
+            fixed += [m.weight for m in self.modules() if isinstance(m, nn.BatchNorm2d)]
+        return fixed
 
 
 @register_model(family="cifar", builds=ResNet9, n_stages=4)

@@ -54,6 +54,10 @@ HELP = {
                   "detail (and JPEG noise) less",
     "pool_first": "conv → max-pool → BN → ReLU in the pooling layers (airbench's order; cheaper on CPUs)",
     "dirac": "the first c_in filters of each conv start as the identity (airbench)",
+    "activation": "relu or gelu, everywhere in the net (airbench94_muon: gelu)",
+    "bn_momentum": "weight of each batch in the BN running statistics (torch's convention; airbench94_muon: 0.4)",
+    "bn_eps": "BN epsilon (airbench94_muon: 1e-12)",
+    "bn_frozen_scale": "BN scales fixed at 1, only the BN biases train (airbench94_muon)",
 }
 
 

@@ -58,6 +58,7 @@ class OptimConfig:
                                     # does not scale with the batch or the loss); schedule as lr's
     muon_momentum: float = 0.6      # muon: Nesterov momentum of the filters
     muon_ns_steps: int = 3          # muon: Newton-Schulz iterations per step
+    bias_lr: float = 0.0            # peak lr of BN parameters and biases (ndim <= 1); 0 = optim.lr
 
 
 @dataclass
@@ -260,6 +261,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "optim.muon_lr": (0, None, False, True),
     "optim.muon_momentum": (0, 1, True, False),
     "optim.muon_ns_steps": (1, 10, True, True),
+    "optim.bias_lr": (0, None, True, True),
     "schedule.gamma": (0, None, False, True),
     "schedule.warmup": (0, None, True, True),
     "schedule.pct_start": (0, 1, True, False),
@@ -388,7 +390,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] = (), literal: dic
     if path is not None:
         text, where, stem = recipe_text(path)
         try:
-            data = yaml.safe_load(text) or {}
+            data = load_yaml(text) or {}
         except yaml.YAMLError as e:
             raise UserError(f"{where}: not valid YAML ({str(e).splitlines()[0]})") from None
         if not isinstance(data, dict):
@@ -396,6 +398,19 @@ def load_recipe(path: str | Path | None, overrides: list[str] = (), literal: dic
         data.setdefault("name", stem)
     data = apply_overrides(data, overrides, literal)
     return recipe_from_dict(data)
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML as PyYAML reads it, plus the floats YAML 1.2 allows and 1.1 does not (1e-12, 5E3, 2.5e-4 without
+    an exponent sign): else they arrive as strings and fail the model arguments' number checks."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                              re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
 
 
 def apply_overrides(data: dict, overrides: list[str] = (), literal: dict[str, Any] | None = None) -> dict:
@@ -412,7 +427,7 @@ def apply_overrides(data: dict, overrides: list[str] = (), literal: dict[str, An
             raise UserError(f"override {item!r}: expected key=value, e.g. optim.lr=0.05")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw)
+            value = load_yaml(raw)
         except yaml.YAMLError:
             value = raw
         pairs.append((key.strip(), value))

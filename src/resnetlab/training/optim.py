@@ -23,6 +23,7 @@ def param_groups(model: nn.Module, cfg: OptimConfig, lr_scales: dict[str, float]
     matching prefix wins. no_decay_bn_bias puts BN/bias parameters (ndim <= 1) in a decay-free group.
     With optim.name muon the conv filters (4-D) form groups of their own ("muon": True) whose lr is
     muon_lr (its lr_scale relative to optim.lr), without weight decay: Muon renormalises them each step.
+    bias_lr, when set, is the peak lr of BN parameters and biases (ndim <= 1) instead of optim.lr.
     """
     groups: dict[tuple[float, float, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
@@ -37,6 +38,8 @@ def param_groups(model: nn.Module, cfg: OptimConfig, lr_scales: dict[str, float]
         wd = 0.0 if muon or (cfg.no_decay_bn_bias and p.ndim <= 1) else cfg.weight_decay
         if muon:
             scale *= cfg.muon_lr / cfg.lr
+        elif p.ndim <= 1 and cfg.bias_lr:
+            scale *= cfg.bias_lr / cfg.lr
         groups.setdefault((scale, wd, muon), []).append(p)
     return [{"params": ps, "lr_scale": s, "weight_decay": wd, "lr": cfg.lr * s, "muon": m}
             for (s, wd, m), ps in groups.items()]
