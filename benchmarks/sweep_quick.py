@@ -32,6 +32,7 @@ Sweeps (each a set of named override lists, run with several seeds):
          2 seeds, same split.
   air2   after air: the BN biases' own lr (optim.bias_lr), with frozen BN scales, 2 seeds, same split.
   f29air f29's two schedules with air's GELU and frozen BN scales, seed 0, same split.
+  f29air2 after f29air, its m10: whitening eps 5e-4, batch 1000, seed 0, same split.
   f29    the fast94 net with q92's Muon settings at <= 0.29 PFLOP, seed 0, same split: 10 epochs with progressive
          resizing (m10, m10pad2) or 7 at full size (m7full).
 
@@ -156,6 +157,13 @@ SWEEPS = {
                + MUON_Q,
                "runs": {"m10": ["train.epochs=10", "data.augment.epoch_sizes=[16,16,24,24,24,24]"],
                         "m7full": ["train.epochs=7", "data.augment.epoch_sizes=[]"]}},
+    # after f29air (GELU + frozen BN scales +0.6 on m10, seeds 0 and 1 both 93.24 %): airbench's whitening
+    # regulariser (5e-4 against our 1e-2) and a larger batch (1000, SGD groups' lr doubled), seed 0
+    "f29air2": {"kind": "val", "seeds": (0,), "recipe": "cifar10_fast94",
+                "base": ["data.val_size=5000", "train.eval_every=5", "data.augment.crop_padding=2", GELU] + AIR_BN
+                + MUON_Q + ["train.epochs=10", "data.augment.epoch_sizes=[16,16,24,24,24,24]"],
+                "runs": {"we5e-4": ["model.kwargs.whiten_eps=5e-4"],
+                         "bs1000": ["train.batch_size=1000", "optim.lr=0.8"]}},
     "val11b": {"kind": "rob", "seeds": (0,), "base": ["data.val_size=5000"], "split": "val",
                "runs": {"r30": [], "r30we0.1": ["model.kwargs.whiten_eps=0.1"],
                         "r30we1": ["model.kwargs.whiten_eps=1.0"],
