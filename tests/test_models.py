@@ -123,6 +123,29 @@ def test_resnet9_whitening_layer_decorrelates_patches():
     assert model(x[:2]).shape == (2, 10)
 
 
+def test_resnet9_airbench_whitening_stem_is_signed_2x2_whitening_with_a_trained_bias():
+    """whiten_style=airbench: 2x2 patches without padding, the 12 whitening filters and their negatives (widths[0]
+    must be 24), a bias that trains (not a fixed parameter) and the activation straight after."""
+    torch.manual_seed(0)
+    mix = torch.tensor([[1.0, 0.8, 0.6], [0.0, 0.6, 0.5], [0.0, 0.0, 0.4]])
+    x = torch.einsum("ij,njhw->nihw", mix, torch.randn(200, 3, 16, 16))
+    model = resnetlab.create_model("resnet9", widths=(24, 8, 16, 16), whiten=True, whiten_style="airbench",
+                                   activation="gelu")
+    model.init_whitening(x, eps=1e-4)
+    y = model.whiten(x)
+    assert y.shape == (200, 24, 15, 15)
+    assert torch.allclose(y[:, 12:], -y[:, :12], atol=1e-6)
+    c = y[:, :12].permute(1, 0, 2, 3).reshape(12, -1)
+    c = c - c.mean(1, keepdim=True)
+    assert torch.allclose(c @ c.T / c.shape[1], torch.eye(12), atol=0.05)
+    assert model.whiten.bias.requires_grad and not model.whiten.weight.requires_grad
+    assert [id(p) for p in model.fixed_parameters()] == [id(model.whiten.weight)]
+    assert isinstance(model.prep[0], torch.nn.GELU) and len(model.prep) == 1
+    assert model.fold_for_inference() == 0 and model(x[:2]).shape == (2, 10)
+    with pytest.raises(UserError, match=r"whiten_style airbench makes 24 channels .* set widths\[0\] to 24, not 32"):
+        resnetlab.create_model("resnet9", widths=(32, 8, 16, 16), whiten=True, whiten_style="airbench")
+
+
 def test_resnet9_airbench_norm_and_activation_reach_every_layer():
     """activation=gelu replaces every ReLU (the residual blocks' too); the BN options reach every BatchNorm; frozen
     BN scales stay at 1, are left out of the optimizer and count as fixed (no fine-tuning strategy trains them)."""

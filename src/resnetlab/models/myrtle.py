@@ -54,17 +54,29 @@ class ResNet9(ClassifierNet):
                  drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, pool_first: bool = False, dirac: bool = False,
                  se_reduction: int = 0, activation: Literal["relu", "gelu"] = "relu", bn_momentum: float = 0.1,
-                 bn_eps: float = 1e-5, bn_frozen_scale: bool = False) -> None:
+                 bn_eps: float = 1e-5, bn_frozen_scale: bool = False,
+                 whiten_style: Literal["pca", "airbench"] = "pca") -> None:
         super().__init__()
         if block not in ("standard", "separable"):
             raise ValueError(f"unknown block kind {block!r}; use standard or separable")
         sep = block == "separable"  # every 3x3 conv after the input layer depthwise-separable
         w0, w1, w2, w3 = widths
-        # Optional fixed patch-whitening conv (PCA of 3x3 input patches, Page 2018 / airbench): decorrelated
+        # Optional fixed patch-whitening conv (PCA of input patches, Page 2018 / airbench): decorrelated
         # inputs make the first epochs far more productive. Filled by init_whitening() from training data.
+        # pca: 3x3 patches, all 27 components, then a 1x1 conv + BN + ReLU to w0 channels.
+        # airbench (airbench94_muon, Jordan 2024): 2x2 patches without padding, each component and its negative
+        # (24 channels = w0), a trained bias and the activation straight after; nothing else at full resolution.
         self.whiten = None
         self.whiten_eps = whiten_eps
-        if whiten:
+        self.whiten_style = whiten_style
+        if whiten and whiten_style == "airbench":
+            if w0 != in_channels * 8:
+                raise ValueError(f"whiten_style airbench makes {in_channels * 8} channels (2x2 patches x "
+                                 f"{in_channels} channels x 2 signs); set widths[0] to {in_channels * 8}, not {w0}")
+            self.whiten = nn.Conv2d(in_channels, w0, 2, padding=0, bias=True)
+            self.whiten.weight.requires_grad_(False)
+            self.prep = nn.Sequential(nn.ReLU(inplace=True))
+        elif whiten:
             self.whiten = nn.Conv2d(in_channels, in_channels * 9, 3, padding=1, bias=False)
             self.whiten.weight.requires_grad_(False)
             self.prep = nn.Sequential(nn.Conv2d(in_channels * 9, w0, 1, bias=False), nn.BatchNorm2d(w0),
@@ -96,22 +108,28 @@ class ResNet9(ClassifierNet):
         if self.whiten is not None:
             nn.init.dirac_(self.whiten.weight[: in_channels])  # until init_whitening: pass-through
             nn.init.zeros_(self.whiten.weight[in_channels:])
+            if self.whiten.bias is not None:
+                nn.init.zeros_(self.whiten.bias)
         self.bn_frozen_scale = bn_frozen_scale
         set_norm_act(self, activation, bn_momentum, bn_eps, bn_frozen_scale)
 
     @torch.no_grad()
     def init_whitening(self, x: torch.Tensor, eps: float | None = None) -> None:
         """Set the whitening filters from normalised training images x (N, C, H, W): the eigenvectors of
-        the 3x3-patch covariance, scaled by 1/sqrt(eigenvalue + eps) (eps: the model's whiten_eps)."""
+        the patch covariance, scaled by 1/sqrt(eigenvalue + eps) (eps: the model's whiten_eps); with
+        whiten_style airbench each filter and its negative."""
         eps = self.whiten_eps if eps is None else eps
         if self.whiten is None:
             return
-        patches = torch.nn.functional.unfold(x.float(), 3).transpose(1, 2).reshape(-1, x.shape[1] * 9)
+        k, c = self.whiten.kernel_size[0], x.shape[1]
+        patches = torch.nn.functional.unfold(x.float(), k).transpose(1, 2).reshape(-1, c * k * k)
         patches = patches - patches.mean(0)
         cov = patches.T @ patches / len(patches)
         evals, evecs = torch.linalg.eigh(cov.double())
-        filters = (evecs.T / (evals + eps).sqrt()[:, None]).float()
-        self.whiten.weight.copy_(filters.view(-1, x.shape[1], 3, 3).flip(0))
+        filters = (evecs.T / (evals + eps).sqrt()[:, None]).float().view(-1, c, k, k).flip(0)
+        if self.whiten_style == "airbench":
+            filters = torch.cat([filters, -filters])
+        self.whiten.weight.copy_(filters)
 
     def stages(self) -> list[nn.Module]:
         return [self.layer1, self.layer2, self.layer3]
@@ -121,7 +139,7 @@ class ResNet9(ClassifierNet):
         """The fixed whitening conv and the prep layer's 1x1 conv after it are two linear maps with nothing
         between them: one 3x3 conv (in_channels → w0) computes both. Quantizers then see no 27-channel
         intermediate tensor (on the default net it cost the int8 copy the most agreement, docs/results.md)."""
-        if self.whiten is None:
+        if self.whiten is None or self.whiten_style == "airbench":  # bias and activation between: nothing to fold
             return 0
         point = self.prep[0]
         merged = nn.Conv2d(self.whiten.in_channels, point.out_channels, 3, padding=1, bias=False)
@@ -157,9 +175,9 @@ class ResNet9(ClassifierNet):
         self.fc = nn.Linear(self.num_features, num_classes, bias=False).to(self.fc.weight.device)
 
     def fixed_parameters(self) -> list[nn.Parameter]:
-        """Parameters that never train, whatever the fine-tuning strategy: the whitening filters, and the BN
-        scales when bn_frozen_scale."""
-        fixed = list(self.whiten.parameters()) if self.whiten is not None else []
+        """Parameters that never train, whatever the fine-tuning strategy: the whitening filters (not the
+        airbench stem's bias), and the BN scales when bn_frozen_scale."""
+        fixed = [self.whiten.weight] if self.whiten is not None else []
         if self.bn_frozen_scale:
             fixed += [m.weight for m in self.modules() if isinstance(m, nn.BatchNorm2d)]
         return fixed

@@ -50,6 +50,9 @@ HELP = {
     "block_dropout": "dropout between the convolutions of every residual block (wide ResNets: 0.3; 0: off)",
     "head_scale": "logit scale (Myrtle: 0.125)",
     "whiten": "fixed 3x3 patch-whitening first layer",
+    "whiten_style": "pca: 3x3 patches (27 filters), then a 1x1 conv + BN + activation to widths[0]; airbench: "
+                    "2x2 patches, each filter and its negative (widths[0] = 24), a trained bias, the activation "
+                    "(airbench94_muon)",
     "whiten_eps": "whitening regulariser: filters scale by 1/sqrt(eigenvalue + eps); larger amplifies fine "
                   "detail (and JPEG noise) less",
     "pool_first": "conv → max-pool → BN → ReLU in the pooling layers (airbench's order; cheaper on CPUs)",
