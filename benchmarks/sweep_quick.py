@@ -34,6 +34,7 @@ Sweeps (each a set of named override lists, run with several seeds):
   f29air f29's two schedules with air's GELU and frozen BN scales, seed 0, same split.
   f29air2 after f29air, its m10: whitening eps 5e-4, batch 1000, seed 0, same split.
   f29ab  after f29air2: airbench94_muon's whitening stem on f29air/m10, and with 12 epochs at the same compute, 2 seeds.
+  f29la  after f29ab: Lookahead on f29air/m10, seed 0.
   f29    the fast94 net with q92's Muon settings at <= 0.29 PFLOP, seed 0, same split: 10 epochs with progressive
          resizing (m10, m10pad2) or 7 at full size (m7full).
 
@@ -173,6 +174,12 @@ SWEEPS = {
               + MUON_Q + ["model.kwargs.widths=[24,64,256,256]", "model.kwargs.whiten_style=airbench"],
               "runs": {"e12": ["train.epochs=12", "data.augment.epoch_sizes=[16,16,24,24,24,24]"],
                        "e10": ["train.epochs=10", "data.augment.epoch_sizes=[16,16,24,24,24,24]"]}},
+    # after f29ab (the stem: no gain): airbench94's Lookahead (Jordan 2024: every 5 steps, pull rising with
+    # progress) on f29air/m10, seed 0
+    "f29la": {"kind": "val", "seeds": (0,), "recipe": "cifar10_fast94",
+              "base": ["data.val_size=5000", "train.eval_every=5", "data.augment.crop_padding=2", GELU] + AIR_BN
+              + MUON_Q + ["train.epochs=10", "data.augment.epoch_sizes=[16,16,24,24,24,24]"],
+              "runs": {"la5": ["train.lookahead_every=5"]}},
     "val11b": {"kind": "rob", "seeds": (0,), "base": ["data.val_size=5000"], "split": "val",
                "runs": {"r30": [], "r30we0.1": ["model.kwargs.whiten_eps=0.1"],
                         "r30we1": ["model.kwargs.whiten_eps=1.0"],
