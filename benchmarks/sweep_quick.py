@@ -35,6 +35,7 @@ Sweeps (each a set of named override lists, run with several seeds):
   f29air2 after f29air, its m10: whitening eps 5e-4, batch 1000, seed 0, same split.
   f29ab  after f29air2: airbench94_muon's whitening stem on f29air/m10, and with 12 epochs at the same compute, 2 seeds.
   f29la  after f29ab: Lookahead on f29air/m10, seed 0.
+  f29b   after f29air2's bs1000: batch 2000, and batch 1000 with an 11th epoch at 16 px, seed 0.
   f29    the fast94 net with q92's Muon settings at <= 0.29 PFLOP, seed 0, same split: 10 epochs with progressive
          resizing (m10, m10pad2) or 7 at full size (m7full).
 
@@ -180,6 +181,14 @@ SWEEPS = {
               "base": ["data.val_size=5000", "train.eval_every=5", "data.augment.crop_padding=2", GELU] + AIR_BN
               + MUON_Q + ["train.epochs=10", "data.augment.epoch_sizes=[16,16,24,24,24,24]"],
               "runs": {"la5": ["train.lookahead_every=5"]}},
+    # after f29air2's bs1000 (both seeds ahead; 93.80 % on test for seed 0 on all 50k at 0.272 PFLOP): airbench's
+    # batch 2000 (SGD groups' lr 1.6), and batch 1000 with a third 16-px epoch (0.282 PFLOP on 50k), seed 0
+    "f29b": {"kind": "val", "seeds": (0,), "recipe": "cifar10_fast94",
+             "base": ["data.val_size=5000", "train.eval_every=5", "data.augment.crop_padding=2", GELU] + AIR_BN
+             + MUON_Q + ["train.epochs=10", "data.augment.epoch_sizes=[16,16,24,24,24,24]"],
+             "runs": {"bs2000": ["train.batch_size=2000", "optim.lr=1.6"],
+                      "bs1000e11": ["train.batch_size=1000", "optim.lr=0.8", "train.epochs=11",
+                                    "data.augment.epoch_sizes=[16,16,16,24,24,24,24]"]}},
     "val11b": {"kind": "rob", "seeds": (0,), "base": ["data.val_size=5000"], "split": "val",
                "runs": {"r30": [], "r30we0.1": ["model.kwargs.whiten_eps=0.1"],
                         "r30we1": ["model.kwargs.whiten_eps=1.0"],
