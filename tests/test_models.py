@@ -144,6 +144,8 @@ def test_resnet9_airbench_whitening_stem_is_signed_2x2_whitening_with_a_trained_
     assert model.fold_for_inference() == 0 and model(x[:2]).shape == (2, 10)
     with pytest.raises(UserError, match=r"whiten_style airbench makes 24 channels .* set widths\[0\] to 24, not 32"):
         resnetlab.create_model("resnet9", widths=(32, 8, 16, 16), whiten=True, whiten_style="airbench")
+    with pytest.raises(UserError, match=r"whiten_style airbench is a whitening stem; set whiten to true"):
+        resnetlab.create_model("resnet9", widths=(24, 8, 16, 16), whiten_style="airbench")
 
 
 def test_resnet9_airbench_norm_and_activation_reach_every_layer():
