@@ -181,8 +181,8 @@ SWEEPS = {
               "base": ["data.val_size=5000", "train.eval_every=5", "data.augment.crop_padding=2", GELU] + AIR_BN
               + MUON_Q + ["train.epochs=10", "data.augment.epoch_sizes=[16,16,24,24,24,24]"],
               "runs": {"la5": ["train.lookahead_every=5"]}},
-    # after f29air2's bs1000 (both seeds ahead; 93.80 % on test for seed 0 on all 50k at 0.272 PFLOP): airbench's
-    # batch 2000 (SGD groups' lr 1.6), and batch 1000 with a third 16-px epoch (0.282 PFLOP on 50k), seed 0
+    # after f29air2's bs1000 (ahead on both seeds): airbench's batch 2000 (SGD groups' lr 1.6), and batch 1000 with
+    # a third 16-px epoch (0.283 PFLOP on 50k images), seed 0
     "f29b": {"kind": "val", "seeds": (0,), "recipe": "cifar10_fast94",
              "base": ["data.val_size=5000", "train.eval_every=5", "data.augment.crop_padding=2", GELU] + AIR_BN
              + MUON_Q + ["train.epochs=10", "data.augment.epoch_sizes=[16,16,24,24,24,24]"],
