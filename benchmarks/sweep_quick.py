@@ -63,6 +63,9 @@ MUON_Q = ["optim.name=muon", "optim.momentum=0.85", "train.batch_size=500", "opt
 JPEG30 = ["data.augment.jpeg=0.5", "data.augment.jpeg_quality=[30,95]", "data.augment.resample=0.3"]
 GELU = "model.kwargs.activation=gelu"
 AIR_BN = ["model.kwargs.bn_frozen_scale=true", "model.kwargs.bn_momentum=0.4", "model.kwargs.bn_eps=1e-12"]
+# the fast94 net on the validation split with airbench94_muon's net settings and the default's Muon (sweeps f29air...)
+F29AIR = ["data.val_size=5000", "train.eval_every=5", "data.augment.crop_padding=2", GELU] + AIR_BN + MUON_Q
+M10 = ["train.epochs=10", "data.augment.epoch_sizes=[16,16,24,24,24,24]"]  # f29air/m10's schedule
 SWEEPS = {
     "rob13": {"kind": "rob", "seeds": (0, 1),
               # the default as it was when this ran (B's "ls0.1" is how it became 0.1; the third 16 px epoch
@@ -156,36 +159,30 @@ SWEEPS = {
                       "blr16wd": ["optim.bias_lr=16", "optim.no_decay_bn_bias=false"]}},
     # after air (GELU with frozen BN scales +0.4 on the default net, 2 seeds): the same on f29's two schedules
     "f29air": {"kind": "val", "seeds": (0,), "recipe": "cifar10_fast94",
-               "base": ["data.val_size=5000", "train.eval_every=5", "data.augment.crop_padding=2", GELU] + AIR_BN
-               + MUON_Q,
-               "runs": {"m10": ["train.epochs=10", "data.augment.epoch_sizes=[16,16,24,24,24,24]"],
+               "base": F29AIR,
+               "runs": {"m10": M10,
                         "m7full": ["train.epochs=7", "data.augment.epoch_sizes=[]"]}},
     # after f29air (GELU + frozen BN scales +0.6 on m10, seeds 0 and 1 both 93.24 %): airbench's whitening
     # regulariser (5e-4 against our 1e-2) and a larger batch (1000, SGD groups' lr doubled), seed 0
     "f29air2": {"kind": "val", "seeds": (0,), "recipe": "cifar10_fast94",
-                "base": ["data.val_size=5000", "train.eval_every=5", "data.augment.crop_padding=2", GELU] + AIR_BN
-                + MUON_Q + ["train.epochs=10", "data.augment.epoch_sizes=[16,16,24,24,24,24]"],
+                "base": F29AIR + M10,
                 "runs": {"we5e-4": ["model.kwargs.whiten_eps=5e-4"],
                          "bs1000": ["train.batch_size=1000", "optim.lr=0.8"]}},
     # after f29air2: airbench94_muon's stem (2x2 whitening, each filter and its negative, a trained bias, GELU
     # straight after; no 1x1 conv at full resolution). Its 31-px output makes the whole net 23 % cheaper (103 M MACs
     # per 32-px image against 134 M), so at the same compute the schedule has 12 epochs (8.75 full-size ones)
     "f29ab": {"kind": "val", "seeds": (0, 1), "recipe": "cifar10_fast94",
-              "base": ["data.val_size=5000", "train.eval_every=5", "data.augment.crop_padding=2", GELU] + AIR_BN
-              + MUON_Q + ["model.kwargs.widths=[24,64,256,256]", "model.kwargs.whiten_style=airbench"],
-              "runs": {"e12": ["train.epochs=12", "data.augment.epoch_sizes=[16,16,24,24,24,24]"],
-                       "e10": ["train.epochs=10", "data.augment.epoch_sizes=[16,16,24,24,24,24]"]}},
+              "base": F29AIR + ["model.kwargs.widths=[24,64,256,256]", "model.kwargs.whiten_style=airbench"],
+              "runs": {"e12": ["train.epochs=12", "data.augment.epoch_sizes=[16,16,24,24,24,24]"], "e10": M10}},
     # after f29ab (the stem: no gain): airbench94's Lookahead (Jordan 2024: every 5 steps, pull rising with
     # progress) on f29air/m10, seed 0
     "f29la": {"kind": "val", "seeds": (0,), "recipe": "cifar10_fast94",
-              "base": ["data.val_size=5000", "train.eval_every=5", "data.augment.crop_padding=2", GELU] + AIR_BN
-              + MUON_Q + ["train.epochs=10", "data.augment.epoch_sizes=[16,16,24,24,24,24]"],
+              "base": F29AIR + M10,
               "runs": {"la5": ["train.lookahead_every=5"]}},
     # after f29air2's bs1000 (ahead on both seeds): airbench's batch 2000 (SGD groups' lr 1.6), and batch 1000 with
     # a third 16-px epoch (0.283 PFLOP on 50k images), seed 0
     "f29b": {"kind": "val", "seeds": (0,), "recipe": "cifar10_fast94",
-             "base": ["data.val_size=5000", "train.eval_every=5", "data.augment.crop_padding=2", GELU] + AIR_BN
-             + MUON_Q + ["train.epochs=10", "data.augment.epoch_sizes=[16,16,24,24,24,24]"],
+             "base": F29AIR + M10,
              "runs": {"bs2000": ["train.batch_size=2000", "optim.lr=1.6"],
                       "bs1000e11": ["train.batch_size=1000", "optim.lr=0.8", "train.epochs=11",
                                     "data.augment.epoch_sizes=[16,16,16,24,24,24,24]"]}},

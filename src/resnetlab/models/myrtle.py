@@ -71,7 +71,7 @@ class ResNet9(ClassifierNet):
         self.whiten_style = whiten_style
         if whiten_style == "airbench" and not whiten:
             raise ValueError("whiten_style airbench is a whitening stem; set whiten to true as well")
-        if whiten and whiten_style == "airbench":
+        if whiten_style == "airbench":
             if w0 != in_channels * 8:
                 raise ValueError(f"whiten_style airbench makes {in_channels * 8} channels (2x2 patches x "
                                  f"{in_channels} channels x 2 signs); set widths[0] to {in_channels * 8}, not {w0}")
