@@ -36,6 +36,7 @@ Sweeps (each a set of named override lists, run with several seeds):
   f29ab  after f29air2: airbench94_muon's whitening stem on f29air/m10, and with 12 epochs at the same compute, 2 seeds.
   f29la  after f29ab: Lookahead on f29air/m10, seed 0.
   f29b   after f29air2's bs1000: batch 2000, and batch 1000 with an 11th epoch at 16 px, seed 0.
+  f29m   after f29b: on bs1000, Muon at lr 0.12 with momentum 0.7 (airbench's batch-1000 setting), 2 seeds.
   f29    the fast94 net with q92's Muon settings at <= 0.29 PFLOP, seed 0, same split: 10 epochs with progressive
          resizing (m10, m10pad2) or 7 at full size (m7full).
 
@@ -66,6 +67,7 @@ AIR_BN = ["model.kwargs.bn_frozen_scale=true", "model.kwargs.bn_momentum=0.4", "
 # the fast94 net on the validation split with airbench94_muon's net settings and the default's Muon (sweeps f29air...)
 F29AIR = ["data.val_size=5000", "train.eval_every=5", "data.augment.crop_padding=2", GELU] + AIR_BN + MUON_Q
 M10 = ["train.epochs=10", "data.augment.epoch_sizes=[16,16,24,24,24,24]"]  # f29air/m10's schedule
+BS1000 = ["train.batch_size=1000", "optim.lr=0.8"]  # f29air2/bs1000: the batch of cifar10_fast94_029
 SWEEPS = {
     "rob13": {"kind": "rob", "seeds": (0, 1),
               # the default as it was when this ran (B's "ls0.1" is how it became 0.1; the third 16 px epoch
@@ -186,6 +188,10 @@ SWEEPS = {
              "runs": {"bs2000": ["train.batch_size=2000", "optim.lr=1.6"],
                       "bs1000e11": ["train.batch_size=1000", "optim.lr=0.8", "train.epochs=11",
                                     "data.augment.epoch_sizes=[16,16,16,24,24,24,24]"]}},
+    # on bs1000: Muon at half its lr with momentum 0.7, airbench's own setting at batch 1000 (Jordan, airbench), 2 seeds
+    "f29m": {"kind": "val", "seeds": (0, 1), "recipe": "cifar10_fast94",
+             "base": F29AIR + M10 + BS1000,
+             "runs": {"mlr0.12m0.7": ["optim.muon_lr=0.12", "optim.muon_momentum=0.7"]}},
     "val11b": {"kind": "rob", "seeds": (0,), "base": ["data.val_size=5000"], "split": "val",
                "runs": {"r30": [], "r30we0.1": ["model.kwargs.whiten_eps=0.1"],
                         "r30we1": ["model.kwargs.whiten_eps=1.0"],
