@@ -19,7 +19,8 @@ Sweeps (each a set of named override lists, run with several seeds):
          10 epochs, and the JPEG-augmented recipe at 15, 20 and 30 epochs (how much time the bound needs).
   muon94 the fast94 net trained with Muon on its filters at about half fast94's compute (<= 0.29 PFLOP on all
          50k images), on a 45k/5k validation split, seed 0; the figure read is the last epoch's validation
-         top-1. Each sweep names its recipe; the others ran on the SGD default, pinned as
+         top-1. Each sweep names its recipe (the fast94 sweeps: the 18-epoch SGD fast94 they started from, pinned
+         as benchmarks/recipes/cifar10_fast94_v1.yaml); the others ran on the SGD default, pinned as
          benchmarks/recipes/cifar10_quick_v2.yaml.
   muon94b the same budget with fast94's SGD, and Muon on 7 epochs at full size, seed 0.
   muonq  the default recipe with and without Muon on the same validation split, seed 0.
@@ -60,6 +61,7 @@ from time_to_accuracy import HERE, RunFailed, run
 
 # every sweep of the default ran on the one-cycle SGD default, pinned there (its overrides add Muon where they do)
 RECIPE = str(HERE / "recipes" / "cifar10_quick_v2.yaml")
+FAST94_V1 = str(HERE / "recipes" / "cifar10_fast94_v1.yaml")  # the fast94 recipe these sweeps started from
 MUON_Q = ["optim.name=muon", "optim.momentum=0.85", "train.batch_size=500", "optim.lr=0.4", "schedule.pct_start=0"]
 JPEG30 = ["data.augment.jpeg=0.5", "data.augment.jpeg_quality=[30,95]", "data.augment.resample=0.3"]
 GELU = "model.kwargs.activation=gelu"
@@ -109,14 +111,14 @@ SWEEPS = {
     # Muon as airbench94_muon uses it (Jordan 2024: filter lr 0.24, Nesterov momentum 0.6, 3 Newton-Schulz
     # steps; the rest SGD with momentum 0.85; linear decay from the start), at batch 1000 on the fast94 net.
     # 10 epochs, 1-2 at 16 px and 3-6 at 24 px: 6.75 full-size epochs, ~0.27 PFLOP with the Muon matmuls.
-    "muon94": {"kind": "val", "seeds": (0,), "recipe": "cifar10_fast94",
+    "muon94": {"kind": "val", "seeds": (0,), "recipe": FAST94_V1,
                "base": ["data.val_size=5000", "optim.name=muon", "optim.momentum=0.85", "train.batch_size=1000",
                         "train.epochs=10", "data.augment.epoch_sizes=[16,16,24,24,24,24]", "schedule.pct_start=0",
                         "train.eval_every=5"],
                "runs": {"sgd0.4": ["optim.lr=0.4"], "sgd0.8": ["optim.lr=0.8"]}},
     # at the same budget: fast94's own SGD (batch 256) on the same 10-epoch schedule, and Muon on 7 epochs all at
     # 32 px (7 full-size epochs, ~0.28 PFLOP on 50k images)
-    "muon94b": {"kind": "val", "seeds": (0,), "recipe": "cifar10_fast94",
+    "muon94b": {"kind": "val", "seeds": (0,), "recipe": FAST94_V1,
                 "base": ["data.val_size=5000"],
                 "runs": {"sgd10": ["train.epochs=10", "data.augment.epoch_sizes=[16,16,24,24,24,24]"],
                          "muon7full": ["optim.name=muon", "optim.momentum=0.85", "train.batch_size=1000",
@@ -143,7 +145,7 @@ SWEEPS = {
              "runs": {"sgd": [], "muon": MUON_Q + ["data.augment.crop_padding=2"]}},
     # the fast94 net with the default's Muon settings (batch 500) at <= 0.29 PFLOP on all 50k images: 10 epochs,
     # 1-2 at 16 px and 3-6 at 24 px (6.75 full-size epochs), seed 0, on the same validation split
-    "f29": {"kind": "val", "seeds": (0,), "recipe": "cifar10_fast94",
+    "f29": {"kind": "val", "seeds": (0,), "recipe": FAST94_V1,
             "base": ["data.val_size=5000", "train.epochs=10", "data.augment.epoch_sizes=[16,16,24,24,24,24]",
                      "train.eval_every=5"] + MUON_Q,
             "runs": {"m10": [], "m10pad2": ["data.augment.crop_padding=2"],
@@ -160,36 +162,36 @@ SWEEPS = {
              "runs": {"blr4": ["optim.bias_lr=4"], "blr16": ["optim.bias_lr=16"],
                       "blr16wd": ["optim.bias_lr=16", "optim.no_decay_bn_bias=false"]}},
     # after air (GELU with frozen BN scales +0.4 on the default net, 2 seeds): the same on f29's two schedules
-    "f29air": {"kind": "val", "seeds": (0,), "recipe": "cifar10_fast94",
+    "f29air": {"kind": "val", "seeds": (0,), "recipe": FAST94_V1,
                "base": F29AIR,
                "runs": {"m10": M10,
                         "m7full": ["train.epochs=7", "data.augment.epoch_sizes=[]"]}},
     # after f29air (GELU + frozen BN scales +0.6 on m10, seeds 0 and 1 both 93.24 %): airbench's whitening
     # regulariser (5e-4 against our 1e-2) and a larger batch (1000, SGD groups' lr doubled), seed 0
-    "f29air2": {"kind": "val", "seeds": (0,), "recipe": "cifar10_fast94",
+    "f29air2": {"kind": "val", "seeds": (0,), "recipe": FAST94_V1,
                 "base": F29AIR + M10,
                 "runs": {"we5e-4": ["model.kwargs.whiten_eps=5e-4"],
                          "bs1000": ["train.batch_size=1000", "optim.lr=0.8"]}},
     # after f29air2: airbench94_muon's stem (2x2 whitening, each filter and its negative, a trained bias, GELU
     # straight after; no 1x1 conv at full resolution). Its 31-px output makes the whole net 23 % cheaper (103 M MACs
     # per 32-px image against 134 M), so at the same compute the schedule has 12 epochs (8.75 full-size ones)
-    "f29ab": {"kind": "val", "seeds": (0, 1), "recipe": "cifar10_fast94",
+    "f29ab": {"kind": "val", "seeds": (0, 1), "recipe": FAST94_V1,
               "base": F29AIR + ["model.kwargs.widths=[24,64,256,256]", "model.kwargs.whiten_style=airbench"],
               "runs": {"e12": ["train.epochs=12", "data.augment.epoch_sizes=[16,16,24,24,24,24]"], "e10": M10}},
     # after f29ab (the stem: no gain): airbench94's Lookahead (Jordan 2024: every 5 steps, pull rising with
     # progress) on f29air/m10, seed 0
-    "f29la": {"kind": "val", "seeds": (0,), "recipe": "cifar10_fast94",
+    "f29la": {"kind": "val", "seeds": (0,), "recipe": FAST94_V1,
               "base": F29AIR + M10,
               "runs": {"la5": ["train.lookahead_every=5"]}},
     # after f29air2's bs1000 (ahead on both seeds): airbench's batch 2000 (SGD groups' lr 1.6), and batch 1000 with
     # a third 16-px epoch (0.283 PFLOP on 50k images), seed 0
-    "f29b": {"kind": "val", "seeds": (0,), "recipe": "cifar10_fast94",
+    "f29b": {"kind": "val", "seeds": (0,), "recipe": FAST94_V1,
              "base": F29AIR + M10,
              "runs": {"bs2000": ["train.batch_size=2000", "optim.lr=1.6"],
                       "bs1000e11": ["train.batch_size=1000", "optim.lr=0.8", "train.epochs=11",
                                     "data.augment.epoch_sizes=[16,16,16,24,24,24,24]"]}},
     # on bs1000: Muon at half its lr with momentum 0.7, airbench's own setting at batch 1000 (Jordan, airbench), 2 seeds
-    "f29m": {"kind": "val", "seeds": (0, 1), "recipe": "cifar10_fast94",
+    "f29m": {"kind": "val", "seeds": (0, 1), "recipe": FAST94_V1,
              "base": F29AIR + M10 + BS1000,
              "runs": {"mlr0.12m0.7": ["optim.muon_lr=0.12", "optim.muon_momentum=0.7"]}},
     "val11b": {"kind": "rob", "seeds": (0,), "base": ["data.val_size=5000"], "split": "val",

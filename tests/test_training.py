@@ -113,8 +113,14 @@ def test_tiny_training_learns_and_writes_run(tiny_cifar, tmp_path, capsys):
     assert main(["eval", str(out / "best.safetensors"), "--data-dir", str(tiny_cifar), "--json"]) == 0
     ev = json.loads(capsys.readouterr().out)
     assert ev["top1"] == pytest.approx(res["test"]["top1"]) and len(ev["per_class"]) == 10
+    # --tta: the views the run's recipe names (cifar10_quick: flips and +-2 px); --tta-shift N overrides them
     assert main(["eval", str(out / "best.safetensors"), "--data-dir", str(tiny_cifar), "--tta"]) == 0
-    assert "flip TTA" in capsys.readouterr().out
+    assert "6-view TTA: flips, +-2 px" in capsys.readouterr().out
+    assert main(["eval", str(out / "best.safetensors"), "--data-dir", str(tiny_cifar), "--tta", "--tta-shift", "0",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tta_shift"] == 0
+    assert main(["eval", str(out / "best.safetensors"), "--data-dir", str(tiny_cifar), "--tta-shift", "1"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["error: --tta-shift 1: needs --tta"]
 
     assert main(["report", str(out)]) == 0
     report = (out / "report.md").read_text()

@@ -12,35 +12,51 @@ def add_parser(sub) -> None:
     s.add_argument("checkpoint", help="a .safetensors checkpoint or a run folder (its best checkpoint)")
     s.add_argument("--data-dir", default=None)
     s.add_argument("--device", default=None)
-    s.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
+    s.add_argument("--tta", action="store_true",
+                   help="average over the test-time views the run itself was tested with: the image, its mirror "
+                        "and, when its recipe has train.tta_shift N, both moved by +-N px (6 views)")
+    s.add_argument("--tta-shift", type=int, default=None, metavar="N",
+                   help="with --tta: move the views by +-N px instead of the recipe's train.tta_shift (0: flips only)")
     s.add_argument("--no-verify", action="store_true", help="skip CIFAR checksum verification")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=run)
 
 
+def _views(tta: bool, shift: int) -> str:
+    if not tta:
+        return ""
+    return f", 6-view TTA: flips, +-{shift} px" if shift else ", flip TTA"
+
+
 def run(args: argparse.Namespace) -> None:
+    from ..errors import UserError
     from ..evaluation.metrics import evaluate
     from ..evaluation.report import write_confusion
     from ..models import load_model
     from ..training.runner import make_loaders, setup_runtime
     from ..weights import resolve_checkpoint
+    if args.tta_shift is not None and not args.tta:
+        raise UserError(f"--tta-shift {args.tta_shift}: needs --tta")
+    if args.tta_shift is not None and not 0 <= args.tta_shift <= 8:
+        raise UserError(f"--tta-shift {args.tta_shift}: must be 0 to 8 pixels")
     path = resolve_checkpoint(args.checkpoint)
     model, meta = load_model(path)
     recipe, splits = recorded_test_split(meta, path, args.data_dir, args.device, verify=not args.no_verify)
     recipe.train.tta = args.tta
+    shift = (recipe.train.tta_shift if args.tta_shift is None else args.tta_shift) if args.tta else 0
     device, amp, cl = setup_runtime(recipe)
     _, _, test_l = make_loaders(recipe, splits, device, cl, meta["input_size"])
     model = model.to(device)
-    res = evaluate(model, test_l, meta["num_classes"], tta=args.tta, amp_dtype=amp)
+    res = evaluate(model, test_l, meta["num_classes"], tta=args.tta, amp_dtype=amp, tta_shift=shift)
     out = path.parent / "eval"  # inside the run folder the checkpoint belongs to
     out.mkdir(parents=True, exist_ok=True)
     write_confusion(res, meta["classes"], out / "confusion")
-    summary = dict(res.summary(), tta=args.tta, per_class=dict(zip(meta["classes"], res.per_class())),
+    summary = dict(res.summary(), tta=args.tta, tta_shift=shift, per_class=dict(zip(meta["classes"], res.per_class())),
                    confusion_csv=str(out / "confusion.csv"))
     if args.json:
         print(json.dumps(summary, indent=2))
         return
-    print(f"{meta['arch']} on {recipe.data.dataset} test ({res.n} images{', flip TTA' if args.tta else ''}): "
+    print(f"{meta['arch']} on {recipe.data.dataset} test ({res.n} images{_views(args.tta, shift)}): "
           f"top-1 {res.top1:.4f}  top-5 {res.top5:.4f}  loss {res.loss:.4f}")
     for name, acc in zip(meta["classes"], res.per_class()):
         print(f"  {name:<16}{acc:.4f}")
