@@ -38,9 +38,9 @@ r = np.random.default_rng(0); x = lambda n: r.integers(0, 256, (n, 3, 32, 32), d
 print('fake data in', w(sys.argv[1], (x(50000), r.integers(0, 10, 50000)), (x(10000), r.integers(0, 10, 10000))))" \
     "$W/fake" 2>&1 | tee -a "$LOG"
   export RESNETLAB_DATA="$W/fake"
-  say "smoke: fast94, 7 short epochs on 5000 random images"
+  say "smoke: fast94, 8 short epochs on 5000 random images (the last at 32 px)"
   $PY -m resnetlab train --recipe cifar10_fast94 --out "$W/smoke94" --no-progress data.verify=false \
-    data.subset=5000 train.epochs=7 train.eval_every=1 2>&1 | tail -n 25 | tee -a "$LOG"
+    data.subset=5000 train.epochs=8 train.eval_every=1 2>&1 | tail -n 25 | tee -a "$LOG"
   say "smoke: paper recipe, 400 steps"
   $PY -m resnetlab train --recipe cifar10_resnet20_paper --out "$W/smokepaper" --no-progress \
     data.verify=false data.val_size=1000 train.max_steps=400 train.epochs=2 2>&1 | tail -n 12 | tee -a "$LOG"

@@ -171,7 +171,7 @@ SWEEPS = {
     "f29air2": {"kind": "val", "seeds": (0,), "recipe": FAST94_V1,
                 "base": F29AIR + M10,
                 "runs": {"we5e-4": ["model.kwargs.whiten_eps=5e-4"],
-                         "bs1000": ["train.batch_size=1000", "optim.lr=0.8"]}},
+                         "bs1000": BS1000}},
     # after f29air2: airbench94_muon's stem (2x2 whitening, each filter and its negative, a trained bias, GELU
     # straight after; no 1x1 conv at full resolution). Its 31-px output makes the whole net 23 % cheaper (103 M MACs
     # per 32-px image against 134 M), so at the same compute the schedule has 12 epochs (8.75 full-size ones)
@@ -188,9 +188,8 @@ SWEEPS = {
     "f29b": {"kind": "val", "seeds": (0,), "recipe": FAST94_V1,
              "base": F29AIR + M10,
              "runs": {"bs2000": ["train.batch_size=2000", "optim.lr=1.6"],
-                      "bs1000e11": ["train.batch_size=1000", "optim.lr=0.8", "train.epochs=11",
-                                    "data.augment.epoch_sizes=[16,16,16,24,24,24,24]"]}},
-    # on bs1000: Muon at half its lr with momentum 0.7, airbench's own setting at batch 1000 (Jordan, airbench), 2 seeds
+                      "bs1000e11": BS1000 + ["train.epochs=11", "data.augment.epoch_sizes=[16,16,16,24,24,24,24]"]}},
+    # on bs1000: Muon at half its lr with momentum 0.7, airbench's own setting at batch 1000 (Jordan), 2 seeds
     "f29m": {"kind": "val", "seeds": (0, 1), "recipe": FAST94_V1,
              "base": F29AIR + M10 + BS1000,
              "runs": {"mlr0.12m0.7": ["optim.muon_lr=0.12", "optim.muon_momentum=0.7"]}},

@@ -40,7 +40,8 @@ SETS = {
     "flip": lambda v: _mean_probs([v["x"], v["xf"]]),
     "flip+-1": lambda v: _mean_probs([v[k] for k in ("x", "xf", "p1", "p1f", "m1", "m1f")]),
     "flip+-2": lambda v: _mean_probs([v[k] for k in ("x", "xf", "p2", "p2f", "m2", "m2f")]),
-    "flip+-1+-2": lambda v: _mean_probs([v[k] for k in ("x", "xf", "p1", "p1f", "m1", "m1f", "p2", "p2f", "m2", "m2f")]),
+    "flip+-1+-2": lambda v: _mean_probs([v[k] for k in ("x", "xf", "p1", "p1f", "m1", "m1f",
+                                                         "p2", "p2f", "m2", "m2f")]),
     "airbench": lambda v: (v["x"] + v["xf"]) / 4 + (v["p1"] + v["p1f"] + v["m1"] + v["m1f"]) / 8,
 }
 

@@ -51,8 +51,8 @@ def run(args: argparse.Namespace) -> None:
     out = path.parent / "eval"  # inside the run folder the checkpoint belongs to
     out.mkdir(parents=True, exist_ok=True)
     write_confusion(res, meta["classes"], out / "confusion")
-    summary = dict(res.summary(), tta=args.tta, tta_shift=shift, per_class=dict(zip(meta["classes"], res.per_class())),
-                   confusion_csv=str(out / "confusion.csv"))
+    summary = dict(res.summary(), tta=args.tta, tta_shift=shift,
+                   per_class=dict(zip(meta["classes"], res.per_class())), confusion_csv=str(out / "confusion.csv"))
     if args.json:
         print(json.dumps(summary, indent=2))
         return
