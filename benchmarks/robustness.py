@@ -80,7 +80,8 @@ def held_out(clf, data_dir: str | None, split: str) -> ImageSet:
         return load_cifar(root, "cifar10", "test")
     splits = load_splits(recipe_from_dict(clf.metadata["recipe"]).data, root, progress=False)
     if splits.val is None:
-        raise SystemExit("--split val: this checkpoint's run held out no validation split (data.val_size=0)")
+        raise SystemExit(f"{clf.path}: --split val, but its run held out no validation split (data.val_size=0); "
+                         "use --split test or a checkpoint trained with data.val_size")
     return splits.val
 
 

@@ -2,8 +2,8 @@
 
 Each checkpoint is scored on the validation images its own run held out (the runner's load_splits, from the recipe
 stored in the checkpoint), so a choice made here never reads the test split; --split test scores the test split
-instead (to confirm a choice made on validation, once). Logits of every view are computed once under the
-checkpoint's bf16 autocast (as the engine's evaluation) and then combined per set:
+instead (to confirm a choice made on validation, once). Logits of every view are computed once, under the autocast
+the engine picks for the checkpoint's recipe on this machine (bf16 where the CPU has it), then combined per set:
 
     none          the image
     flip          + its mirror (2 views)
@@ -23,18 +23,18 @@ import sys
 import torch
 
 from resnetlab import load
-from resnetlab.data.cifar import load_cifar
 from resnetlab.evaluation.metrics import tta_views
 from resnetlab.preprocessing import model_input
+from resnetlab.runtime import autocast_for, select_precision
 from resnetlab.training.config import recipe_from_dict
-from resnetlab.training.runner import load_splits
+from robustness import held_out
 
 
 def _mean_probs(logits: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([v.softmax(1) for v in logits]).mean(0)
 
 
-# each set: (names of the views it uses, how their logits combine into scores)
+# each set: how the logits of the views it uses combine into scores
 SETS = {
     "none": lambda v: v["x"],
     "flip": lambda v: _mean_probs([v["x"], v["xf"]]),
@@ -47,15 +47,17 @@ SETS = {
 
 
 @torch.no_grad()
-def view_logits(model: torch.nn.Module, x: torch.Tensor, batch: int = 1000) -> dict[str, torch.Tensor]:
-    """Logits of the image, its mirror and both moved by ±1 and ±2 px (the engine's own tta_views)."""
+def view_logits(model: torch.nn.Module, x: torch.Tensor, amp: torch.dtype | None,
+                batch: int = 1000) -> dict[str, torch.Tensor]:
+    """Logits of the image, its mirror and both moved by ±1 and ±2 px (the engine's own tta_views), under the
+    autocast dtype amp (None: fp32)."""
     parts: dict[str, list[torch.Tensor]] = {}
     for i in range(0, len(x), batch):
         xb = x[i:i + batch]
         one, two = tta_views(xb, 1), tta_views(xb, 2)
         named = {"x": one[0], "xf": one[1], "m1": one[2], "m1f": one[3], "p1": one[4], "p1f": one[5],
                  "m2": two[2], "m2f": two[3], "p2": two[4], "p2f": two[5]}
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with autocast_for(x.device, amp):
             for k, v in named.items():
                 parts.setdefault(k, []).append(model(v).float())
     return {k: torch.cat(v) for k, v in parts.items()}
@@ -63,18 +65,12 @@ def view_logits(model: torch.nn.Module, x: torch.Tensor, batch: int = 1000) -> d
 
 def score(checkpoint: str, split: str) -> dict[str, float]:
     clf = load(checkpoint, device="cpu")
-    root = (clf.metadata.get("dataset") or {}).get("data_dir")
-    if split == "test":
-        images = load_cifar(root, "cifar10", "test")
-    else:
-        images = load_splits(recipe_from_dict(clf.metadata["recipe"]).data, root, progress=False).val
-        if images is None:
-            raise SystemExit(f"{checkpoint}: its run held out no validation split (data.val_size=0); "
-                             "use --split test or a run trained with data.val_size")
+    images = held_out(clf, None, split)
     pixels = images.take(slice(0, len(images)))
     x = model_input(pixels, clf.metadata["mean"], clf.metadata["std"], clf.input_size)
+    amp = select_precision(recipe_from_dict(clf.metadata["recipe"]).train.precision, clf.device)
     clf.model.eval()
-    views = view_logits(clf.model, x)
+    views = view_logits(clf.model, x, amp)
     return {name: float((combine(views).argmax(1) == images.labels).float().mean()) for name, combine in SETS.items()}
 
 

@@ -33,12 +33,14 @@ def run(args: argparse.Namespace) -> None:
     from ..evaluation.metrics import evaluate
     from ..evaluation.report import write_confusion
     from ..models import load_model
+    from ..training.config import RANGES
     from ..training.runner import make_loaders, setup_runtime
     from ..weights import resolve_checkpoint
     if args.tta_shift is not None and not args.tta:
         raise UserError(f"--tta-shift {args.tta_shift}: needs --tta")
-    if args.tta_shift is not None and not 0 <= args.tta_shift <= 8:
-        raise UserError(f"--tta-shift {args.tta_shift}: must be 0 to 8 pixels")
+    lo, hi = RANGES["train.tta_shift"][:2]  # the recipe key's own bounds
+    if args.tta_shift is not None and not lo <= args.tta_shift <= hi:
+        raise UserError(f"--tta-shift {args.tta_shift}: must be {lo} to {hi} pixels")
     path = resolve_checkpoint(args.checkpoint)
     model, meta = load_model(path)
     recipe, splits = recorded_test_split(meta, path, args.data_dir, args.device, verify=not args.no_verify)
