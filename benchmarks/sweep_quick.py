@@ -38,6 +38,9 @@ Sweeps (each a set of named override lists, run with several seeds):
   f29la  after f29ab: Lookahead on f29air/m10, seed 0.
   f29b   after f29air2's bs1000: batch 2000, and batch 1000 with an 11th epoch at 16 px, seed 0.
   f29m   after f29b: on bs1000, Muon at lr 0.12 with momentum 0.7 (airbench's batch-1000 setting), 2 seeds.
+  q92c   the fast94 net at half width with fast94's GELU and frozen BN scales in the default's time, seed 0, same
+         split.
+  r18    the default's Muon settings on cifar10_resnet18_10ep, in a 4-epoch proxy, seed 0, same split.
   f29    the fast94 net with q92's Muon settings at <= 0.29 PFLOP, seed 0, same split: 10 epochs with progressive
          resizing (m10, m10pad2) or 7 at full size (m7full).
 
@@ -193,6 +196,18 @@ SWEEPS = {
     "f29m": {"kind": "val", "seeds": (0, 1), "recipe": FAST94_V1,
              "base": F29AIR + M10 + BS1000,
              "runs": {"mlr0.12m0.7": ["optim.muon_lr=0.12", "optim.muon_momentum=0.7"]}},
+    # part 2 of issue 28 (the default at 92 %): the fast94 net at half its widths (~1.4x the default's cost per
+    # image) with airbench94_muon's GELU and frozen BN scales, 8 epochs (3 at 32 px) to fit the default's time,
+    # at the default's batch 500 and at fast94's 1000; +-1-px test-time views, seed 0
+    "q92c": {"kind": "val", "seeds": (0,), "recipe": "cifar10_quick",
+             "base": ["data.val_size=5000", "train.tta_shift=1", "model.kwargs.widths=[16,32,128,128]", GELU]
+             + AIR_BN + ["train.epochs=8", "data.augment.epoch_sizes=[16,16,16,24,24]"],
+             "runs": {"half94": [], "half94bs1000": BS1000}},
+    # part 3 of issue 28: does the default's Muon (with its batch 500, linear decay and 2-px translations) pay on
+    # cifar10_resnet18_10ep? A 4-epoch proxy (1 at 16 px, 1 at 24, 2 at 32; ~17 min a run on a 2-core Zen 4), seed 0
+    "r18": {"kind": "val", "seeds": (0,), "recipe": "cifar10_resnet18_10ep",
+            "base": ["data.val_size=5000", "train.epochs=4", "data.augment.epoch_sizes=[16,24]", "train.eval_every=4"],
+            "runs": {"sgd4": [], "muon4": MUON_Q + ["data.augment.crop_padding=2"]}},
     "val11b": {"kind": "rob", "seeds": (0,), "base": ["data.val_size=5000"], "split": "val",
                "runs": {"r30": [], "r30we0.1": ["model.kwargs.whiten_eps=0.1"],
                         "r30we1": ["model.kwargs.whiten_eps=1.0"],

@@ -113,9 +113,9 @@ def test_tiny_training_learns_and_writes_run(tiny_cifar, tmp_path, capsys):
     assert main(["eval", str(out / "best.safetensors"), "--data-dir", str(tiny_cifar), "--json"]) == 0
     ev = json.loads(capsys.readouterr().out)
     assert ev["top1"] == pytest.approx(res["test"]["top1"]) and len(ev["per_class"]) == 10
-    # --tta: the views the run's recipe names (cifar10_quick: flips and +-2 px); --tta-shift N overrides them
+    # --tta: the views the run's recipe names (cifar10_quick: flips and +-1 px); --tta-shift N overrides them
     assert main(["eval", str(out / "best.safetensors"), "--data-dir", str(tiny_cifar), "--tta"]) == 0
-    assert "6-view TTA: flips, +-2 px" in capsys.readouterr().out
+    assert "6-view TTA: flips, +-1 px" in capsys.readouterr().out
     assert main(["eval", str(out / "best.safetensors"), "--data-dir", str(tiny_cifar), "--tta", "--tta-shift", "0",
                  "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["tta_shift"] == 0
