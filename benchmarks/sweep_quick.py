@@ -40,7 +40,8 @@ Sweeps (each a set of named override lists, run with several seeds):
   f29m   after f29b: on bs1000, Muon at lr 0.12 with momentum 0.7 (airbench's batch-1000 setting), 2 seeds.
   q92c   the fast94 net at half width with fast94's GELU and frozen BN scales in the default's time, seed 0, same
          split.
-  r18    the default's Muon settings on cifar10_resnet18_10ep, in a 4-epoch proxy, seed 0, same split.
+  r18    the default's Muon settings on cifar10_resnet18_10ep's SGD recipe (pinned as
+         benchmarks/recipes/cifar10_resnet18_10ep_v1.yaml), in a 4-epoch proxy, seed 0, same split.
   f29    the fast94 net with q92's Muon settings at <= 0.29 PFLOP, seed 0, same split: 10 epochs with progressive
          resizing (m10, m10pad2) or 7 at full size (m7full).
 
@@ -204,8 +205,9 @@ SWEEPS = {
              + AIR_BN + ["train.epochs=8", "data.augment.epoch_sizes=[16,16,16,24,24]"],
              "runs": {"half94": [], "half94bs1000": BS1000}},
     # part 3 of issue 28: does the default's Muon (with its batch 500, linear decay and 2-px translations) pay on
-    # cifar10_resnet18_10ep? A 4-epoch proxy (1 at 16 px, 1 at 24, 2 at 32; ~17 min a run on a 2-core Zen 4), seed 0
-    "r18": {"kind": "val", "seeds": (0,), "recipe": "cifar10_resnet18_10ep",
+    # cifar10_resnet18_10ep's SGD recipe (pinned)? A 4-epoch proxy (1 at 16 px, 1 at 24, 2 at 32; ~20 min a run on
+    # a 2-core Zen 4), seed 0
+    "r18": {"kind": "val", "seeds": (0,), "recipe": str(HERE / "recipes" / "cifar10_resnet18_10ep_v1.yaml"),
             "base": ["data.val_size=5000", "train.epochs=4", "data.augment.epoch_sizes=[16,24]", "train.eval_every=4"],
             "runs": {"sgd4": [], "muon4": MUON_Q + ["data.augment.crop_padding=2"]}},
     "val11b": {"kind": "rob", "seeds": (0,), "base": ["data.val_size=5000"], "split": "val",
