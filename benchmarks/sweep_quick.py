@@ -66,6 +66,7 @@ from time_to_accuracy import HERE, RunFailed, run
 # every sweep of the default ran on the one-cycle SGD default, pinned there (its overrides add Muon where they do)
 RECIPE = str(HERE / "recipes" / "cifar10_quick_v2.yaml")
 FAST94_V1 = str(HERE / "recipes" / "cifar10_fast94_v1.yaml")  # the fast94 recipe these sweeps started from
+R18_V1 = str(HERE / "recipes" / "cifar10_resnet18_10ep_v1.yaml")  # the SGD ResNet-18 recipe sweep r18 started from
 MUON_Q = ["optim.name=muon", "optim.momentum=0.85", "train.batch_size=500", "optim.lr=0.4", "schedule.pct_start=0"]
 JPEG30 = ["data.augment.jpeg=0.5", "data.augment.jpeg_quality=[30,95]", "data.augment.resample=0.3"]
 GELU = "model.kwargs.activation=gelu"
@@ -207,7 +208,7 @@ SWEEPS = {
     # part 3 of issue 28: does the default's Muon (with its batch 500, linear decay and 2-px translations) pay on
     # cifar10_resnet18_10ep's SGD recipe (pinned)? A 4-epoch proxy (1 at 16 px, 1 at 24, 2 at 32; ~20 min a run on
     # a 2-core Zen 4), seed 0
-    "r18": {"kind": "val", "seeds": (0,), "recipe": str(HERE / "recipes" / "cifar10_resnet18_10ep_v1.yaml"),
+    "r18": {"kind": "val", "seeds": (0,), "recipe": R18_V1,
             "base": ["data.val_size=5000", "train.epochs=4", "data.augment.epoch_sizes=[16,24]", "train.eval_every=4"],
             "runs": {"sgd4": [], "muon4": MUON_Q + ["data.augment.crop_padding=2"]}},
     "val11b": {"kind": "rob", "seeds": (0,), "base": ["data.val_size=5000"], "split": "val",

@@ -103,7 +103,7 @@ class TrainConfig:
     channels_last: str = "auto"     # auto | true | false
     compile: bool = False
     device: str = "auto"            # auto | cpu | cuda | cuda:N | mps
-    tta: bool = False               # flip TTA for the final test (per-epoch validation stays plain: cheaper)
+    tta: bool = False               # flips (+ tta_shift's moved views) for the final test; per-epoch eval stays plain
     tta_shift: int = 0              # with tta: also the two views moved by ±N pixels (6 views in all)
     eval_every: int = 1             # monitoring on test (no val split): every N epochs and after the last
     log_every: int = 50
