@@ -42,6 +42,8 @@ Sweeps (each a set of named override lists, run with several seeds):
          split.
   r18    the default's Muon settings on cifar10_resnet18_10ep's SGD recipe (pinned as
          benchmarks/recipes/cifar10_resnet18_10ep_v1.yaml), in a 4-epoch proxy, seed 0, same split.
+  r18air after r18: airbench94_muon's GELU and frozen BN scales on cifar10_resnet18_10ep (Muon) in the same proxy,
+         seed 0, same split.
   f29    the fast94 net with q92's Muon settings at <= 0.29 PFLOP, seed 0, same split: 10 epochs with progressive
          resizing (m10, m10pad2) or 7 at full size (m7full).
 
@@ -211,6 +213,12 @@ SWEEPS = {
     "r18": {"kind": "val", "seeds": (0,), "recipe": R18_V1,
             "base": ["data.val_size=5000", "train.epochs=4", "data.augment.epoch_sizes=[16,24]", "train.eval_every=4"],
             "runs": {"sgd4": [], "muon4": MUON_Q + ["data.augment.crop_padding=2"]}},
+    # part 3 of issue 28, after r18: airbench94_muon's GELU and frozen BN scales on cifar10_resnet18_10ep (Muon since
+    # r18), the same 4-epoch proxy; r18/muon4 (89.30 % val) is its baseline, seed 0
+    "r18air": {"kind": "val", "seeds": (0,), "recipe": "cifar10_resnet18_10ep",
+               "base": ["data.val_size=5000", "train.epochs=4", "data.augment.epoch_sizes=[16,24]",
+                        "train.eval_every=4"],
+               "runs": {"gelu_bnfrozen4": [GELU] + AIR_BN}},
     "val11b": {"kind": "rob", "seeds": (0,), "base": ["data.val_size=5000"], "split": "val",
                "runs": {"r30": [], "r30we0.1": ["model.kwargs.whiten_eps=0.1"],
                         "r30we1": ["model.kwargs.whiten_eps=1.0"],

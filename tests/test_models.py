@@ -171,6 +171,34 @@ def test_resnet9_airbench_norm_and_activation_reach_every_layer():
     assert len(plain.fixed_parameters()) == 0
 
 
+@pytest.mark.parametrize("name", ["resnet18", "preact_resnet18", "resnet50"])
+def test_resnet_takes_airbench_norm_and_activation(name):
+    """The ResNets take resnet9's activation and BN options: no ReLU left, every BN set, frozen scales fixed
+    (out of every fine-tuning strategy) and still 1 after a step; weights keep torchvision's names."""
+    model = resnetlab.create_model(name, 10, stem="cifar", activation="gelu", bn_momentum=0.4, bn_eps=1e-12,
+                                   bn_frozen_scale=True)
+    plain = resnetlab.create_model(name, 10, stem="cifar")
+    assert not any(isinstance(m, torch.nn.ReLU) for m in model.modules())
+    assert sum(isinstance(m, torch.nn.GELU) for m in model.modules()) == sum(
+        isinstance(m, torch.nn.ReLU) for m in plain.modules())
+    assert model.state_dict().keys() == plain.state_dict().keys()
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(m.momentum == 0.4 and m.eps == 1e-12 and not m.weight.requires_grad for m in bns)
+    assert {id(m.weight) for m in bns} == {id(p) for p in model.fixed_parameters()}
+    assert plain.fixed_parameters() == []
+    from resnetlab.models.freeze import apply_strategy
+    apply_strategy(model, "full")
+    assert not any(m.weight.requires_grad for m in bns)
+    model.train()(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert all(torch.equal(m.weight, torch.ones_like(m.weight)) for m in bns)
+
+
+def test_resnet_refuses_zero_init_residual_with_frozen_bn_scales():
+    with pytest.raises(UserError, match="zero_init_residual sets BN scales to zero and bn_frozen_scale would keep "
+                                        "them there; choose one"):
+        resnetlab.create_model("resnet18", 10, zero_init_residual=True, bn_frozen_scale=True)
+
+
 @pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnet20", "preact_resnet18", "resnet9"])
 def test_classifier_api(name):
     """timm's get_classifier / reset_classifier: callers never need to know the head is called fc."""

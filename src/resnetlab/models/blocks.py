@@ -10,6 +10,29 @@ from torch import nn
 import torch.nn.functional as F
 
 
+def set_norm_act(model: nn.Module, activation: str = "relu", bn_momentum: float = 0.1, bn_eps: float = 1e-5,
+                 bn_frozen_scale: bool = False) -> None:
+    """Every BatchNorm and activation of `model` as airbench94_muon sets them, when asked (Jordan 2024: GELU,
+    BN statistics momentum 0.4 in torch's convention (its 0.6 is the old statistics' share), eps 1e-12,
+    scales frozen at 1 so the BN biases alone shift each channel). activation="gelu" replaces every ReLU
+    module, keeping its attribute name (a block's `relu` then holds a GELU: torchvision's names stay)."""
+    if activation not in ("relu", "gelu"):
+        raise ValueError(f"unknown activation {activation!r}; use relu or gelu")
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum, m.eps = bn_momentum, bn_eps
+            m.weight.requires_grad_(not bn_frozen_scale)
+        if activation == "gelu":
+            for name, child in m.named_children():
+                if isinstance(child, nn.ReLU):
+                    setattr(m, name, nn.GELU())
+
+
+def bn_scales(model: nn.Module) -> list[nn.Parameter]:
+    """Every BatchNorm scale of `model` (what bn_frozen_scale fixes: a ClassifierNet's fixed_parameters)."""
+    return [m.weight for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+
+
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False)
 

@@ -11,7 +11,7 @@ from typing import Literal, Sequence
 import torch
 from torch import nn
 
-from .blocks import BasicBlock, spatial_conv
+from .blocks import BasicBlock, bn_scales, set_norm_act, spatial_conv
 from .contract import ClassifierNet, FeaturePlan
 from .registry import register_model
 
@@ -28,21 +28,6 @@ def conv_bn(c_in: int, c_out: int, pool: bool = False, separable: bool = False,
     if pool:
         layers.append(nn.MaxPool2d(2))
     return nn.Sequential(*layers)
-
-
-def set_norm_act(model: nn.Module, activation: str, bn_momentum: float, bn_eps: float,
-                 bn_frozen_scale: bool) -> None:
-    """Every BatchNorm and activation of `model` as airbench94_muon sets them, when asked (Jordan 2024: GELU,
-    BN statistics momentum 0.4 in torch's convention (its 0.6 is the old statistics' share), eps 1e-12,
-    scales frozen at 1 so the BN biases alone shift each channel)."""
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.momentum, m.eps = bn_momentum, bn_eps
-            m.weight.requires_grad_(not bn_frozen_scale)
-        if activation == "gelu":
-            for name, child in m.named_children():
-                if isinstance(child, nn.ReLU):
-                    setattr(m, name, nn.GELU())
 
 
 class ResNet9(ClassifierNet):
@@ -180,9 +165,7 @@ class ResNet9(ClassifierNet):
         """Parameters that never train, whatever the fine-tuning strategy: the whitening filters (not the
         airbench stem's bias), and the BN scales when bn_frozen_scale."""
         fixed = [self.whiten.weight] if self.whiten is not None else []
-        if self.bn_frozen_scale:
-            fixed += [m.weight for m in self.modules() if isinstance(m, nn.BatchNorm2d)]
-        return fixed
+        return fixed + (bn_scales(self) if self.bn_frozen_scale else [])
 
 
 @register_model(family="cifar", builds=ResNet9, n_stages=4)

@@ -12,7 +12,7 @@ from typing import Any, Literal, Sequence, Type
 import torch
 from torch import nn
 
-from .blocks import BasicBlock, Bottleneck, PreActBlock, ResidualBlock
+from .blocks import BasicBlock, Bottleneck, PreActBlock, ResidualBlock, bn_scales, set_norm_act
 from .contract import ClassifierNet, FeaturePlan
 from .registry import register_model
 
@@ -44,6 +44,10 @@ class ResNet(ClassifierNet):
         width_per_group: int = 64,
         se_reduction: int = 0,
         block_dropout: float = 0.0,
+        activation: Literal["relu", "gelu"] = "relu",
+        bn_momentum: float = 0.1,
+        bn_eps: float = 1e-5,
+        bn_frozen_scale: bool = False,
     ) -> None:
         super().__init__()
         if stem not in STEMS:
@@ -52,6 +56,9 @@ class ResNet(ClassifierNet):
             raise ValueError("layers and widths must have the same length")
         if block_kind not in BLOCK_KINDS:
             raise ValueError(f"unknown block kind {block_kind!r}; use one of {', '.join(BLOCK_KINDS)}")
+        if zero_init_residual and bn_frozen_scale:
+            raise ValueError("zero_init_residual sets BN scales to zero and bn_frozen_scale would keep them there; "
+                             "choose one")
         separable = block_kind == "separable"
         self.stem = stem
         self.preact = block is PreActBlock
@@ -86,6 +93,8 @@ class ResNet(ClassifierNet):
         self.num_features = in_planes
         self.fc = nn.Linear(in_planes, num_classes)
         self._init_weights(zero_init_residual)
+        self.bn_frozen_scale = bn_frozen_scale
+        set_norm_act(self, activation, bn_momentum, bn_eps, bn_frozen_scale)
 
     @staticmethod
     def _make_layer(block: Block, in_planes: int, planes: int, n_blocks: int, stride: int,
@@ -128,6 +137,10 @@ class ResNet(ClassifierNet):
 
     def head_extras(self) -> list[nn.Module]:
         return [self.final_bn] if self.final_bn is not None else []
+
+    def fixed_parameters(self) -> list[nn.Parameter]:
+        """The BN scales when bn_frozen_scale (they stay at 1 whatever the fine-tuning strategy)."""
+        return bn_scales(self) if self.bn_frozen_scale else []
 
     def feature_plan(self) -> FeaturePlan:
         """Feature levels for backbones: (name, child modules run in order). Level 0 is the stem before
