@@ -139,7 +139,7 @@ class ResNet(ClassifierNet):
         return [self.final_bn] if self.final_bn is not None else []
 
     def fixed_parameters(self) -> list[nn.Parameter]:
-        """The BN scales when bn_frozen_scale (they stay at 1 whatever the fine-tuning strategy)."""
+        """The BN scales when bn_frozen_scale (fixed, at 1 from scratch, whatever the fine-tuning strategy)."""
         return bn_scales(self) if self.bn_frozen_scale else []
 
     def feature_plan(self) -> FeaturePlan:
