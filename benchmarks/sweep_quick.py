@@ -72,6 +72,8 @@ RECIPE = str(HERE / "recipes" / "cifar10_quick_v2.yaml")
 FAST94_V1 = str(HERE / "recipes" / "cifar10_fast94_v1.yaml")  # the fast94 recipe these sweeps started from
 R18_V1 = str(HERE / "recipes" / "cifar10_resnet18_10ep_v1.yaml")  # the SGD ResNet-18 recipe sweep r18 started from
 R18_V2 = str(HERE / "recipes" / "cifar10_resnet18_10ep_v2.yaml")  # its Muon successor, which sweep r18air started from
+# the ResNet-18 sweeps' 4-epoch proxy on the 45k/5k split: 1 epoch at 16 px, 1 at 24, 2 at 32
+R18_PROXY = ["data.val_size=5000", "train.epochs=4", "data.augment.epoch_sizes=[16,24]", "train.eval_every=4"]
 MUON_Q = ["optim.name=muon", "optim.momentum=0.85", "train.batch_size=500", "optim.lr=0.4", "schedule.pct_start=0"]
 JPEG30 = ["data.augment.jpeg=0.5", "data.augment.jpeg_quality=[30,95]", "data.augment.resample=0.3"]
 GELU = "model.kwargs.activation=gelu"
@@ -218,14 +220,11 @@ SWEEPS = {
     # part 3 of issue 28: does the default's Muon (with its batch 500, linear decay and 2-px translations) pay on
     # cifar10_resnet18_10ep's SGD recipe (pinned)? A 4-epoch proxy (1 at 16 px, 1 at 24, 2 at 32; ~20 min a run on
     # a 2-core Zen 4), seed 0
-    "r18": {"kind": "val", "seeds": (0,), "recipe": R18_V1,
-            "base": ["data.val_size=5000", "train.epochs=4", "data.augment.epoch_sizes=[16,24]", "train.eval_every=4"],
+    "r18": {"kind": "val", "seeds": (0,), "recipe": R18_V1, "base": R18_PROXY,
             "runs": {"sgd4": [], "muon4": MUON_Q + ["data.augment.crop_padding=2"]}},
     # part 3 of issue 28, after r18: airbench94_muon's GELU and frozen BN scales on cifar10_resnet18_10ep with Muon
     # (pinned), the same 4-epoch proxy; r18/muon4 (89.30 % val) is its baseline, seed 0
-    "r18air": {"kind": "val", "seeds": (0,), "recipe": R18_V2,
-               "base": ["data.val_size=5000", "train.epochs=4", "data.augment.epoch_sizes=[16,24]",
-                        "train.eval_every=4"],
+    "r18air": {"kind": "val", "seeds": (0,), "recipe": R18_V2, "base": R18_PROXY,
                "runs": {"gelu_bnfrozen4": [GELU] + AIR_BN}},
     "val11b": {"kind": "rob", "seeds": (0,), "base": ["data.val_size=5000"], "split": "val",
                "runs": {"r30": [], "r30we0.1": ["model.kwargs.whiten_eps=0.1"],
