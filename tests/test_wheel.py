@@ -127,14 +127,18 @@ def test_wheel_in_a_fresh_venv_trains_evaluates_predicts_exports_and_serves(fres
     assert code in (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM once it has shut down cleanly
 
 
-def test_readme_python_snippets_run_as_written_from_the_fresh_install(fresh_venv, real_data, tmp_path):
-    """Every ```python block of the README, run by the fresh venv's Python from an empty folder, with the data
-    root in $RESNETLAB_DATA as the README says."""
-    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.S)
-    assert len(blocks) >= 3
-    for i, code in enumerate(blocks):
+def test_readme_and_usage_python_snippets_run_as_written_from_the_fresh_install(fresh_venv, real_data, tmp_path):
+    """Every ```python block of the README and of docs/usage.md (the reference it links to), run by the fresh
+    venv's Python from an empty folder, with the data root in $RESNETLAB_DATA as the README says."""
+    snippets = []
+    for doc in ("README.md", "docs/usage.md"):
+        blocks = re.findall(r"```python\n(.*?)```", (ROOT / doc).read_text(encoding="utf-8"), re.S)
+        assert blocks, f"{doc} has no python block"
+        snippets += [(f"{doc} snippet {i + 1}", code) for i, code in enumerate(blocks)]
+    assert len(snippets) >= 3
+    for i, (name, code) in enumerate(snippets):
         folder = tmp_path / f"snippet{i}"
         folder.mkdir()
         r = subprocess.run([str(fresh_venv / "python"), "-c", code], cwd=folder, capture_output=True, text=True,
                            env=dict(_env(), RESNETLAB_DATA=str(real_data)), timeout=600)
-        assert r.returncode == 0, f"README snippet {i + 1}:\n{code}\n{r.stderr[-3000:]}"
+        assert r.returncode == 0, f"{name}:\n{code}\n{r.stderr[-3000:]}"

@@ -2,7 +2,8 @@
 
 Why it exists: on a CPU, the deep-and-thin CIFAR ResNets spend their time in many small convolutions;
 this net has few, wide layers at low resolution and reaches high CIFAR-10 accuracy in a handful of epochs
-(87-88 % in 7 epochs at widths 16/32/64/128, see the README), which is what short CPU recipes need. Widths are configurable so recipes can trade accuracy for time.
+(the default recipe's figures: docs/results.md), which is what short CPU recipes need. Widths are configurable so
+recipes can trade accuracy for time.
 """
 from __future__ import annotations
 
