@@ -46,8 +46,9 @@ def worker_train(args) -> dict:
     from resnetlab.evaluation.profile import count_macs
     from resnetlab.models import create_model
     from resnetlab.training.config import load_recipe
-    from resnetlab.training.runner import Splits, make_loaders, setup_runtime
-    from resnetlab.training.engine import Trainer
+    from resnetlab.training.runner import Splits, setup_runtime
+    sys.path.insert(0, str(HERE))
+    from step_probe import build_trainer
 
     kw = json.loads(args.kwargs)
     train, test = cifar10(resolve_data_root(args.data_dir), verify=not args.no_verify)
@@ -58,13 +59,12 @@ def worker_train(args) -> dict:
     # cudnn picks its kernels during the first steps (benchmark mode): more warm-up on a GPU
     bs, steps, warm = args.batch_size, args.steps, 2 if dev.type == "cpu" else 5
     if args.path == "fast":
-        recipe = load_recipe(None, [f"model.name={args.model}", f"train.batch_size={bs}", "data.val_size=0",
-                                    "schedule.name=constant", f"train.device={args.device}"])
+        recipe = load_recipe(None, [f"model.name={args.model}", f"model.kwargs={args.kwargs}",
+                                    f"train.batch_size={bs}", "data.val_size=0", "schedule.name=constant",
+                                    f"train.device={args.device}"])
         device, amp, cl = setup_runtime(recipe)
         splits = Splits(train, None, test, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
-        train_l, _, _ = make_loaders(recipe, splits, device, cl)
-        meta = {"num_classes": 10}
-        tr = Trainer(model, recipe, train_l, None, "/tmp/unused", meta, device, amp, cl, progress=False)
+        tr, train_l = build_trainer(recipe, splits, device, amp, cl)
         it = iter(train_l)
         for _ in range(warm):
             tr.train_step(*next(it))

@@ -72,6 +72,7 @@ RECIPE = str(HERE / "recipes" / "cifar10_quick_v2.yaml")
 FAST94_V1 = str(HERE / "recipes" / "cifar10_fast94_v1.yaml")  # the fast94 recipe these sweeps started from
 R18_V1 = str(HERE / "recipes" / "cifar10_resnet18_10ep_v1.yaml")  # the SGD ResNet-18 recipe sweep r18 started from
 R18_V2 = str(HERE / "recipes" / "cifar10_resnet18_10ep_v2.yaml")  # its Muon successor, which sweep r18air started from
+QUICK_V3 = str(HERE / "recipes" / "cifar10_quick_v3.yaml")  # the Muon default, which sweeps air, air2, q92c, q92d started from
 # the ResNet-18 sweeps' 4-epoch proxy on the 45k/5k split: 1 epoch at 16 px, 1 at 24, 2 at 32
 R18_PROXY = ["data.val_size=5000", "train.epochs=4", "data.augment.epoch_sizes=[16,24]", "train.eval_every=4"]
 MUON_Q = ["optim.name=muon", "optim.momentum=0.85", "train.batch_size=500", "optim.lr=0.4", "schedule.pct_start=0"]
@@ -165,12 +166,12 @@ SWEEPS = {
                      "m7full": ["data.augment.crop_padding=2", "train.epochs=7", "data.augment.epoch_sizes=[]"]}},
     # airbench94_muon's activation and BatchNorm (Jordan 2024) on the Muon default, 2 seeds, same split: GELU;
     # BN scales frozen at 1 with statistics momentum 0.4 (torch's convention) and eps 1e-12; both
-    "air": {"kind": "val", "seeds": (0, 1), "recipe": "cifar10_quick", "base": ["data.val_size=5000"],
+    "air": {"kind": "val", "seeds": (0, 1), "recipe": QUICK_V3, "base": ["data.val_size=5000"],
             "runs": {"base": [], "gelu": [GELU], "bnfrozen": AIR_BN, "gelu_bnfrozen": [GELU] + AIR_BN}},
     # after air (GELU +0.2 at 16 % more time, frozen BN scales a tie): airbench94_muon's BN biases train at a far
     # larger lr than its head (0.053 on a summed loss at batch 2000 is ~100 on our mean loss), with weight decay;
     # here bias_lr 4 and 16 (the SGD groups' lr is 0.4) with frozen BN scales, and 16 with decay on the biases
-    "air2": {"kind": "val", "seeds": (0, 1), "recipe": "cifar10_quick", "base": ["data.val_size=5000"] + AIR_BN,
+    "air2": {"kind": "val", "seeds": (0, 1), "recipe": QUICK_V3, "base": ["data.val_size=5000"] + AIR_BN,
              "runs": {"blr4": ["optim.bias_lr=4"], "blr16": ["optim.bias_lr=16"],
                       "blr16wd": ["optim.bias_lr=16", "optim.no_decay_bn_bias=false"]}},
     # after air (GELU with frozen BN scales +0.4 on the default net, 2 seeds): the same on f29's two schedules
@@ -208,13 +209,13 @@ SWEEPS = {
     # part 2 of issue 28 (the default at 92 %): the fast94 net at half its widths (~1.4x the default's cost per
     # image) with airbench94_muon's GELU and frozen BN scales, 8 epochs (3 at 32 px) to fit the default's time,
     # at the default's batch 500 and at fast94's 1000; +-1-px test-time views, seed 0
-    "q92c": {"kind": "val", "seeds": (0,), "recipe": "cifar10_quick",
+    "q92c": {"kind": "val", "seeds": (0,), "recipe": QUICK_V3,
              "base": ["data.val_size=5000", "train.tta_shift=1", "model.kwargs.widths=[16,32,128,128]", GELU]
              + AIR_BN + ["train.epochs=8", "data.augment.epoch_sizes=[16,16,16,24,24]"],
              "runs": {"half94": [], "half94bs1000": BS1000}},
     # part 2 of issue 28: air's GELU with frozen BN scales (+0.4 on validation, 16-25 % more time) with the time paid
     # back by fewer full-size epochs: 9 epochs (4 at 32 px), and 9 with a fourth at 16 px (3 at 32), 2 seeds
-    "q92d": {"kind": "val", "seeds": (0, 1), "recipe": "cifar10_quick", "base": ["data.val_size=5000", GELU] + AIR_BN,
+    "q92d": {"kind": "val", "seeds": (0, 1), "recipe": QUICK_V3, "base": ["data.val_size=5000", GELU] + AIR_BN,
              "runs": {"e9": ["train.epochs=9"],
                       "e9lr": ["train.epochs=9", "data.augment.epoch_sizes=[16,16,16,16,24,24]"]}},
     # part 3 of issue 28: does the default's Muon (with its batch 500, linear decay and 2-px translations) pay on
