@@ -72,7 +72,7 @@ RECIPE = str(HERE / "recipes" / "cifar10_quick_v2.yaml")
 FAST94_V1 = str(HERE / "recipes" / "cifar10_fast94_v1.yaml")  # the fast94 recipe these sweeps started from
 R18_V1 = str(HERE / "recipes" / "cifar10_resnet18_10ep_v1.yaml")  # the SGD ResNet-18 recipe sweep r18 started from
 R18_V2 = str(HERE / "recipes" / "cifar10_resnet18_10ep_v2.yaml")  # its Muon successor, which sweep r18air started from
-QUICK_V3 = str(HERE / "recipes" / "cifar10_quick_v3.yaml")  # the Muon default, which sweeps air, air2, q92c, q92d started from
+QUICK_V3 = str(HERE / "recipes" / "cifar10_quick_v3.yaml")  # the Muon default that sweeps air, air2, q92c, q92d vary
 # the ResNet-18 sweeps' 4-epoch proxy on the 45k/5k split: 1 epoch at 16 px, 1 at 24, 2 at 32
 R18_PROXY = ["data.val_size=5000", "train.epochs=4", "data.augment.epoch_sizes=[16,24]", "train.eval_every=4"]
 MUON_Q = ["optim.name=muon", "optim.momentum=0.85", "train.batch_size=500", "optim.lr=0.4", "schedule.pct_start=0"]
