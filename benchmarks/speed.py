@@ -48,7 +48,7 @@ def worker_train(args) -> dict:
     from resnetlab.training.config import load_recipe
     from resnetlab.training.runner import Splits, setup_runtime
     sys.path.insert(0, str(HERE))
-    from step_probe import build_trainer
+    from step_probe import build_trainer, time_steps
 
     kw = json.loads(args.kwargs)
     train, test = cifar10(resolve_data_root(args.data_dir), verify=not args.no_verify)
@@ -65,18 +65,9 @@ def worker_train(args) -> dict:
         device, amp, cl = setup_runtime(recipe)
         splits = Splits(train, None, test, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
         tr, train_l = build_trainer(recipe, splits, device, amp, cl)
-        it = iter(train_l)
-        for _ in range(warm):
-            tr.train_step(*next(it))
-        sync(dev)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            loss, _ = tr.train_step(*next(it))
-        loss.item()
-        dt = time.perf_counter() - t0
+        _, img_s = time_steps(tr, train_l, 0, warm, steps)  # each timing ends on loss.item(): synced on a GPU too
         label = f"{'fp32' if amp is None else str(amp)[6:]}{', channels_last' if cl else ''}"
     else:
-        sys.path.insert(0, str(HERE))
         from _common import PILCifar
         import torchvision.transforms as T
         mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -101,9 +92,8 @@ def worker_train(args) -> dict:
             loss.backward()
             opt.step()
             loss.item()
-        dt = time.perf_counter() - t0
+        img_s = bs * steps / (time.perf_counter() - t0)
         label = "fp32, NCHW, DataLoader(2 workers)"
-    img_s = bs * steps / dt
     return {"model": args.model, "kwargs": kw, "path": args.path, "config": label, "img_s": img_s,
             "tflops": img_s * macs * 2 * 3 / 1e12, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 

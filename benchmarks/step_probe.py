@@ -25,15 +25,12 @@ HERE = Path(__file__).resolve().parent
 
 
 def build_trainer(recipe, splits, device, amp, cl):
-    from resnetlab.preprocessing import normalize
     from resnetlab.models import build_model
     from resnetlab.training.engine import RunContext, Trainer
-    from resnetlab.training.runner import make_loaders
+    from resnetlab.training.runner import init_from_training_images, make_loaders
     torch.manual_seed(0)
     model = build_model(recipe.model.name, len(splits.classes), recipe.model.kwargs)
-    if model.init_images:
-        model.init_from_data(normalize(splits.train.take(torch.arange(min(model.init_images, len(splits.train)))),
-                                       torch.tensor(splits.mean), torch.tensor(splits.std)))
+    init_from_training_images(model, splits, seed=0)
     loader = make_loaders(recipe, splits, device, cl)[0]
     ctx = RunContext(Path("/tmp/unused"), {"num_classes": len(splits.classes)}, device, amp, cl, progress=False)
     return Trainer(model, recipe, loader, None, ctx), loader
@@ -94,11 +91,12 @@ def main() -> None:
     args = ap.parse_args()
 
     from resnetlab.evaluation.profile import count_train_flops
-    from resnetlab.runtime import cpu_flags, cpu_model, describe_device
+    from resnetlab.runtime import describe_device
     from resnetlab.training.config import load_recipe
     from resnetlab.training.runner import load_splits, setup_runtime
     sys.path.insert(0, str(HERE))
     from speed import ceilings
+    from time_to_accuracy import machine
 
     recipe = load_recipe(args.recipe, ["data.val_size=0", *args.overrides])
     device, amp, cl = setup_runtime(recipe)
@@ -109,13 +107,11 @@ def main() -> None:
     for e, s in enumerate(sizes + [full]):
         first_epoch.setdefault(s, e)
     prec = "bf16" if amp == torch.bfloat16 else "fp32"
+    host = machine()
     print(f"{args.recipe}: {recipe.model.name} {recipe.model.kwargs}, batch {recipe.train.batch_size}, "
-          f"{describe_device(device, amp)}{', channels_last' if cl else ''}; {cpu_model()}, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
-
-    flags = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx512_vnni"})
-    rows, result = [], {"recipe": args.recipe, "overrides": args.overrides, "cpu": cpu_model(), "cpu_flags": flags,
-                        "threads": torch.get_num_threads(), "torch": torch.__version__, "precision": prec,
+          f"{describe_device(device, amp)}{', channels_last' if cl else ''}; {host['cpu']}, "
+          f"{host['threads']} threads, torch {host['torch']}")
+    rows, result = [], {"recipe": args.recipe, "overrides": args.overrides, "machine": host, "precision": prec,
                         "channels_last": cl}
     modes = ["eager"] + ([] if args.no_compile else ["torch.compile"])
     for mode in modes:

@@ -23,7 +23,7 @@ from ..evaluation.metrics import evaluate
 from ..evaluation.profile import count_params
 from ..evaluation.report import write_confusion
 from ..files import atomic_write_text
-from ..models import build_model, natural_input_size
+from ..models import ClassifierNet, build_model, natural_input_size
 from ..preprocessing import normalize
 from ..runtime import (barrier, broadcast_flag, broadcast_module, broadcast_str, describe_device, dist_context,
                        init_distributed,
@@ -318,6 +318,15 @@ def interruptible(run_dir: Path, resume_hint: bool = True) -> Iterator[None]:
         raise RunInterrupted(f"{saved}\ncontinue with: resnetlab train --resume {run_dir}") from None
 
 
+def init_from_training_images(model: ClassifierNet, splits: Splits, seed: int) -> None:
+    """A model's data-dependent initialisation (ResNet-9's whitening filters), from `model.init_images`
+    unaugmented training images drawn with `seed`; nothing for models that ask for none."""
+    if model.init_images:
+        sample = splits.train.take(torch.randperm(len(splits.train), generator=torch.Generator()
+                                                  .manual_seed(seed))[:model.init_images])
+        model.init_from_data(normalize(sample, torch.tensor(splits.mean), torch.tensor(splits.std)))
+
+
 def train_recipe(recipe: Recipe | None, out: str | Path | None, data_dir: str | None = None, resume: bool = False,
                  progress: bool = True, log=print, overrides: list[str] = (), on_epoch=None) -> dict[str, Any]:
     """Run a whole training recipe; returns the results dict also written to results.json.
@@ -334,11 +343,8 @@ def train_recipe(recipe: Recipe | None, out: str | Path | None, data_dir: str | 
     log = run.ctx.log
     torch.manual_seed(recipe.train.seed)
     model = build_model(m.name, len(run.splits.classes), m.kwargs)
-    if not resume and model.init_images:
-        # data-dependent initialisation (ResNet-9's whitening filters), from unaugmented training images
-        sample = run.splits.train.take(torch.randperm(len(run.splits.train), generator=torch.Generator()
-                                                      .manual_seed(recipe.train.seed))[:model.init_images])
-        model.init_from_data(normalize(sample, torch.tensor(run.splits.mean), torch.tensor(run.splits.std)))
+    if not resume:
+        init_from_training_images(model, run.splits, recipe.train.seed)
     log(f"model: {m.name} {m.kwargs or ''} {count_params(model):,} params; device "
         f"{describe_device(run.ctx.device, run.ctx.amp_dtype)}{', channels_last' if run.ctx.channels_last else ''}")
     main = dist_context().is_main
