@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from resnetlab.finetune import run_finetune
-from resnetlab.weights import read_checkpoint
+from resnetlab.models import read_meta
 from resnetlab.training.config import load_recipe
 from resnetlab.training.runner import train_recipe
 
@@ -33,15 +33,15 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
-    _, meta = read_checkpoint(args.pretrained)
+    meta = read_meta(args.pretrained)
     recipe_path = ROOT / "recipes" / "finetune_cifar100_subset.yaml"
     common = [f"data.path={args.folder}", f"train.epochs={args.epochs}", "finetune.compare=false",
               "train.early_stopping.patience=0"]
     rows = []
 
     t0 = time.perf_counter()
-    scratch = load_recipe(recipe_path, common + [f"model.name={meta['arch']}",
-                                                 f"model.kwargs={json.dumps(meta['kwargs'])}"])
+    scratch = load_recipe(recipe_path, common + [f"model.name={meta.arch}",
+                                                 f"model.kwargs={json.dumps(meta.kwargs)}"])
     res = train_recipe(scratch, out / "scratch", progress=False, log=lambda *_: None)
     rows.append(("from scratch", res["test"], time.perf_counter() - t0))
     print(f"from scratch: {res['test']['top1']:.4f}", flush=True)
@@ -61,7 +61,7 @@ def main() -> None:
     lines = ["| run | test top-1 | top-5 | time |", "|---|---|---|---|"]
     lines += [f"| {label} | {t['top1'] * 100:.2f} % | {t['top5'] * 100:.2f} % | {sec / 60:.1f} min |"
               for label, t, sec in rows]
-    print(f"\nmodel {meta['arch']} {meta['kwargs']}, pretrained on CIFAR-10 ({args.pretrained}); "
+    print(f"\nmodel {meta.arch} {meta.kwargs}, pretrained on CIFAR-10 ({args.pretrained}); "
           f"{args.epochs} epochs per run; 2,000 test images (20 per class)")
     print("\n".join(lines))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

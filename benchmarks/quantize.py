@@ -90,10 +90,9 @@ def main() -> None:
     jobs = []
     if a.checkpoint:
         from resnetlab.cli.common import recorded_test_split
-        from resnetlab.models import validate_meta
-        from resnetlab.weights import read_metadata
+        from resnetlab.models import read_meta
         ck = Path(a.checkpoint)
-        meta = validate_meta(read_metadata(ck), ck)
+        meta = read_meta(ck)
         _, splits = recorded_test_split(meta, ck, None, "cpu")
         pick = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(0))[:a.calibration]
         fp, q = a.work / "ckpt.onnx", a.work / "ckpt.int8.onnx"
@@ -102,8 +101,8 @@ def main() -> None:
         _, c = export_int8(ck, calib, test_pixels, splits.test.labels, q, require_check=False)
         q0 = a.work / "ckpt.int8-plain.onnx"
         _, c0 = export_int8(ck, calib, test_pixels, splits.test.labels, q0, require_check=False, plain=True)
-        for name, path, check in ((meta["arch"], q, c), (f"{meta['arch']} plain (no folds, int8 first conv)", q0, c0)):
-            jobs.append((name, meta["input_size"], str(fp), str(path),
+        for name, path, check in ((meta.arch, q, c), (f"{meta.arch} plain (no folds, int8 first conv)", q0, c0)):
+            jobs.append((name, meta.input_size, str(fp), str(path),
                          f"whole test split: float top-1 {check.fp32_top1:.2%}, int8 {check.int8_top1:.2%}, "
                          f"agreement {check.agreement:.2%} ({'passes' if check.passed else 'fails'} the export's "
                          f"self-check); without session.x64quantprecision: agreement "

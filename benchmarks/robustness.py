@@ -78,7 +78,7 @@ def held_out(clf, data_dir: str | None, split: str) -> ImageSet:
     root = data_dir or (clf.metadata.get("dataset") or {}).get("data_dir")
     if split == "test":
         return load_cifar(root, "cifar10", "test")
-    splits = load_splits(recipe_from_dict(clf.metadata["recipe"]).data, root, progress=False)
+    splits = load_splits(recipe_from_dict(clf.metadata.recipe).data, root, progress=False)
     if splits.val is None:
         raise SystemExit(f"{clf.path}: --split val, but its run held out no validation split (data.val_size=0); "
                          "use --split test or a checkpoint trained with data.val_size")

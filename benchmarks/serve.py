@@ -128,7 +128,7 @@ def main() -> None:
         bodies.append(buf.getvalue())
     import shutil
     use_wrk = shutil.which("wrk") is not None and not args.python_client
-    print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs; model {clf.metadata['arch']} "
+    print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs; model {clf.metadata.arch} "
           f"{clf.metadata.get('kwargs') or ''}; {args.seconds:.0f} s per cell; load from "
           f"{'wrk' if use_wrk else 'asyncio + httpx'}\n")
     print("| server | clients | req/s | p50 ms | p99 ms | mean batch (cumulative) | non-200 |\n|---|---|---|---|---|---|---|")

@@ -67,8 +67,8 @@ def score(checkpoint: str, split: str) -> dict[str, float]:
     clf = load(checkpoint, device="cpu")
     images = held_out(clf, None, split)
     pixels = images.take(slice(0, len(images)))
-    x = model_input(pixels, clf.metadata["mean"], clf.metadata["std"], clf.input_size)
-    amp = select_precision(recipe_from_dict(clf.metadata["recipe"]).train.precision, clf.device)
+    x = model_input(pixels, clf.metadata.mean, clf.metadata.std, clf.input_size)
+    amp = select_precision(recipe_from_dict(clf.metadata.recipe).train.precision, clf.device)
     clf.model.eval()
     views = view_logits(clf.model, x, amp)
     return {name: float((combine(views).argmax(1) == images.labels).float().mean()) for name, combine in SETS.items()}

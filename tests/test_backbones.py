@@ -122,7 +122,7 @@ def test_segmentation_heads_on_our_dilated_resnet50(head):
 def test_features_from_a_resnetlab_checkpoint(small_checkpoint):
     model, _ = resnetlab.load_model(small_checkpoint)
     body, meta = resnetlab.load_model(small_checkpoint, features_only=True, out_indices=(1, 2, 3))
-    assert meta["arch"] == "resnet20" and body.feature_info.channels() == [16, 32, 64]
+    assert meta.arch == "resnet20" and body.feature_info.channels() == [16, 32, 64]
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         pooled = body(x)[-1].mean((2, 3))
@@ -180,4 +180,4 @@ def test_separable_block_is_cheaper_and_trains(capsys, tiny_cifar, tmp_path):
                  "data.verify=false", "model.kwargs.block=separable", "train.epochs=1", "train.batch_size=50",
                  "train.precision=fp32"]) == 0
     model, meta = resnetlab.load_model(tmp_path / "sep" / "best.safetensors")
-    assert meta["kwargs"]["block"] == "separable" and model.layer3[1].conv1[0].groups == 128
+    assert meta.kwargs["block"] == "separable" and model.layer3[1].conv1[0].groups == 128

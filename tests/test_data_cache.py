@@ -346,4 +346,4 @@ def resume_is_a_whole_checkpoint(path: Path) -> bool:
     """A probe's checkpoint holds the whole network (loadable by eval/predict), not the head alone."""
     import resnetlab
     model, meta = resnetlab.load_model(path)
-    return meta["arch"] == "resnet20" and model(torch.zeros(1, 3, 32, 32)).shape == (1, 4)
+    return meta.arch == "resnet20" and model(torch.zeros(1, 3, 32, 32)).shape == (1, 4)

@@ -33,7 +33,7 @@ def test_onnx_export_matches_pytorch_and_carries_its_metadata(small_checkpoint, 
     meta = json.loads(props["resnetlab"])
     clf = load(small_checkpoint, device="cpu")
     assert meta["classes"] == clf.classes == json.loads(props["classes"])
-    assert meta["mean"] == list(clf.metadata["mean"]) and meta["input_size"] == 32 == int(props["input_size"])
+    assert meta["mean"] == list(clf.metadata.mean) and meta["input_size"] == 32 == int(props["input_size"])
     # dynamic batch axis: the same file runs at batch 1 and 37
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     test = load_cifar(real_data, "cifar10", "test")
@@ -64,7 +64,7 @@ def test_torch_export_program_matches_pytorch(small_checkpoint, tmp_path, capsys
     assert roots == {"archive"}, roots  # not the name of the temporary file it was written to
     module, meta = load_exported_program(out)
     clf = load(small_checkpoint, device="cpu")
-    assert meta["classes"] == clf.classes
+    assert meta.classes == clf.classes
     x = torch.randn(5, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(module(x), clf.model(x), atol=1e-4)

@@ -159,10 +159,10 @@ def test_predict_cli(pretrained, image_folder, capsys):
     model, meta = resnetlab.load_model(pretrained)
     x = torch.from_numpy(np.stack([load_uint8(f, ResizePolicy(32)) for f in files]))
     with torch.no_grad():
-        probs = model(normalize(x, meta["mean"], meta["std"])).softmax(1)
+        probs = model(normalize(x, meta.mean, meta.std)).softmax(1)
     top = probs.topk(2, dim=1)
     for r, p, i in zip(rows, top.values, top.indices):
-        assert [t["class"] for t in r["top"]] == [meta["classes"][j] for j in i.tolist()]
+        assert [t["class"] for t in r["top"]] == [meta.classes[j] for j in i.tolist()]
         assert [t["prob"] for t in r["top"]] == pytest.approx(p.tolist(), abs=1e-4)
     assert main(["predict", str(pretrained), str(image_folder / "missing.png")]) == 2
     assert "no such image file or folder" in capsys.readouterr().err
@@ -217,9 +217,9 @@ def test_predict_on_png_files_equals_eval(real_data, tmp_path, extra):
     from resnetlab.training.runner import load_splits, make_loaders
     ckpt = _trained(real_data, tmp_path / "run", *extra)
     model, meta = resnetlab.load_model(ckpt)
-    recipe = recipe_from_dict(meta["recipe"])
-    splits = load_splits(recipe.data, str(real_data), progress=False, mean_std=(meta["mean"], meta["std"]))
-    _, _, test_l = make_loaders(recipe, splits, torch.device("cpu"), False, meta["input_size"])
+    recipe = recipe_from_dict(meta.recipe)
+    splits = load_splits(recipe.data, str(real_data), progress=False, mean_std=(meta.mean, meta.std))
+    _, _, test_l = make_loaders(recipe, splits, torch.device("cpu"), False, meta.input_size)
     with torch.no_grad():
         eval_pred = torch.cat([model(x).argmax(1) for x, _ in test_l])
     assert len(eval_pred) == 500
@@ -229,7 +229,7 @@ def test_predict_on_png_files_equals_eval(real_data, tmp_path, extra):
         Image.fromarray(img.permute(1, 2, 0).numpy()).save(folder / f"{i:04d}.png")
     rows = resnetlab.inference.predict.predict(ckpt, [str(folder)], top_k=1)
     names = [r["top"][0]["class"] for r in rows]
-    assert names == [meta["classes"][j] for j in eval_pred.tolist()]  # 100 % agreement
+    assert names == [meta.classes[j] for j in eval_pred.tolist()]  # 100 % agreement
     # the Python API takes the same images as arrays, PIL images and a uint8 batch, with the same answer
     clf = resnetlab.load(ckpt, device="cpu")
     some = splits.test.take(slice(0, 8))

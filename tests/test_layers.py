@@ -14,7 +14,7 @@ PKG = Path(__file__).resolve().parents[1] / "src" / "resnetlab"
 
 LAYERS = {
     "errors": 0, "_version": 0,
-    "files": 1, "download": 1, "runtime": 1, "decoding": 1, "preprocessing": 1, "weights": 1,
+    "files": 1, "download": 1, "runtime": 1, "decoding": 1, "preprocessing": 1, "weights": 1, "schema": 1,
     "models": 2, "data": 2, "evaluation": 2,
     "training": 3, "finetune": 3, "inference": 3, "serving": 3, "tune": 3,
     "cli": 4, "__main__": 4, "testing": 4, "": 4,  # "" is the package itself (resnetlab/__init__.py: the Python API)

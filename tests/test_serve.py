@@ -181,7 +181,7 @@ def test_batcher_pads_each_pass_to_the_next_pass_size_and_answers_each_request_w
 
 
 def test_warm_up_runs_every_pass_size_before_ready(classifier):
-    from resnetlab.serving.app import PredictService
+    from resnetlab.serving.service import PredictService
     from resnetlab.serving.metrics import Metrics
     seen: list[int] = []
 

@@ -60,7 +60,7 @@ def test_regularisers_are_recorded_in_checkpoints(tiny_cifar, tmp_path):
                  "data.val_size=40", "train.epochs=1", "train.batch_size=40", "train.precision=fp32",
                  "model.kwargs.drop_rate=0.2", "model.kwargs.drop_path_rate=0.1"]) == 0
     model, meta = resnetlab.load_model(run / "best.safetensors")
-    assert meta["kwargs"]["drop_rate"] == 0.2 and meta["kwargs"]["drop_path_rate"] == 0.1
+    assert meta.kwargs["drop_rate"] == 0.2 and meta.kwargs["drop_path_rate"] == 0.1
     assert model.head_drop.p == 0.2 and model.layer3[1].drop_path.p == 0.1
 
 

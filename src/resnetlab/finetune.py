@@ -20,7 +20,7 @@ from torch import nn
 from .evaluation.profile import count_params
 from .evaluation.report import write_report
 from .files import atomic_write_text
-from .models import apply_strategy, build_model, stage_lr_scales
+from .models import CheckpointMeta, apply_strategy, build_model, stage_lr_scales
 from .runtime import dist_context
 from .training.config import Recipe
 from .training.engine import Stage, Trainer
@@ -38,6 +38,8 @@ class Source:
     arch: str
     kwargs: dict[str, Any]
     classes: list[str] | None
+    mean_std: tuple | None = None    # the normalisation the weights were trained with, when known
+    input_size: int | None = None    # ... and their input size
 
     def model(self, classes: list[str], log=quiet) -> tuple[nn.Module, dict[str, list[str]]]:
         """A new model for `classes` with these weights loaded (the head mapped class by class where the names
@@ -48,25 +50,36 @@ class Source:
         return m, report
 
 
+def read_source(weights: str, arch: str, kwargs: dict) -> Source:
+    """What the weights say of themselves: a resnetlab checkpoint its (checked) metadata; torchvision's published
+    weights their architecture, ImageNet normalisation and 224 px; a bare state_dict nothing (the recipe's model,
+    or --arch, and ImageNet normalisation for .pth/.pt files)."""
+    sd, raw = read_weights(weights)
+    if str(weights).startswith("torchvision:"):
+        return Source(str(weights), sd, raw["arch"], {}, None, (IMAGENET_MEAN, IMAGENET_STD), 224)
+    if raw:
+        meta = CheckpointMeta.from_dict(raw, weights)
+        return Source(str(weights), sd, meta.arch, meta.kwargs, meta.classes, (tuple(meta.mean), tuple(meta.std)),
+                      meta.input_size)
+    imagenet = Path(str(weights)).suffix in (".pth", ".pt")
+    return Source(str(weights), sd, arch, dict(kwargs), None, (IMAGENET_MEAN, IMAGENET_STD) if imagenet else None)
+
+
 def run_finetune(weights: str, recipe: Recipe, out: str | Path | None, data_dir: str | None = None,
                  arch: str | None = None, progress: bool = True, log=print, on_epoch=None) -> dict[str, Any]:
     """Fine-tune and write the run folder (out None: runs/finetune-<strategy>[-N], chosen by rank 0 in a
     distributed run, where only rank 0 logs and writes)."""
-    sd, meta = read_weights(weights)
-    src = Source(str(weights), sd, meta.get("arch") or arch or recipe.model.name,
-                 meta.get("kwargs") or dict(recipe.model.kwargs), meta.get("classes"))
+    src = read_source(weights, arch or recipe.model.name, recipe.model.kwargs)
     f = recipe.finetune
-    mean_std = (tuple(meta["mean"]), tuple(meta["std"])) if meta.get("mean") else (
-        (IMAGENET_MEAN, IMAGENET_STD) if Path(str(weights)).suffix in (".pth", ".pt") else None)
     run = prepare_run(recipe, out, data_dir, arch=src.arch, kwargs=src.kwargs, default_name=f"finetune-{f.strategy}",
-                      progress=progress, log=log, on_epoch=on_epoch, mean_std=mean_std, pretrained=True,
-                      pretrained_size=meta.get("input_size"), class_order=src.classes, finetuned_from=str(weights))
+                      progress=progress, log=log, on_epoch=on_epoch, mean_std=src.mean_std, pretrained=True,
+                      pretrained_size=src.input_size, class_order=src.classes, finetuned_from=str(weights))
     log = run.ctx.log
     classes = list(run.splits.classes)
     torch.manual_seed(recipe.train.seed)
     model, report = src.model(classes, log)
     log(f"fine-tuning {src.arch} ({count_params(model):,} params) on {len(run.splits.train)} images, "
-        f"{len(classes)} classes, input {run.ctx.meta['input_size']}px, strategy {f.strategy}")
+        f"{len(classes)} classes, input {run.ctx.meta.input_size}px, strategy {f.strategy}")
 
     main = dist_context().is_main
     with claim(run.run_dir, log) if main else contextlib.nullcontext(), interruptible(run.run_dir, resume_hint=False):
@@ -118,7 +131,7 @@ def train_head_on_features(run: PreparedRun, r: Recipe, m: nn.Module, prefix: st
     m.to(ctx.device)
     if ctx.channels_last:
         m.to(memory_format=torch.channels_last)
-    resize = ctx.meta["input_size"] if ctx.meta["input_size"] != splits.train.image_size else None
+    resize = ctx.meta.input_size if ctx.meta.input_size != splits.train.image_size else None
     feats = compute_features(m, splits.train, splits.val if splits.val is not None else splits.test,
                              views=f.feature_views, augment=r.data.augment, batch_size=r.train.eval_batch_size,
                              seed=r.train.seed, mean=splits.mean, std=splits.std, device=ctx.device,

@@ -23,7 +23,7 @@ import yaml
 from .errors import RunInterrupted, UserError
 from .files import atomic_write_text
 from .models import get_spec
-from .training.config import Recipe, load_recipe, load_yaml
+from .training.config import Recipe, load_recipe, load_yaml, recipe_key
 
 PRUNERS = ("median", "halving", "none")
 
@@ -58,13 +58,10 @@ def _check_key(key: str, base: Recipe, where: str) -> None:
             raise UserError(f"{where}: {key}: {base.model.name} has no argument {arg!r}; allowed: "
                             f"{', '.join(spec.args)}")
         return
-    node: Any = base
-    for part in key.split("."):
-        if not hasattr(node, part) or part.startswith("_"):
-            raise UserError(f"{where}: unknown recipe key {key!r}")
-        node = getattr(node, part)
-    if hasattr(node, "__dataclass_fields__"):
-        raise UserError(f"{where}: {key!r} is a section, not a value; name one of its keys")
+    try:
+        recipe_key(key)
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from None
 
 
 def load_space(path: str | Path, base: Recipe) -> list[Param]:

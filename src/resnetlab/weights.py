@@ -201,13 +201,12 @@ def read_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
 
 def read_weights(source: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(state_dict, resnetlab metadata or {}) from a .safetensors checkpoint, a .pth state_dict, or
-    `torchvision:NAME`."""
+    `torchvision:NAME` (its metadata: {"arch": NAME})."""
     src = str(source)
     if src.startswith("torchvision:"):
         name = src.split(":", 1)[1]
         sd = read_state_dict_file(fetch_torchvision_weights(name))
-        return sd, {"arch": name, "kwargs": {}, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-                    "input_size": 224, "classes": None}
+        return sd, {"arch": name}
     path = Path(src)
     if not path.is_file():
         raise UserError(f"{path}: weights file not found")

@@ -27,7 +27,7 @@ def add_overrides(s: argparse.ArgumentParser) -> None:
                    "optim.lr=0.05 (may come before or after the options)")
 
 
-def recorded_test_split(meta: dict, path, data_dir: str | None = None, device: str | None = None,
+def recorded_test_split(meta, path, data_dir: str | None = None, device: str | None = None,
                         verify: bool = True):
     """The test split a checkpoint was trained beside, found from its recorded recipe and data paths:
     (recipe, splits). Used by `eval` and by `export`'s self-check."""
@@ -35,11 +35,10 @@ def recorded_test_split(meta: dict, path, data_dir: str | None = None, device: s
     from ..training.config import recipe_from_dict
     from ..training.runner import load_splits
 
-    if not meta.get("recipe"):
+    if not meta.recipe:
         raise UserError(f"{path}: checkpoint has no recipe; cannot tell which data it was trained on")
     from ..training.runner import old_folder_split
-    recipe = recipe_from_dict(meta["recipe"])
-    ref = meta.get("dataset") or {}
+    recipe = recipe_from_dict(meta.recipe)
     if old_folder_split(meta):
         import sys
         print(f"warning: {path} was trained before the decoded cache; its folder split is drawn differently now, "
@@ -47,6 +46,6 @@ def recorded_test_split(meta: dict, path, data_dir: str | None = None, device: s
               file=sys.stderr)
     recipe.train.device = device or recipe.train.device
     recipe.data.verify = recipe.data.verify and verify
-    splits = load_splits(recipe.data, data_dir or ref.get("data_dir"), progress=False,
-                         mean_std=(meta["mean"], meta["std"]))
+    splits = load_splits(recipe.data, data_dir or meta.data_ref.data_dir, progress=False,
+                         mean_std=(meta.mean, meta.std))
     return recipe, splits

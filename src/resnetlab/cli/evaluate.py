@@ -33,33 +33,33 @@ def run(args: argparse.Namespace) -> None:
     from ..evaluation.metrics import evaluate
     from ..evaluation.report import write_confusion
     from ..models import load_model
-    from ..training.config import RANGES
+    from ..training.config import recipe_key
     from ..training.runner import make_loaders, setup_runtime
     from ..weights import resolve_checkpoint
     if args.tta_shift is not None and not args.tta:
         raise UserError(f"--tta-shift {args.tta_shift}: needs --tta")
-    lo, hi = RANGES["train.tta_shift"][:2]  # the recipe key's own bounds
-    if args.tta_shift is not None and not lo <= args.tta_shift <= hi:
-        raise UserError(f"--tta-shift {args.tta_shift}: must be {lo} to {hi} pixels")
+    bounds = recipe_key("train.tta_shift").range  # the recipe key's own bounds
+    if args.tta_shift is not None and not bounds.contains(args.tta_shift):
+        raise UserError(f"--tta-shift {args.tta_shift}: must be {bounds.low} to {bounds.high} pixels")
     path = resolve_checkpoint(args.checkpoint)
     model, meta = load_model(path)
     recipe, splits = recorded_test_split(meta, path, args.data_dir, args.device, verify=not args.no_verify)
     recipe.train.tta = args.tta
     shift = (recipe.train.tta_shift if args.tta_shift is None else args.tta_shift) if args.tta else 0
     device, amp, cl = setup_runtime(recipe)
-    _, _, test_l = make_loaders(recipe, splits, device, cl, meta["input_size"])
+    _, _, test_l = make_loaders(recipe, splits, device, cl, meta.input_size)
     model = model.to(device)
-    res = evaluate(model, test_l, meta["num_classes"], tta=args.tta, amp_dtype=amp, tta_shift=shift)
+    res = evaluate(model, test_l, meta.num_classes, tta=args.tta, amp_dtype=amp, tta_shift=shift)
     out = path.parent / "eval"  # inside the run folder the checkpoint belongs to
     out.mkdir(parents=True, exist_ok=True)
-    write_confusion(res, meta["classes"], out / "confusion")
+    write_confusion(res, meta.classes, out / "confusion")
     summary = dict(res.summary(), tta=args.tta, tta_shift=shift,
-                   per_class=dict(zip(meta["classes"], res.per_class())), confusion_csv=str(out / "confusion.csv"))
+                   per_class=dict(zip(meta.classes, res.per_class())), confusion_csv=str(out / "confusion.csv"))
     if args.json:
         print(json.dumps(summary, indent=2))
         return
-    print(f"{meta['arch']} on {recipe.data.dataset} test ({res.n} images{_views(args.tta, shift)}): "
+    print(f"{meta.arch} on {recipe.data.dataset} test ({res.n} images{_views(args.tta, shift)}): "
           f"top-1 {res.top1:.4f}  top-5 {res.top5:.4f}  loss {res.loss:.4f}")
-    for name, acc in zip(meta["classes"], res.per_class()):
+    for name, acc in zip(meta.classes, res.per_class()):
         print(f"  {name:<16}{acc:.4f}")
     print(f"confusion matrix: {out / 'confusion.csv'}")

@@ -34,10 +34,10 @@ def check_pixels(args: argparse.Namespace) -> tuple[torch.Tensor, str]:
 
     from ..inference.classifier import ImageClassifier
     from ..inference.predict import collect_images
-    from ..models import validate_meta
-    from ..weights import read_metadata, resolve_checkpoint
+    from ..models import read_meta
+    from ..weights import resolve_checkpoint
     path = resolve_checkpoint(args.checkpoint)
-    meta = validate_meta(read_metadata(path), path)  # the header only: export() loads the weights
+    meta = read_meta(path)  # the header only: export() loads the weights
     if args.images:
         decoder = ImageClassifier(meta)  # decoding by the checkpoint's policy needs no model
         files = collect_images(args.images)[: args.check_count]
@@ -53,14 +53,14 @@ def run_int8(args: argparse.Namespace) -> None:
 
     from ..errors import UserError
     from ..inference.export import export_int8
-    from ..models import validate_meta
-    from ..weights import read_metadata, resolve_checkpoint
+    from ..models import read_meta
+    from ..weights import resolve_checkpoint
     if args.format != "onnx":
         raise UserError("--int8 needs --format onnx")
     if args.calibration < 1:
         raise UserError(f"--calibration must be positive, got {args.calibration}")
     path = resolve_checkpoint(args.checkpoint)
-    meta = validate_meta(read_metadata(path), path)
+    meta = read_meta(path)
     _, splits = recorded_test_split(meta, path, args.data_dir, "cpu")
     pick = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(0))[:args.calibration]
     calibration = splits.train.take(pick)

@@ -12,7 +12,8 @@ def add_parser(sub) -> None:
     s.add_argument("--weights", required=True, help="resnetlab .safetensors, torchvision .pth, or torchvision:NAME")
     s.add_argument("--data", required=True, help="image folder, .csv/.jsonl manifest, .tar shards, or cifar10 / cifar100")
     s.add_argument("--recipe", default="finetune_cifar100_subset", help="a bundled recipe name or a YAML file (default: finetune_cifar100_subset)")
-    s.add_argument("--strategy", choices=["linear-probe", "partial", "full", "two-stage"], default=None)
+    s.add_argument("--strategy", default=None, help="sets the recipe key finetune.strategy (its choices: "
+                   "`resnetlab recipes keys`)")
     s.add_argument("--unfreeze-stages", type=int, default=None)
     s.add_argument("--image-size", type=int, default=None)
     s.add_argument("--arch", default=None, help="architecture of a .pth state_dict (default: recipe model)")

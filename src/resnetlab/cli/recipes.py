@@ -25,12 +25,15 @@ def run(args: argparse.Namespace) -> None:
     if args.name:
         raise UserError(f"recipes {args.action}: takes no name (did you mean `resnetlab recipes show {args.name}`?)")
     if args.action == "keys":
+        from ..schema import type_name
         keys = recipe_keys()
         if args.json:
-            print(json.dumps([{"key": k, "type": t, "default": d, "allowed": a} for k, t, d, a in keys], indent=2))
+            print(json.dumps([{"key": k.name, "type": type_name(k.type), "default": k.default, "allowed": k.allowed(),
+                               "resume": k.resume, "help": k.help} for k in keys], indent=2))
             return
-        for key, typ, default, allowed in keys:
-            print(f"{key:<36}{typ:<12}{json.dumps(default):<16}{allowed}")
+        for k in keys:
+            resume = "  (may change on --resume)" if k.resume else ""
+            print(f"{k.name:<36}{type_name(k.type):<8}{json.dumps(k.default):<16}{k.allowed():<34}{k.help}{resume}")
         print("Set any of them in a recipe file or as key=value after the command, e.g. train.epochs=5.")
         return
     recipes = {name: load_recipe(name) for name in bundled_recipes()}  # the recipe's own defaults fill gaps

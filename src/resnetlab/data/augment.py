@@ -8,37 +8,49 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
+
+from ..schema import keys_of, setting
 
 
 @dataclass
 class AugmentConfig:
-    crop_padding: int = 4        # He et al. 2015: pad 4 px, random 32x32 crop
-    pad_mode: str = "zeros"      # "zeros" (torchvision RandomCrop default) or "reflect"
-    flip: bool = True
-    cutout: int = 0              # side of the square zeroed after normalisation (DeVries & Taylor 2017)
-    jpeg: float = 0.0            # share of images JPEG-compressed (simulated in the batch, see jpeg_compress)
-    jpeg_quality: tuple[float, float] = (30, 95)  # quality drawn uniformly per image, inclusive
-    resample: float = 0.0        # share of images up- then down-sampled (see resample)
-    resample_scale: tuple[float, float] = (1.5, 4.0)  # upscale factor drawn per batch
-    artifacts_from_epoch: int = 0  # jpeg/resample only from this (0-based) epoch on: learn on clean images
-                                   # first, then become robust while the learning rate anneals
-    flip_mode: str = "random"    # "alternate": each image mirrored in every other epoch (see BatchLoader)
-    epoch_sizes: tuple[int, ...] = ()  # progressive resizing: image side for each of the first epochs
-                                       # (downscaled: cheaper steps); later epochs at full size
-    noise: float = 0.0           # share of images with Gaussian pixel noise (a camera's sensor noise)
-    noise_std: tuple[float, float] = (0, 8)  # its standard deviation in grey levels, drawn per image
+    crop_padding: int = setting(4, range=(0, 64), help="pad by N px, then a random crop of the original size "
+                                "(He et al. 2015: 4)")
+    pad_mode: Literal["zeros", "reflect"] = setting("zeros", help="padding of the crop: zeros (torchvision "
+                                                    "RandomCrop's default) or reflect")
+    flip: bool = setting(True, help="random horizontal flips")
+    cutout: int = setting(0, range=(0, 4096), help="side of the square zeroed after normalisation (DeVries & "
+                          "Taylor 2017); 0 = off")
+    jpeg: float = setting(0.0, range=(0, 1), help="share of images JPEG-compressed (simulated in the batch, see "
+                          "jpeg_compress)")
+    jpeg_quality: tuple[float, float] = setting((30, 95), help="JPEG quality drawn uniformly per image, inclusive "
+                                                "[low, high] in 1..100")
+    resample: float = setting(0.0, range=(0, 1), help="share of images up- then down-sampled (see resample)")
+    resample_scale: tuple[float, float] = setting((1.5, 4.0), help="upscale factor drawn per batch [low, high] "
+                                                  "in 1..16")
+    artifacts_from_epoch: int = setting(0, range=(0, None), help="jpeg/resample/noise only from this (0-based) "
+                                        "epoch on: learn on clean images first, then become robust while the "
+                                        "learning rate anneals")
+    flip_mode: Literal["random", "alternate"] = setting("random", help="alternate: each image mirrored in every "
+                                                        "other epoch (see BatchLoader)")
+    epoch_sizes: tuple[int, ...] = setting((), help="progressive resizing: image side for each of the first "
+                                           "epochs (downscaled: cheaper steps); later epochs at full size")
+    noise: float = setting(0.0, range=(0, 1), help="share of images with Gaussian pixel noise (a camera's sensor "
+                           "noise)")
+    noise_std: tuple[float, float] = setting((0, 8), help="its standard deviation in grey levels, drawn per "
+                                             "image [low, high] in 0..64")
 
     @property
     def artifacts(self) -> bool:
         return bool(self.jpeg or self.resample or self.noise)
 
     def __post_init__(self) -> None:
-        if self.pad_mode not in ("zeros", "reflect"):
-            raise ValueError(f"pad_mode must be 'zeros' or 'reflect', got {self.pad_mode!r}")
-        if self.flip_mode not in ("random", "alternate"):
-            raise ValueError(f"flip_mode must be 'random' or 'alternate', got {self.flip_mode!r}")
+        for key in keys_of(AugmentConfig):  # built in Python (not from a recipe): the declared choices still hold
+            if key.choices and getattr(self, key.name) not in key.choices:
+                raise ValueError(f"{key.name} must be one of {', '.join(key.choices)}, got {getattr(self, key.name)!r}")
 
 
 def _source_index(base: torch.Tensor, offset: torch.Tensor, size: int, reflect: bool

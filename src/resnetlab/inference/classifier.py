@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from ..errors import UserError
+from ..models import CheckpointMeta
 from ..decoding import ImageDecodeError, ResizePolicy, load_uint8, open_rgb
 
 ImageLike = str | Path | Image.Image | np.ndarray
@@ -21,12 +22,11 @@ class ImageClassifier:
 
     backend = ""
 
-    def __init__(self, metadata: dict[str, Any], batch_size: int = 64) -> None:
+    def __init__(self, metadata: CheckpointMeta, batch_size: int = 64) -> None:
         self.metadata = metadata
-        self.classes: list[str] = list(metadata["classes"])
-        self.input_size: int = metadata["input_size"]
-        resize = metadata.get("resize") or {}
-        self.policy = ResizePolicy(resize.get("decode_size", self.input_size), resize.get("mode", "squash"))
+        self.classes: list[str] = list(metadata.classes)
+        self.input_size: int = metadata.input_size
+        self.policy: ResizePolicy = metadata.policy
         if not isinstance(batch_size, int) or batch_size < 1:
             raise UserError(f"batch size must be a positive integer, got {batch_size!r}")
         self.batch_size = batch_size

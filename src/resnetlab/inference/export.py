@@ -39,7 +39,8 @@ import torch
 
 from ..errors import UserError
 from ..files import atomic_write
-from ..models import load_model
+from ..models import CheckpointMeta, load_model
+from ..models.checkpoint import Resize
 from ..preprocessing import model_input
 from ..weights import resolve_checkpoint
 from .formats import DEFAULT_OPSET, FORMATS
@@ -59,16 +60,12 @@ class ExportCheck:
         return self.max_abs_diff <= MAX_ABS_DIFF and self.top1_agreement == 1.0
 
 
-def deploy_metadata(meta: dict[str, Any]) -> dict[str, Any]:
-    """What a runtime needs beside the graph: how to make its input and how to name its outputs."""
-    resize = meta.get("resize") or {}
-    return {"arch": meta["arch"], "kwargs": meta.get("kwargs") or {}, "classes": list(meta["classes"]),
-            "num_classes": meta["num_classes"], "input_size": meta["input_size"],
-            "mean": list(meta["mean"]), "std": list(meta["std"]),
-            "resize": {"mode": resize.get("mode", "squash"), "decode_size": resize.get("decode_size", meta["input_size"])},
-            "input": "float32 (N, 3, S, S): pixels/255, minus mean, divided by std (per channel, RGB)",
-            "output": "logits (N, num_classes); softmax for probabilities",
-            "metrics": meta.get("metrics") or {}}
+def deploy_metadata(meta: CheckpointMeta) -> CheckpointMeta:
+    """What a runtime needs beside the graph: how to make its input and how to name its outputs (no recipe, no
+    data paths)."""
+    return CheckpointMeta(arch=meta.arch, kwargs=meta.kwargs, num_classes=meta.num_classes, classes=list(meta.classes),
+                          mean=list(meta.mean), std=list(meta.std), input_size=meta.input_size, task=meta.task,
+                          resize=Resize(meta.policy.input_size, meta.policy.mode), metrics=meta.metrics)
 
 
 def _onnx_modules():
@@ -80,7 +77,7 @@ def _onnx_modules():
     return onnx, onnxruntime
 
 
-def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: str, opset: int, meta: dict) -> None:
+def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: str, opset: int, meta: CheckpointMeta) -> None:
     onnx, _ = _onnx_modules()
     batch = torch.export.Dim("batch", min=1, max=65536)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
@@ -115,16 +112,16 @@ def _quiet(*names: str) -> Iterator[None]:
             lg.setLevel(level)
 
 
-def _set_metadata(proto, meta: dict) -> None:
+def _set_metadata(proto, meta: CheckpointMeta) -> None:
     """What a runtime needs beside the graph, in metadata_props (the whole under META_KEY, the rest for tools)."""
     del proto.metadata_props[:]
-    for key, value in {META_KEY: json.dumps(meta), "classes": json.dumps(meta["classes"]),
-                       "mean": json.dumps(meta["mean"]), "std": json.dumps(meta["std"]),
-                       "input_size": str(meta["input_size"])}.items():
+    for key, value in {META_KEY: meta.to_deploy_json(), "classes": json.dumps(meta.classes),
+                       "mean": json.dumps(meta.mean), "std": json.dumps(meta.std),
+                       "input_size": str(meta.input_size)}.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     proto.producer_name = "resnetlab"
-    proto.doc_string = f"{meta['arch']} exported by resnetlab; input and output: see metadata '{META_KEY}'"
+    proto.doc_string = f"{meta.arch} exported by resnetlab; input and output: see metadata '{META_KEY}'"
 
 
 def session_options(threads: int = 0):
@@ -151,7 +148,7 @@ def _run_onnx(model: str | bytes, x: torch.Tensor, options=None) -> np.ndarray:
     return np.concatenate([session.run(None, {"input": x[i:i + 256].numpy()})[0] for i in range(0, len(x), 256)])
 
 
-def _export_program(model: torch.nn.Module, example: torch.Tensor, path: str, meta: dict) -> None:
+def _export_program(model: torch.nn.Module, example: torch.Tensor, path: str, meta: CheckpointMeta) -> None:
     batch = torch.export.Dim("batch", min=1, max=65536)
     try:
         program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
@@ -160,21 +157,21 @@ def _export_program(model: torch.nn.Module, example: torch.Tensor, path: str, me
     # Saved through a buffer: given a path, the archive's inner folder would take the name of the temporary
     # file this is written to (".best.pt2.XXXX.tmp/..."); a buffer gets a neutral one.
     buf = io.BytesIO()
-    torch.export.save(program, buf, extra_files={f"{META_KEY}.json": json.dumps(meta)})
+    torch.export.save(program, buf, extra_files={f"{META_KEY}.json": meta.to_deploy_json()})
     with open(path, "wb") as f:
         f.write(buf.getvalue())
 
 
-def load_exported_program(path: str | Path) -> tuple[torch.nn.Module, dict]:
+def load_exported_program(path: str | Path) -> tuple[torch.nn.Module, CheckpointMeta]:
     """A .pt2 written by `export` (a file you made: loading one runs pickle inside torch)."""
     extra = {f"{META_KEY}.json": ""}
     program = torch.export.load(str(path), extra_files=extra)
-    return program.module(), json.loads(extra[f"{META_KEY}.json"] or "{}")
+    return program.module(), CheckpointMeta.from_deploy_json(extra[f"{META_KEY}.json"] or "{}", path)
 
 
-def check_images_input(pixels: torch.Tensor, meta: dict) -> torch.Tensor:
+def check_images_input(pixels: torch.Tensor, meta: CheckpointMeta) -> torch.Tensor:
     """uint8 pixels (N, 3, H, W) as decoded → the float input both graphs take."""
-    return model_input(pixels, meta["mean"], meta["std"], meta["input_size"]).contiguous()
+    return model_input(pixels, meta.mean, meta.std, meta.input_size).contiguous()
 
 
 def example_input(x: torch.Tensor) -> torch.Tensor:
@@ -352,10 +349,10 @@ def export_int8(checkpoint: str | Path, calibration: torch.Tensor, pixels: torch
             except Exception as e:
                 raise UserError(f"int8 quantization failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
         proto = onnx.load(q)
-        _set_metadata(proto, dict(info, quantization={"format": "QDQ int8", "weights": "int8 per channel",
-                                                      "activations": "uint8, 99.999th percentile, asymmetric range",
-                                                      "float_layers": "the convolutions that read the input",
-                                                      "calibration_images": len(calibration)}))
+        _set_metadata(proto, info.replace(quantization={"format": "QDQ int8", "weights": "int8 per channel",
+                                                        "activations": "uint8, 99.999th percentile, asymmetric range",
+                                                        "float_layers": "the convolutions that read the input",
+                                                        "calibration_images": len(calibration)}))
         data = proto.SerializeToString()
         got = _run_onnx(fp32, x)
         got8 = _run_onnx(data, x)

@@ -2,12 +2,12 @@
 top-k as the PyTorch Classifier, with everything it needs read from the file's own metadata."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from ..errors import UserError
+from ..models import CheckpointMeta
 from .export import META_KEY, _onnx_modules, check_images_input, session_options
 from .classifier import ImageClassifier
 
@@ -28,8 +28,7 @@ class OnnxClassifier(ImageClassifier):
             raise UserError(f"{self.path}: not a readable ONNX model ({str(e).splitlines()[0]})") from None
         if META_KEY not in props:
             raise UserError(f"{self.path}: no resnetlab metadata in this ONNX file; export it with `resnetlab export`")
-        metadata = json.loads(props[META_KEY])
-        super().__init__(metadata, batch_size)
+        super().__init__(CheckpointMeta.from_deploy_json(props[META_KEY], self.path), batch_size)
         options = session_options(threads or torch.get_num_threads())
         self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         self.device = torch.device("cpu")

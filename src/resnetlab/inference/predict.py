@@ -58,7 +58,7 @@ class Classifier(ImageClassifier):
     @torch.no_grad()
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """Logits for a uint8 (N, 3, H, W) batch of decoded pixels."""
-        x = model_input(batch.to(self.device), self.metadata["mean"], self.metadata["std"], self.input_size)
+        x = model_input(batch.to(self.device), self.metadata.mean, self.metadata.std, self.input_size)
         with self._lock:
             return self.model(x).float().cpu()
 
@@ -74,7 +74,7 @@ class Classifier(ImageClassifier):
         for i in range(0, len(seq), self.batch_size):
             originals = [self.original(im) for im in seq[i:i + self.batch_size]]
             pixels = torch.stack([self.pixels(im) for im in originals])
-            x = model_input(pixels.to(self.device), self.metadata["mean"], self.metadata["std"], self.input_size)
+            x = model_input(pixels.to(self.device), self.metadata.mean, self.metadata.std, self.input_size)
             with self._lock:
                 with torch.no_grad():
                     probs = self.model(x).float().softmax(1).cpu()

@@ -1,8 +1,8 @@
 """Name → model, in the style of timm's `create_model` and `@register_model`.
 
 A family registers plain factories with `@register_model(...)`. Their user-facing arguments are read from
-the constructor's signature (the annotation gives the check: bool, int, float, a Literal of choices, a
-sequence of ints, or None), narrowed by a small map of constraints (ranges, the number of stage widths) and
+the constructor's signature (the annotation gives the check, by schema.conform as for recipe keys: bool, int, float,
+a Literal of choices, a sequence of ints, or None), narrowed by a small map of constraints (ranges, the number of stage widths) and
 explained by one help text per argument name. Model kwargs arrive from recipes, the command line and
 checkpoint metadata, i.e. from files users did not necessarily write: they are data, each checked before
 anything is built, and nothing here opens or fetches a file named by them.
@@ -19,6 +19,7 @@ from typing import Any, Callable, Literal, Sequence
 from torch import nn
 
 from ..errors import UserError
+from ..schema import Mismatch, Range, conform, optional_inner
 from ..weights import load_backbone_weights
 
 
@@ -64,47 +65,45 @@ HELP = {
 }
 
 
-def _rate(v: Any) -> str | None:
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1
-    return None if ok else "expected a number in [0, 1)"
-
-
-def _count(v: Any) -> str | None:
-    return None if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else "expected an integer >= 0"
-
-
-# Constraints beyond the annotation's type (ints and floats are otherwise positive).
-CONSTRAINTS: dict[str, Callable[[Any], str | None]] = {"drop_rate": _rate, "drop_path_rate": _rate,
-                                                       "block_dropout": _rate, "se_reduction": _count}
+# Bounds beyond the annotation's type, with what to say when a value is out of them; other ints must be >= 1 and
+# other floats > 0.
+CONSTRAINTS: dict[str, tuple[Range, str]] = {
+    "drop_rate": (Range(0, 1, True, False), "expected a number in [0, 1)"),
+    "drop_path_rate": (Range(0, 1, True, False), "expected a number in [0, 1)"),
+    "block_dropout": (Range(0, 1, True, False), "expected a number in [0, 1)"),
+    "se_reduction": (Range(0), "expected an integer >= 0"),
+}
+POSITIVE = {int: (Range(1), "expected a positive integer"), float: (Range(0, None, False), "expected a positive number")}
 
 
 def _check_for(typ: Any, name: str, n_stages: int | None) -> Callable[[Any], str | None]:
-    """The check of one argument, from its annotation (and CONSTRAINTS, and the stage count for widths)."""
-    origin, args = typing.get_origin(typ), typing.get_args(typ)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and type(None) in args:
-        inner = _check_for(next(a for a in args if a is not type(None)), name, n_stages)
-        return lambda v: None if v is None else inner(v)
-    if name in CONSTRAINTS:
-        return CONSTRAINTS[name]
-    if origin is Literal:
-        return lambda v: None if v in args else f"expected one of {', '.join(args)}"
-    if typ is bool:
-        return lambda v: None if isinstance(v, bool) else "expected true or false"
-    if typ is int:
-        return lambda v: None if isinstance(v, int) and not isinstance(v, bool) and v >= 1 else \
-            "expected a positive integer"
-    if typ is float:
-        return lambda v: None if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 else \
-            "expected a positive number"
-    if origin in (collections.abc.Sequence, list, tuple) or typ in (list, tuple):
+    """The check of one argument: its annotation (schema.conform, as for recipe keys), then its bounds (CONSTRAINTS,
+    else positive) or, for a sequence of ints such as `widths`, positive entries and the stage count."""
+    inner, optional = optional_inner(typ)
+    origin = typing.get_origin(inner)
+    if origin in (collections.abc.Sequence, list, tuple) or inner in (list, tuple):
+        wrong = f"expected a list of {n_stages if n_stages else 'N'} positive integers"
+
         def ints(v: Any) -> str | None:
-            ok = isinstance(v, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1
-                                                      for x in v)
-            if not ok or (n_stages is not None and len(v) != n_stages):
-                return f"expected a list of {n_stages if n_stages else 'N'} positive integers"
-            return None
+            if v is None and optional:
+                return None
+            try:
+                items = conform(v, collections.abc.Sequence[int])
+            except Mismatch:
+                return wrong
+            return None if all(x >= 1 for x in items) and (n_stages is None or len(items) == n_stages) else wrong
         return ints
-    raise TypeError(f"model argument {name}: no check for annotation {typ!r}")
+    bounds, out_of_bounds = CONSTRAINTS.get(name) or POSITIVE.get(inner, (None, ""))
+
+    def check(v: Any) -> str | None:
+        if v is None and optional:
+            return None
+        try:
+            v = conform(v, typ)
+        except Mismatch as e:
+            return out_of_bounds if bounds is not None and inner in (int, float) else str(e)
+        return out_of_bounds if bounds is not None and not bounds.contains(v) else None
+    return check
 
 
 def signature_args(builds: Callable, exclude: Sequence[str] = (), rename: dict[str, str] | None = None,

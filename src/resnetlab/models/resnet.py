@@ -7,7 +7,7 @@ ImageNet weights load with strict=True.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence, Type
+from typing import Any, Callable, Literal, Sequence, Type
 
 import torch
 from torch import nn
@@ -160,7 +160,7 @@ class ResNet(ClassifierNet):
         self.fc = nn.Linear(self.num_features, num_classes).to(self.fc.weight.device)
 
 
-# One table, one builder. Depths from He et al. 2015 (Table 1 for ImageNet, Sec. 4.2 for CIFAR: 6n+2
+# One row per model, one builder. Depths from He et al. 2015 (Table 1 for ImageNet, Sec. 4.2 for CIFAR: 6n+2
 # layers in three stages of 16/32/64 channels, option A shortcuts); pre-activation from He et al. 2016;
 # ResNeXt from Xie et al. 2017 (ImageNet: torchvision's 32x4d / 32x8d / 64x4d; CIFAR, Sec. 5.3: 29 layers,
 # 3 stages of 3 bottlenecks, 64-channel stem, cardinality x 64d); wide ResNets from Zagoruyko & Komodakis
@@ -168,50 +168,71 @@ class ResNet(ClassifierNet):
 # widths 16k/32k/64k after a 16-channel stem, 1x1 projections where the shape changes).
 @dataclass(frozen=True)
 class Arch:
+    """A model as data: its registered factory, its listing and its zoo row follow from this row."""
+    name: str
     block: Block
     layers: tuple[int, ...]
     family: str                      # "imagenet" (224 px, 7x7 stem) or "cifar" (32 px, 3x3 stem)
+    help: str                        # one line: what it is, with its source
     defaults: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def n_stages(self) -> int:
+        return len(self.layers)
 
 
 def _cifar(depth: int) -> Arch:
     n = (depth - 2) // 6
-    return Arch(BasicBlock, (n, n, n), "cifar", (("widths", (16, 32, 64)), ("stem", "cifar"), ("shortcut", "A")))
+    return Arch(f"resnet{depth}", BasicBlock, (n, n, n), "cifar",
+                f"CIFAR ResNet-{depth} (He et al. 2015, Sec. 4.2): 3 stages of {n} BasicBlocks, 16/32/64 channels, "
+                f"option A", (("widths", (16, 32, 64)), ("stem", "cifar"), ("shortcut", "A")))
 
 
 def _wrn(depth: int, k: int) -> Arch:
     n = (depth - 4) // 6
-    return Arch(PreActBlock, (n, n, n), "cifar", (("widths", (16 * k, 32 * k, 64 * k)), ("stem", "cifar"),
-                                                  ("stem_width", 16), ("shortcut", "B")))
+    return Arch(f"wrn{depth}_{k}", PreActBlock, (n, n, n), "cifar",
+                f"WRN-{depth}-{k} (Zagoruyko & Komodakis 2016): {n} pre-activation blocks per stage, widths "
+                f"{16 * k}/{32 * k}/{64 * k}", (("widths", (16 * k, 32 * k, 64 * k)), ("stem", "cifar"),
+                                                ("stem_width", 16), ("shortcut", "B")))
 
 
 def _resnext29(cardinality: int) -> Arch:
-    return Arch(Bottleneck, (3, 3, 3), "cifar", (("widths", (64, 128, 256)), ("stem", "cifar"), ("stem_width", 64),
-                                                 ("groups", cardinality), ("width_per_group", 64)))
+    return Arch(f"resnext29_{cardinality}x64d", Bottleneck, (3, 3, 3), "cifar",
+                f"ResNeXt-29 {cardinality}x64d (Xie et al. 2017, CIFAR): 3 stages of 3 bottlenecks, {cardinality} "
+                f"groups of 64 channels at first", (("widths", (64, 128, 256)), ("stem", "cifar"), ("stem_width", 64),
+                                                    ("groups", cardinality), ("width_per_group", 64)))
 
 
-ARCHS: dict[str, Arch] = {
-    "resnet18": Arch(BasicBlock, (2, 2, 2, 2), "imagenet"),
-    "resnet34": Arch(BasicBlock, (3, 4, 6, 3), "imagenet"),
-    "resnet50": Arch(Bottleneck, (3, 4, 6, 3), "imagenet"),
-    "resnet101": Arch(Bottleneck, (3, 4, 23, 3), "imagenet"),
-    "resnet152": Arch(Bottleneck, (3, 8, 36, 3), "imagenet"),
-    **{f"resnet{d}": _cifar(d) for d in (20, 32, 44, 56, 110, 1202)},
-    "preact_resnet18": Arch(PreActBlock, (2, 2, 2, 2), "cifar", (("stem", "cifar"),)),
-    "resnext50_32x4d": Arch(Bottleneck, (3, 4, 6, 3), "imagenet", (("groups", 32), ("width_per_group", 4))),
-    "resnext101_32x8d": Arch(Bottleneck, (3, 4, 23, 3), "imagenet", (("groups", 32), ("width_per_group", 8))),
-    "resnext101_64x4d": Arch(Bottleneck, (3, 4, 23, 3), "imagenet", (("groups", 64), ("width_per_group", 4))),
-    "wide_resnet50_2": Arch(Bottleneck, (3, 4, 6, 3), "imagenet", (("width_per_group", 128),)),
-    "wide_resnet101_2": Arch(Bottleneck, (3, 4, 23, 3), "imagenet", (("width_per_group", 128),)),
-    "seresnet50": Arch(Bottleneck, (3, 4, 6, 3), "imagenet", (("se_reduction", 16),)),
-    **{f"wrn{d}_{k}": _wrn(d, k) for d, k in ((16, 4), (16, 8), (28, 10), (40, 4))},
-    "resnext29_8x64d": _resnext29(8),
-    "resnext29_16x64d": _resnext29(16),
-}
+ROWS: tuple[Arch, ...] = (
+    Arch("resnet18", BasicBlock, (2, 2, 2, 2), "imagenet", "ResNet-18 (He et al. 2015, Table 1)"),
+    Arch("resnet34", BasicBlock, (3, 4, 6, 3), "imagenet", "ResNet-34 (He et al. 2015, Table 1)"),
+    Arch("resnet50", Bottleneck, (3, 4, 6, 3), "imagenet", "ResNet-50 (stride on the 3x3: torchvision's v1.5)"),
+    Arch("resnet101", Bottleneck, (3, 4, 23, 3), "imagenet", "ResNet-101 (He et al. 2015, Table 1)"),
+    Arch("resnet152", Bottleneck, (3, 8, 36, 3), "imagenet", "ResNet-152 (He et al. 2015, Table 1)"),
+    *(_cifar(d) for d in (20, 32, 44, 56, 110, 1202)),
+    Arch("preact_resnet18", PreActBlock, (2, 2, 2, 2), "cifar", "Pre-activation ResNet-18 (He et al. 2016) with the "
+         "CIFAR stem", (("stem", "cifar"),)),
+    Arch("resnext50_32x4d", Bottleneck, (3, 4, 6, 3), "imagenet", "ResNeXt-50 32x4d (Xie et al. 2017): 32 groups of "
+         "4 channels in the first stage's 3x3s", (("groups", 32), ("width_per_group", 4))),
+    Arch("resnext101_32x8d", Bottleneck, (3, 4, 23, 3), "imagenet", "ResNeXt-101 32x8d: 32 groups of 8 channels",
+         (("groups", 32), ("width_per_group", 8))),
+    Arch("resnext101_64x4d", Bottleneck, (3, 4, 23, 3), "imagenet", "ResNeXt-101 64x4d: 64 groups of 4 channels",
+         (("groups", 64), ("width_per_group", 4))),
+    Arch("wide_resnet50_2", Bottleneck, (3, 4, 6, 3), "imagenet", "Wide ResNet-50-2 (torchvision): bottleneck 3x3s "
+         "twice as wide", (("width_per_group", 128),)),
+    Arch("wide_resnet101_2", Bottleneck, (3, 4, 23, 3), "imagenet", "Wide ResNet-101-2 (torchvision): bottleneck "
+         "3x3s twice as wide", (("width_per_group", 128),)),
+    Arch("seresnet50", Bottleneck, (3, 4, 6, 3), "imagenet", "SE-ResNet-50 (Hu et al. 2018): squeeze-and-excitation, "
+         "reduction 16, in every block", (("se_reduction", 16),)),
+    *(_wrn(d, k) for d, k in ((16, 4), (16, 8), (28, 10), (40, 4))),
+    _resnext29(8),
+    _resnext29(16),
+)
+ARCHS: dict[str, Arch] = {}
 
 
 def build_resnet(name: str, num_classes: int | None = None, **kwargs: Any) -> ResNet:
-    """The ResNet called `name` in ARCHS; kwargs override the table's defaults (e.g. stem="cifar").
+    """The ResNet called `name` in ARCHS; kwargs override the row's defaults (e.g. stem="cifar").
     `option` is the paper's name for the shortcut type of the CIFAR nets ("A" or "B"); `block` is
     "standard" or "separable" (every 3x3 convolution depthwise + pointwise)."""
     arch = ARCHS[name]
@@ -226,159 +247,19 @@ def build_resnet(name: str, num_classes: int | None = None, **kwargs: Any) -> Re
     return ResNet(arch.block, arch.layers, num_classes, **merged)
 
 
+def register_arch(arch: Arch) -> Callable[..., ResNet]:
+    """Register a row: a factory `name(num_classes=..., **kwargs)` whose user-facing arguments are ResNet's own
+    (see registry.signature_args), with `block` for block_kind and, on the paper's CIFAR nets, `option` for the
+    shortcut. Returns the factory (the package exports it under the row's name)."""
+    def factory(num_classes: int = 1000 if arch.family == "imagenet" else 10, **kwargs: Any) -> ResNet:
+        return build_resnet(arch.name, num_classes, **kwargs)
+    factory.__name__ = factory.__qualname__ = arch.name
+    factory.__doc__ = f"{arch.help}: {arch.block.__name__} x {list(arch.layers)}."
+    aliases = {"option": "shortcut"} if arch.name in PAPER_CIFAR else None
+    ARCHS[arch.name] = arch
+    return register_model(family=arch.family, builds=ResNet, exclude=("block", "layers"),
+                          rename={"block_kind": "block"}, aliases=aliases, n_stages=arch.n_stages)(factory)
 
 
-# Registered factories. User-facing arguments are ResNet's own (see registry.signature_args), with `block`
-# for block_kind and, on the paper's CIFAR nets, `option` for the shortcut.
-_EXCLUDE = ("block", "layers")
-_RENAME = {"block_kind": "block"}
-_IMAGENET = dict(family="imagenet", builds=ResNet, exclude=_EXCLUDE, rename=_RENAME, n_stages=4)
-_CIFAR = dict(family="cifar", builds=ResNet, exclude=_EXCLUDE, rename=_RENAME, aliases={"option": "shortcut"},
-              n_stages=3)
-
-
-@register_model(**_IMAGENET)
-def resnet18(num_classes: int = 1000, **kwargs: Any) -> ResNet:
-    """ResNet-18 (He et al. 2015, Table 1): BasicBlock x [2, 2, 2, 2]."""
-    return build_resnet("resnet18", num_classes, **kwargs)
-
-
-@register_model(**_IMAGENET)
-def resnet34(num_classes: int = 1000, **kwargs: Any) -> ResNet:
-    """ResNet-34: BasicBlock x [3, 4, 6, 3]."""
-    return build_resnet("resnet34", num_classes, **kwargs)
-
-
-@register_model(**_IMAGENET)
-def resnet50(num_classes: int = 1000, **kwargs: Any) -> ResNet:
-    """ResNet-50: Bottleneck x [3, 4, 6, 3] (stride on the 3x3: torchvision's v1.5)."""
-    return build_resnet("resnet50", num_classes, **kwargs)
-
-
-@register_model(**_IMAGENET)
-def resnet101(num_classes: int = 1000, **kwargs: Any) -> ResNet:
-    """ResNet-101: Bottleneck x [3, 4, 23, 3]."""
-    return build_resnet("resnet101", num_classes, **kwargs)
-
-
-@register_model(**_IMAGENET)
-def resnet152(num_classes: int = 1000, **kwargs: Any) -> ResNet:
-    """ResNet-152: Bottleneck x [3, 8, 36, 3]."""
-    return build_resnet("resnet152", num_classes, **kwargs)
-
-
-@register_model(**_CIFAR)
-def resnet20(num_classes: int = 10, **kwargs: Any) -> ResNet:
-    """CIFAR ResNet-20 (He et al. 2015, Sec. 4.2): 3 stages of 3 BasicBlocks, 16/32/64 channels, option A."""
-    return build_resnet("resnet20", num_classes, **kwargs)
-
-
-@register_model(**_CIFAR)
-def resnet32(num_classes: int = 10, **kwargs: Any) -> ResNet:
-    """CIFAR ResNet-32: 3 stages of 5 BasicBlocks."""
-    return build_resnet("resnet32", num_classes, **kwargs)
-
-
-@register_model(**_CIFAR)
-def resnet44(num_classes: int = 10, **kwargs: Any) -> ResNet:
-    """CIFAR ResNet-44: 3 stages of 7 BasicBlocks."""
-    return build_resnet("resnet44", num_classes, **kwargs)
-
-
-@register_model(**_CIFAR)
-def resnet56(num_classes: int = 10, **kwargs: Any) -> ResNet:
-    """CIFAR ResNet-56: 3 stages of 9 BasicBlocks."""
-    return build_resnet("resnet56", num_classes, **kwargs)
-
-
-@register_model(**_CIFAR)
-def resnet110(num_classes: int = 10, **kwargs: Any) -> ResNet:
-    """CIFAR ResNet-110: 3 stages of 18 BasicBlocks."""
-    return build_resnet("resnet110", num_classes, **kwargs)
-
-
-@register_model(**_CIFAR)
-def resnet1202(num_classes: int = 10, **kwargs: Any) -> ResNet:
-    """CIFAR ResNet-1202: 3 stages of 200 BasicBlocks."""
-    return build_resnet("resnet1202", num_classes, **kwargs)
-
-
-@register_model(family="cifar", builds=ResNet, exclude=_EXCLUDE, rename=_RENAME, n_stages=4)
-def preact_resnet18(num_classes: int = 10, **kwargs: Any) -> ResNet:
-    """Pre-activation ResNet-18 (He et al. 2016) with the CIFAR stem."""
-    return build_resnet("preact_resnet18", num_classes, **kwargs)
-
-
-@register_model(**_IMAGENET)
-def resnext50_32x4d(num_classes: int = 1000, **kwargs: Any) -> ResNet:
-    """ResNeXt-50 32x4d (Xie et al. 2017): ResNet-50 with 32 groups of 4 channels in the first stage's 3x3s."""
-    return build_resnet("resnext50_32x4d", num_classes, **kwargs)
-
-
-@register_model(**_IMAGENET)
-def resnext101_32x8d(num_classes: int = 1000, **kwargs: Any) -> ResNet:
-    """ResNeXt-101 32x8d: Bottleneck x [3, 4, 23, 3], 32 groups of 8 channels."""
-    return build_resnet("resnext101_32x8d", num_classes, **kwargs)
-
-
-@register_model(**_IMAGENET)
-def resnext101_64x4d(num_classes: int = 1000, **kwargs: Any) -> ResNet:
-    """ResNeXt-101 64x4d: Bottleneck x [3, 4, 23, 3], 64 groups of 4 channels."""
-    return build_resnet("resnext101_64x4d", num_classes, **kwargs)
-
-
-@register_model(**_IMAGENET)
-def wide_resnet50_2(num_classes: int = 1000, **kwargs: Any) -> ResNet:
-    """Wide ResNet-50-2 (torchvision): ResNet-50 with bottleneck 3x3s twice as wide."""
-    return build_resnet("wide_resnet50_2", num_classes, **kwargs)
-
-
-@register_model(**_IMAGENET)
-def wide_resnet101_2(num_classes: int = 1000, **kwargs: Any) -> ResNet:
-    """Wide ResNet-101-2 (torchvision): ResNet-101 with bottleneck 3x3s twice as wide."""
-    return build_resnet("wide_resnet101_2", num_classes, **kwargs)
-
-
-@register_model(**_IMAGENET)
-def seresnet50(num_classes: int = 1000, **kwargs: Any) -> ResNet:
-    """SE-ResNet-50 (Hu et al. 2018): ResNet-50 with squeeze-and-excitation, reduction 16, in every block."""
-    return build_resnet("seresnet50", num_classes, **kwargs)
-
-
-_WRN = dict(family="cifar", builds=ResNet, exclude=_EXCLUDE, rename=_RENAME, n_stages=3)
-
-
-@register_model(**_WRN)
-def wrn16_4(num_classes: int = 10, **kwargs: Any) -> ResNet:
-    """WRN-16-4 (Zagoruyko & Komodakis 2016): 2 pre-activation blocks per stage, widths 64/128/256."""
-    return build_resnet("wrn16_4", num_classes, **kwargs)
-
-
-@register_model(**_WRN)
-def wrn16_8(num_classes: int = 10, **kwargs: Any) -> ResNet:
-    """WRN-16-8: 2 pre-activation blocks per stage, widths 128/256/512."""
-    return build_resnet("wrn16_8", num_classes, **kwargs)
-
-
-@register_model(**_WRN)
-def wrn28_10(num_classes: int = 10, **kwargs: Any) -> ResNet:
-    """WRN-28-10: 4 pre-activation blocks per stage, widths 160/320/640 (the paper's CIFAR headline net)."""
-    return build_resnet("wrn28_10", num_classes, **kwargs)
-
-
-@register_model(**_WRN)
-def wrn40_4(num_classes: int = 10, **kwargs: Any) -> ResNet:
-    """WRN-40-4: 6 pre-activation blocks per stage, widths 64/128/256."""
-    return build_resnet("wrn40_4", num_classes, **kwargs)
-
-
-@register_model(**_WRN)
-def resnext29_8x64d(num_classes: int = 10, **kwargs: Any) -> ResNet:
-    """ResNeXt-29 8x64d (Xie et al. 2017, CIFAR): 3 stages of 3 bottlenecks, 8 groups of 64 channels at first."""
-    return build_resnet("resnext29_8x64d", num_classes, **kwargs)
-
-
-@register_model(**_WRN)
-def resnext29_16x64d(num_classes: int = 10, **kwargs: Any) -> ResNet:
-    """ResNeXt-29 16x64d: 3 stages of 3 bottlenecks, 16 groups of 64 channels at first."""
-    return build_resnet("resnext29_16x64d", num_classes, **kwargs)
+PAPER_CIFAR = {f"resnet{d}" for d in (20, 32, 44, 56, 110, 1202)}  # where `option` names the shortcut (the paper's word)
+FACTORIES: dict[str, Callable[..., ResNet]] = {arch.name: register_arch(arch) for arch in ROWS}

@@ -112,7 +112,7 @@ def serve(checkpoint: str, backend: str = "torch", device: str = "cpu", settings
     sock = bind(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    log(f"serving {clf.metadata['arch']} ({len(clf.classes)} classes, backend {clf.backend}) from {clf.path}")
+    log(f"serving {clf.metadata.arch} ({len(clf.classes)} classes, backend {clf.backend}) from {clf.path}")
     docs = f"   docs: http://{shown}:{port}/docs" if settings.docs else ""
     log(f"page: http://{shown}:{port}/   API: http://{shown}:{port}/v1/predict{docs}", flush=True)
     keys = len(app.state.service.keys.keys())

@@ -13,124 +13,154 @@ import typing
 from importlib import resources
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from ..data.augment import AugmentConfig
 from ..errors import UserError
 from ..models import validate_model_args
+from ..schema import Key, Mismatch, conform, keys_of, setting
 
 
+# Every recipe key is declared once, here: its type (a Literal lists the choices), its range, whether a resumed
+# run may change it (resume=True: it extends or rescues a run without making it a different experiment) and its
+# help. Validation, `resnetlab recipes keys`, --resume, tune's search space and the CLI's choices read them.
 @dataclass
 class ModelConfig:
-    name: str = "resnet20"
-    kwargs: dict = field(default_factory=dict)
+    name: str = setting("resnet20", help="a registered model (resnetlab models)")
+    kwargs: dict = setting(factory=dict, help="the model's arguments (checked against its constructor)")
 
 
 @dataclass
 class DataConfig:
-    dataset: str = "cifar10"        # cifar10 | cifar100 | folder
-    path: str | None = None         # dataset folder: an image folder, a .csv/.jsonl manifest or .tar shards
-    val_size: float = 0.1           # images (>=1) or fraction (<1) held out for validation; 0 = none
-    split_seed: int = 0
-    test_fraction: float = 0.2      # image folders without train/ + test/: share held out as test
-    image_size: int | None = None   # resize inputs (e.g. 64 for a pretrained net); None = native
-    verify: bool = True
-    strict: bool = False
-    subset: int = 0                 # use a stratified slice of N training (and N/5 test) images; 0 = all
-    workers: int = 0                # processes decoding a folder into its cache; 0 = one per core
-    order: str = "auto"             # random | quasi-random (chunked reads) | auto: quasi-random when the
-                                    # decoded data is bigger than the memory available
+    dataset: Literal["cifar10", "cifar100", "folder"] = setting("cifar10", help="folder: images named by data.path")
+    path: str | None = setting(None, help="dataset folder: an image folder, a .csv/.jsonl manifest or .tar shards")
+    val_size: float = setting(0.1, range=(0, None), help="images (>=1) or fraction (<1) held out for validation; "
+                              "0 = none")
+    split_seed: int = setting(0, range=(0, None))
+    test_fraction: float = setting(0.2, range=(0, 1, False, False), help="image folders without train/ + test/: "
+                                   "share held out as test")
+    image_size: int | None = setting(None, range=(8, 4096), help="resize inputs (e.g. 64 for a pretrained net); "
+                                     "None = native")
+    verify: bool = setting(True, resume=True, help="check the official checksums of CIFAR files")
+    strict: bool = setting(False, resume=True, help="an unreadable image stops the run instead of being skipped")
+    subset: int = setting(0, range=(0, None), help="use a stratified slice of N training (and N/5 test) images; "
+                          "0 = all")
+    workers: int = setting(0, range=(0, 512), resume=True, help="processes decoding a folder into its cache; "
+                           "0 = one per core")
+    order: Literal["auto", "random", "quasi-random"] = setting(
+        "auto", help="quasi-random: chunked reads; auto: quasi-random when the decoded data is bigger than the "
+        "memory available")
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # the batch pipeline's own config
 
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"               # sgd | adam | adamw | muon (conv filters: Muon; the rest: SGD as configured)
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 1e-4
-    no_decay_bn_bias: bool = False  # exclude BN weights/biases and all biases from weight decay
-    betas: list = field(default_factory=lambda: [0.9, 0.999])
-    muon_lr: float = 0.24           # muon: the filters' learning rate (the update is orthogonalised, so this
-                                    # does not scale with the batch or the loss); schedule as lr's
-    muon_momentum: float = 0.6      # muon: Nesterov momentum of the filters
-    muon_ns_steps: int = 3          # muon: Newton-Schulz iterations per step
-    bias_lr: float = 0.0            # peak lr of BN parameters and biases (ndim <= 1); 0 = optim.lr
+    name: Literal["sgd", "adam", "adamw", "muon"] = setting("sgd", help="muon: Muon on the conv filters, the rest "
+                                                             "SGD as configured")
+    lr: float = setting(0.1, range=(0, None, False), resume=True)
+    momentum: float = setting(0.9, range=(0, 1, True, False))
+    nesterov: bool = setting(False)
+    weight_decay: float = setting(1e-4, range=(0, None))
+    no_decay_bn_bias: bool = setting(False, help="exclude BN weights/biases and all biases from weight decay")
+    betas: list = setting(factory=lambda: [0.9, 0.999], help="adam/adamw: two numbers in [0, 1)")
+    muon_lr: float = setting(0.24, range=(0, None, False), help="muon: the filters' learning rate (the update is "
+                             "orthogonalised, so this does not scale with the batch or the loss); schedule as lr's")
+    muon_momentum: float = setting(0.6, range=(0, 1, True, False), help="muon: Nesterov momentum of the filters")
+    muon_ns_steps: int = setting(3, range=(1, 10), help="muon: Newton-Schulz iterations per step")
+    bias_lr: float = setting(0.0, range=(0, None), help="peak lr of BN parameters and biases (ndim <= 1); "
+                             "0 = optim.lr")
 
 
 @dataclass
 class ScheduleConfig:
-    name: str = "cosine"            # constant | multistep | cosine | onecycle
-    unit: str = "epoch"             # epoch | iter : unit of milestones and warmup
-    milestones: list = field(default_factory=list)
-    gamma: float = 0.1
-    warmup: float = 0               # linear warm-up length (in `unit`)
-    pct_start: float = 0.25         # onecycle: fraction of training spent rising to the peak
-    final_lr_frac: float = 0.0      # cosine/onecycle: lr at the end as a fraction of the peak
+    name: Literal["constant", "multistep", "cosine", "onecycle"] = setting("cosine")
+    unit: Literal["epoch", "iter"] = setting("epoch", help="unit of milestones and warmup")
+    milestones: list = setting(factory=list, help="multistep: increasing epochs (or iterations)")
+    gamma: float = setting(0.1, range=(0, None, False), help="multistep: lr factor at each milestone")
+    warmup: float = setting(0, range=(0, None), help="linear warm-up length (in `unit`)")
+    pct_start: float = setting(0.25, range=(0, 1, True, False), help="onecycle: fraction of training spent rising "
+                               "to the peak")
+    final_lr_frac: float = setting(0.0, range=(0, 1), help="cosine/onecycle: lr at the end as a fraction of the peak")
 
 
 @dataclass
 class DistillConfig:
-    teacher: str | None = None      # knowledge distillation from this resnetlab checkpoint (same classes); None: off
-    alpha: float = 0.5              # loss = (1 - alpha) * CE + alpha * T^2 * KL(teacher || student) at temperature T
-    temperature: float = 4.0
+    teacher: str | None = setting(None, help="knowledge distillation from this resnetlab checkpoint (same "
+                                  "classes); None: off")
+    alpha: float = setting(0.5, range=(0, 1), help="loss = (1 - alpha) * CE + alpha * T^2 * KL(teacher || "
+                           "student) at temperature T")
+    temperature: float = setting(4.0, range=(0, 100, False))
 
 
 @dataclass
 class EarlyStopConfig:
-    patience: int = 0               # epochs without improvement before stopping; 0 = off
-    min_delta: float = 0.0
-    metric: str = "val_top1"        # val_top1 | val_loss | val_top5
+    patience: int = setting(0, range=(0, None), resume=True, help="epochs without improvement before stopping; "
+                            "0 = off")
+    min_delta: float = setting(0.0, range=(0, None), resume=True)
+    metric: Literal["val_top1", "val_top5", "val_loss"] = setting("val_top1")
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 30
-    max_steps: int = 0              # stop after this many iterations (the paper counts 64k); 0 = off
-    batch_size: int = 128
-    eval_batch_size: int = 1000
-    label_smoothing: float = 0.0
-    ema_decay: float = 0.0          # 0 = no EMA; else evaluate and save the EMA weights
-    lookahead_every: int = 0        # 0 = off; else Lookahead with airbench's rising pull every N steps
-    lookahead_decay: float = 0.95   # per-step decay of the Lookahead pull (d = decay**N * progress**3)
-    grad_clip: float = 0.0
-    seed: int = 0
-    deterministic: bool = False
-    precision: str = "auto"         # auto | fp32 | bf16 | fp16
-    channels_last: str = "auto"     # auto | true | false
-    compile: bool = False
-    device: str = "auto"            # auto | cpu | cuda | cuda:N | mps
-    tta: bool = False               # flips (+ tta_shift's moved views) for the final test; per-epoch eval stays plain
-    tta_shift: int = 0              # with tta: also the two views moved by ±N pixels (6 views in all)
-    eval_every: int = 1             # monitoring on test (no val split): every N epochs and after the last
-    log_every: int = 50
-    checkpoint_every_min: float = 0  # also write last.safetensors every N minutes mid-epoch (exact resume); 0 = off
-    sync_bn: bool = False           # distributed runs: BatchNorm statistics over the whole global batch
+    epochs: int = setting(30, range=(1, None), resume=True)
+    max_steps: int = setting(0, range=(0, None), resume=True, help="stop after this many iterations (the paper "
+                             "counts 64k); 0 = off")
+    batch_size: int = setting(128, range=(1, None))
+    eval_batch_size: int = setting(1000, range=(1, None), resume=True)
+    label_smoothing: float = setting(0.0, range=(0, 1, True, False))
+    ema_decay: float = setting(0.0, range=(0, 1, True, False), help="0 = no EMA; else evaluate and save the EMA "
+                               "weights")
+    lookahead_every: int = setting(0, range=(0, None), help="0 = off; else Lookahead with airbench's rising pull "
+                                   "every N steps")
+    lookahead_decay: float = setting(0.95, range=(0, 1), help="per-step decay of the Lookahead pull (d = "
+                                     "decay**N * progress**3)")
+    grad_clip: float = setting(0.0, range=(0, None), resume=True, help="clip the gradient norm; 0 = off")
+    seed: int = setting(0, range=(0, 2**63 - 1))
+    deterministic: bool = setting(False)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = setting("auto", help="auto: bf16 where the device has "
+                                                                  "native bf16, else fp32")
+    channels_last: Literal["auto", "true", "false"] = setting("auto")
+    compile: bool = setting(False, help="torch.compile the model")
+    device: str = setting("auto", resume=True, help="auto | cpu | cuda | cuda:N | mps")
+    tta: bool = setting(False, resume=True, help="flips (+ tta_shift's moved views) for the final test; "
+                        "per-epoch eval stays plain")
+    tta_shift: int = setting(0, range=(0, 8), resume=True, help="with tta: also the two views moved by ±N pixels "
+                             "(6 views in all)")
+    eval_every: int = setting(1, range=(1, None), resume=True, help="monitoring on test (no val split): every N "
+                              "epochs and after the last")
+    log_every: int = setting(50, range=(1, None), resume=True)
+    checkpoint_every_min: float = setting(0, range=(0, None), resume=True, help="also write last.safetensors every "
+                                          "N minutes mid-epoch (exact resume); 0 = off")
+    sync_bn: bool = setting(False, help="distributed runs: BatchNorm statistics over the whole global batch")
     early_stopping: EarlyStopConfig = field(default_factory=EarlyStopConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 @dataclass
 class FinetuneConfig:
-    strategy: str = "two-stage"     # linear-probe | partial | full | two-stage
-    unfreeze_stages: int = 1        # partial: how many of the last stages train (with the head)
-    stage1_epochs: int = 5          # two-stage: head-only epochs (stops earlier on early stopping)
-    stage2_lr_mult: float = 0.5     # two-stage: stage-2 learning rate relative to optim.lr
-    freeze_bn_stats: bool = False   # two-stage stage 2 / partial / full: keep BN running stats frozen
-    layer_decay: float = 1.0        # discriminative lr: stage k of K gets lr * decay**(K-k); 1 = off
-    compare: bool = True            # also report a linear probe of the pretrained net (before/after)
-    cached_features: bool = True    # head-only training (linear probe, two-stage stage 1) on the frozen
-                                    # backbone's pooled features, computed once per run
-    feature_views: int = 1          # ... of each training image: 1 = as stored, K > 1 adds K-1 augmented views
+    strategy: Literal["linear-probe", "partial", "full", "two-stage"] = setting("two-stage")
+    unfreeze_stages: int = setting(1, range=(1, None), help="partial: how many of the last stages train (with the "
+                                   "head)")
+    stage1_epochs: int = setting(5, range=(1, None), help="two-stage: head-only epochs (stops earlier on early "
+                                 "stopping)")
+    stage2_lr_mult: float = setting(0.5, range=(0, None, False), help="two-stage: stage-2 learning rate relative "
+                                    "to optim.lr")
+    freeze_bn_stats: bool = setting(False, help="two-stage stage 2 / partial / full: keep BN running stats frozen")
+    layer_decay: float = setting(1.0, range=(0, 1, False), help="discriminative lr: stage k of K gets lr * "
+                                 "decay**(K-k); 1 = off")
+    compare: bool = setting(True, help="also report a linear probe of the pretrained net (before/after)")
+    cached_features: bool = setting(True, help="head-only training (linear probe, two-stage stage 1) on the "
+                                    "frozen backbone's pooled features, computed once per run")
+    feature_views: int = setting(1, range=(1, 64), help="... of each training image: 1 = as stored, K > 1 adds "
+                                 "K-1 augmented views")
 
 
 @dataclass
 class Recipe:
-    name: str = "custom"
-    description: str = ""           # one line: what it trains, its headline figure and the machine measured on
+    name: str = setting("custom", help="the run's default folder name: runs/<name>")
+    description: str = setting("", help="one line: what it trains, its headline figure and the machine measured on")
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -151,67 +181,35 @@ def _plain(value: Any) -> Any:
     return value
 
 
-CHOICES = {
-    "data.dataset": ("cifar10", "cifar100", "folder"),
-    "data.order": ("auto", "random", "quasi-random"),
-    "data.augment.pad_mode": ("zeros", "reflect"),
-    "data.augment.flip_mode": ("random", "alternate"),
-    "optim.name": ("sgd", "adam", "adamw", "muon"),
-    "schedule.name": ("constant", "multistep", "cosine", "onecycle"),
-    "schedule.unit": ("epoch", "iter"),
-    "train.early_stopping.metric": ("val_top1", "val_top5", "val_loss"),
-    "train.precision": ("auto", "fp32", "bf16", "fp16"),
-    "train.channels_last": ("auto", "true", "false"),
-    "finetune.strategy": ("linear-probe", "partial", "full", "two-stage"),
-}
+def recipe_keys(root: type | None = None) -> list[Key]:
+    """Every recipe key (dotted name, type, default, range, resume rule, help), in recipe order. root: the recipe
+    class (Recipe)."""
+    return keys_of(root or Recipe)
+
+
+def recipe_key(name: str, root: type | None = None) -> Key:
+    """The declaration of one dotted recipe key; a UserError for a name that is not a key (or is a section)."""
+    for key in recipe_keys(root):
+        if key.name == name:
+            return key
+    if any(k.name.startswith(name + ".") for k in recipe_keys(root)):
+        raise UserError(f"{name!r} is a section, not a value; name one of its keys")
+    raise UserError(f"unknown recipe key {name!r}; see `resnetlab recipes keys`")
+
+
+def resume_keys(root: type | None = None) -> list[str]:
+    """The keys a resumed run may change (declared with resume=True)."""
+    return [k.name for k in recipe_keys(root) if k.resume]
 
 
 def _coerce(value: Any, typ: Any, key: str) -> Any:
-    origin = typing.get_origin(typ)
-    args = typing.get_args(typ)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        if value is None and type(None) in args:
-            return None
-        typ = next(a for a in args if a is not type(None))
-    if typ is bool:
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        if not isinstance(value, bool):
-            raise UserError(f"recipe key {key}: expected true or false, got {value!r}")
-        return value
-    if typ is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-            raise UserError(f"recipe key {key}: expected an integer, got {value!r}")
-        return int(value)
-    if typ is float:
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"recipe key {key}: expected a number, got {value!r}")
-        return float(value)
-    if typ is str:
-        if isinstance(value, bool):
-            value = "true" if value else "false"
-        if not isinstance(value, (str, int, float)):
-            raise UserError(f"recipe key {key}: expected a string, got {value!r}")
-        value = str(value)
-        if key in CHOICES and value not in CHOICES[key]:
-            raise UserError(f"recipe key {key}: {value!r} is not allowed; choose one of "
-                            f"{', '.join(CHOICES[key])}")
-        return value
-    if typ is tuple or typing.get_origin(typ) is tuple:  # fixed-size settings (pairs, per-epoch sizes): checked by validate()
-        if not isinstance(value, (list, tuple)):
-            raise UserError(f"recipe key {key}: expected a list, got {value!r}")
-        return tuple(value)
-    if typ in (list, dict) or typing.get_origin(typ) in (list, dict):
-        want = typing.get_origin(typ) or typ
-        if not isinstance(value, want):
-            raise UserError(f"recipe key {key}: expected a {want.__name__}, got {value!r}")
-        return value
-    return value
+    choices = Key(key, typ, None, None, False, "").choices
+    if choices and value not in choices and not (isinstance(value, bool) and "true" in choices):
+        raise UserError(f"recipe key {key}: {value!r} is not allowed; choose one of {', '.join(choices)}")
+    try:
+        return conform(value, typ, lenient=True)
+    except Mismatch as e:
+        raise UserError(f"recipe key {key}: {e}, got {value!r}") from None
 
 
 def _build(cls: type, data: Any, prefix: str) -> Any:
@@ -241,55 +239,6 @@ def recipe_from_dict(data: dict) -> Recipe:
     return recipe
 
 
-# (low, high, low inclusive, high inclusive) of every numeric key; None = unbounded on that side.
-RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
-    "data.val_size": (0, None, True, True),
-    "data.split_seed": (0, None, True, True),
-    "data.test_fraction": (0, 1, False, False),
-    "data.image_size": (8, 4096, True, True),
-    "data.subset": (0, None, True, True),
-    "data.workers": (0, 512, True, True),
-    "data.augment.crop_padding": (0, 64, True, True),
-    "data.augment.cutout": (0, 4096, True, True),
-    "data.augment.jpeg": (0, 1, True, True),
-    "data.augment.resample": (0, 1, True, True),
-    "data.augment.noise": (0, 1, True, True),
-    "data.augment.artifacts_from_epoch": (0, None, True, True),
-    "optim.lr": (0, None, False, True),
-    "optim.momentum": (0, 1, True, False),
-    "optim.weight_decay": (0, None, True, True),
-    "optim.muon_lr": (0, None, False, True),
-    "optim.muon_momentum": (0, 1, True, False),
-    "optim.muon_ns_steps": (1, 10, True, True),
-    "optim.bias_lr": (0, None, True, True),
-    "schedule.gamma": (0, None, False, True),
-    "schedule.warmup": (0, None, True, True),
-    "schedule.pct_start": (0, 1, True, False),
-    "schedule.final_lr_frac": (0, 1, True, True),
-    "train.epochs": (1, None, True, True),
-    "train.max_steps": (0, None, True, True),
-    "train.batch_size": (1, None, True, True),
-    "train.eval_batch_size": (1, None, True, True),
-    "train.label_smoothing": (0, 1, True, False),
-    "train.ema_decay": (0, 1, True, False),
-    "train.lookahead_every": (0, None, True, True),
-    "train.lookahead_decay": (0, 1, True, True),
-    "train.grad_clip": (0, None, True, True),
-    "train.seed": (0, 2**63 - 1, True, True),
-    "train.log_every": (1, None, True, True),
-    "train.tta_shift": (0, 8, True, True),
-    "train.eval_every": (1, None, True, True),
-    "train.checkpoint_every_min": (0, None, True, True),
-    "train.early_stopping.patience": (0, None, True, True),
-    "train.early_stopping.min_delta": (0, None, True, True),
-    "train.distill.alpha": (0, 1, True, True),
-    "train.distill.temperature": (0, 100, False, True),
-    "finetune.unfreeze_stages": (1, None, True, True),
-    "finetune.stage1_epochs": (1, None, True, True),
-    "finetune.stage2_lr_mult": (0, None, False, True),
-    "finetune.layer_decay": (0, 1, False, True),
-    "finetune.feature_views": (1, 64, True, True),
-}
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
@@ -300,23 +249,14 @@ def _get(r: Recipe, key: str) -> Any:
     return node
 
 
-def _range_text(lo, hi, lo_inc, hi_inc) -> str:
-    if hi is None:
-        return f"must be {'>=' if lo_inc else '>'} {lo}"
-    return f"must be in {'[' if lo_inc else '('}{lo}, {hi}{']' if hi_inc else ')'}"
-
-
 def validate(r: Recipe) -> None:
     """Every value in range, and the combinations that cannot work refused, so a
     bad recipe fails in a second rather than after an epoch."""
-    for key, (lo, hi, lo_inc, hi_inc) in RANGES.items():
-        v = _get(r, key)
-        if v is None:
-            continue
-        ok = math.isfinite(v) and (lo is None or (v >= lo if lo_inc else v > lo)) and (
-            hi is None or (v <= hi if hi_inc else v < hi))
-        if not ok:
-            raise UserError(f"recipe key {key}: {_range_text(lo, hi, lo_inc, hi_inc)}, got {v!r}")
+    for key in recipe_keys(type(r)):
+        v = _get(r, key.name)
+        problem = key.range.problem(v) if key.range is not None and v is not None else None
+        if problem:
+            raise UserError(f"recipe key {key.name}: {problem}, got {v!r}")
     if not NAME_PATTERN.fullmatch(r.name) or r.name in (".", ".."):
         raise UserError(f"recipe key name: {r.name!r} is not a plain run name (letters, digits, '-', '_', '.'; "
                         f"at most 100); choose another place with --out instead")
@@ -446,27 +386,3 @@ def apply_overrides(data: dict, overrides: list[str] = (), literal: dict[str, An
 def recipe_yaml(recipe: Recipe) -> str:
     """The resolved recipe as YAML (what a run folder's recipe.yaml holds; `--recipe` reads it back)."""
     return yaml.safe_dump(recipe.to_dict(), sort_keys=False, allow_unicode=True, default_flow_style=None, width=110)
-
-
-def recipe_keys() -> list[tuple[str, str, Any, str]]:
-    """Every recipe key: (dotted key, type, default, what is allowed), in recipe order."""
-    out: list[tuple[str, str, Any, str]] = []
-
-    def walk(cls: type, prefix: str) -> None:
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            key, typ = prefix + f.name, hints[f.name]
-            if dataclasses.is_dataclass(typ):
-                walk(typ, key + ".")
-                continue
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            allowed = ""
-            if key in CHOICES:
-                allowed = " | ".join(CHOICES[key])
-            elif key in RANGES:
-                allowed = _range_text(*RANGES[key]).removeprefix("must be ")
-            name = "list" if typing.get_origin(typ) in (tuple, list) else (
-                getattr(typ, "__name__", None) or str(typ).replace("typing.", ""))
-            out.append((key, name, default, allowed))
-    walk(Recipe, "")
-    return out

@@ -33,10 +33,10 @@ def teacher_checkpoint(path: str) -> Path:
 class Teacher:
     def __init__(self, path: str, classes: list[str], mean, std, device: torch.device, channels_last: bool) -> None:
         model, meta = load_model(path, "cpu")  # a file: prepare_run resolved the recipe's teacher once
-        if list(meta["classes"]) != list(classes):
-            raise UserError(f"{path}: the teacher's classes ({len(meta['classes'])}: {', '.join(meta['classes'][:4])}"
+        if list(meta.classes) != list(classes):
+            raise UserError(f"{path}: the teacher's classes ({len(meta.classes)}: {', '.join(meta.classes[:4])}"
                             f"…) are not this run's ({len(classes)}: {', '.join(classes[:4])}…) in the same order")
-        self.input_size = int(meta["input_size"])
+        self.input_size = int(meta.input_size)
         self.macs = count_macs(model, self.input_size)
         self.model = model.to(device).eval()
         if channels_last:
@@ -44,7 +44,7 @@ class Teacher:
         for p in self.model.parameters():
             p.requires_grad_(False)
         ms, ss = torch.tensor(mean), torch.tensor(std)
-        mt, st = torch.tensor(meta["mean"]), torch.tensor(meta["std"])
+        mt, st = torch.tensor(meta.mean), torch.tensor(meta.std)
         # x_teacher = (x * std_s + mean_s - mean_t) / std_t, as one multiply-add per channel
         self.scale = (ss / st).view(1, -1, 1, 1).to(device)
         self.shift = ((ms - mt) / st).view(1, -1, 1, 1).to(device)

@@ -30,6 +30,7 @@ from ..errors import RunInterrupted, UserError
 from ..evaluation.metrics import EvalResult, evaluate
 from ..evaluation.profile import count_macs, count_train_flops
 from ..files import atomic_write_text
+from ..models import CheckpointMeta
 from ..runtime import all_reduce_sum, autocast_for, barrier, broadcast_flag, dist_context
 from ..weights import optimizer_from_flat, optimizer_to_flat, read_full, save_checkpoint
 from .distill import Teacher, distill_loss
@@ -95,7 +96,7 @@ class TrainerState:
 class RunContext:
     """Where and how a run trains, as prepare_run decided it (shared by every stage of a run)."""
     run_dir: Path
-    meta: dict[str, Any]             # checkpoint metadata (arch, classes, mean/std, input size, recipe)
+    meta: CheckpointMeta             # what every checkpoint of the run says of itself
     device: torch.device
     amp_dtype: torch.dtype | None
     channels_last: bool = False
@@ -166,7 +167,7 @@ class Trainer:
         self.log, self.prefix = ctx.log, self.stage.prefix
         self.run_dir, self.meta = Path(ctx.run_dir), ctx.meta
         self.device, self.amp_dtype = ctx.device, ctx.amp_dtype
-        self.num_classes = ctx.meta["num_classes"]
+        self.num_classes = ctx.meta.num_classes
         self.dist = dist_context()
         self.model = model.to(ctx.device)
         if ctx.channels_last:
@@ -183,7 +184,7 @@ class Trainer:
         self.scaler = (torch.amp.GradScaler("cuda") if ctx.amp_dtype == torch.float16 and ctx.device.type == "cuda"
                        else None)
         d = recipe.train.distill
-        self.teacher = Teacher(d.teacher, ctx.meta["classes"], ctx.meta["mean"], ctx.meta["std"], ctx.device,
+        self.teacher = Teacher(d.teacher, ctx.meta.classes, ctx.meta.mean, ctx.meta.std, ctx.device,
                                ctx.channels_last) if d.teacher else None
         self.ema = EMA(self.model, recipe.train.ema_decay) if recipe.train.ema_decay > 0 else None
         la = recipe.train.lookahead_every
@@ -242,7 +243,7 @@ class Trainer:
         path = self.run_dir / f"{self.prefix}{name}.safetensors"
         if not self.dist.is_main:
             return path
-        meta = dict(self.meta, metrics=metrics, epoch=self.state.epoch, step=self.state.step)
+        meta = self.meta.replace(metrics=metrics, epoch=self.state.epoch, step=self.state.step).to_dict()
         if with_resume:
             resume, tensors = self._resume_tensors(aug_state)
             save_checkpoint(path, weights.state_dict(), meta, resume, tensors)
@@ -435,7 +436,7 @@ class Trainer:
     def end_epoch(self, epoch: int, e: EpochFigures, val: EvalResult | None, finished: bool) -> None:
         """Record the epoch: history row, early stopping, `best` and `last` checkpoints, metrics files, log."""
         s = self.state
-        size = self.train_loader.epoch_size(epoch) or self.meta["input_size"]
+        size = self.train_loader.epoch_size(epoch) or self.meta.input_size
         s.train_flops += e.seen * self.train_flops_per_image(size)
         s.epoch, s.partial = epoch + 1, None
         s.elapsed += e.time - e.time_before

@@ -23,14 +23,15 @@ from ..evaluation.metrics import evaluate
 from ..evaluation.profile import count_params
 from ..evaluation.report import write_confusion
 from ..files import atomic_write_text
-from ..models import ClassifierNet, build_model, natural_input_size
+from ..models import CheckpointMeta, ClassifierNet, build_model, natural_input_size, read_meta
+from ..models.checkpoint import DatasetRef, Resize
 from ..preprocessing import normalize
 from ..runtime import (barrier, broadcast_flag, broadcast_module, broadcast_str, describe_device, dist_context,
                        init_distributed,
                        refuse_distributed_launch, seed_and_backends, select_device,
                        select_precision, use_channels_last)
-from ..weights import read_checkpoint, read_metadata, save_checkpoint
-from .config import DataConfig, Recipe, load_recipe, recipe_from_dict, recipe_yaml
+from ..weights import read_checkpoint, save_checkpoint
+from .config import DataConfig, Recipe, load_recipe, recipe_from_dict, recipe_yaml, resume_keys
 from .distill import teacher_checkpoint
 from .engine import RunContext, Trainer, TrainerState
 from .features import FeatureSet
@@ -129,14 +130,14 @@ def available_memory() -> int:
 
 
 def model_meta(name: str, kwargs: dict, classes: list[str], mean, std, input_size: int,
-               recipe: Recipe | None, decode_size: int | None = None, **extra: Any) -> dict[str, Any]:
+               recipe: Recipe | None, decode_size: int | None = None, **extra: Any) -> CheckpointMeta:
     """What a checkpoint needs to be used on its own. `resize` is the preprocessing policy: a file is decoded
     (PIL, squash) to decode_size — the size of the images the model was trained on — then normalised and
     resized to input_size by the same tensor code as in training (resnetlab.preprocessing.model_input)."""
-    resize = {"mode": "squash", "decode_size": decode_size or input_size}
-    return {"arch": name, "kwargs": kwargs, "num_classes": len(classes), "classes": list(classes),
-            "mean": list(mean), "std": list(std), "input_size": input_size, "resize": resize,
-            "recipe": recipe.to_dict() if recipe else None, **extra}
+    return CheckpointMeta(arch=name, kwargs=dict(kwargs), num_classes=len(classes), classes=list(classes),
+                          mean=list(mean), std=list(std), input_size=input_size,
+                          resize=Resize(decode_size or input_size, "squash"),
+                          recipe=recipe.to_dict() if recipe else None, **extra)
 
 
 def setup_runtime(recipe: Recipe, distributed: bool = False) -> tuple[torch.device, torch.dtype | None, bool]:
@@ -151,13 +152,6 @@ def setup_runtime(recipe: Recipe, distributed: bool = False) -> tuple[torch.devi
         device = select_device(t.device)
     seed_and_backends(t.seed, device, t.deterministic)
     return device, select_precision(t.precision, device), use_channels_last(t.channels_last, device)
-
-
-# Keys a resumed run may change: they extend or rescue a run without making it a different experiment
-# (e.g. train.epochs to train longer, optim.lr after a divergence, the device it runs on).
-RESUME_SAFE = ("train.epochs", "train.max_steps", "optim.lr", "train.device", "train.log_every",
-               "train.checkpoint_every_min", "train.tta", "train.tta_shift", "train.eval_every", "train.eval_batch_size", "train.grad_clip",
-               "data.verify", "data.strict", "data.workers", "train.early_stopping.patience", "train.early_stopping.min_delta")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -176,21 +170,22 @@ def resume_plan(run_dir: Path, data_dir: str | None, overrides: list[str]) -> tu
     last = run_dir / "last.safetensors"
     if not last.is_file():
         raise UserError(f"{run_dir}: nothing to resume (no last.safetensors)")
-    meta = read_metadata(last)  # the tensors are read once, by the trainer
-    if not meta.get("recipe"):
+    meta = read_meta(last)  # the tensors are read once, by the trainer
+    if not meta.recipe:
         raise UserError(f"{last}: has no recipe; not a resnetlab run")
     if old_folder_split(meta):
         raise UserError(f"{last}: a folder run from before the decoded cache; its splits cannot be rebuilt the "
                         f"same way, so it cannot be resumed exactly: train it again")
-    stored = recipe_from_dict(meta["recipe"])
+    stored = recipe_from_dict(meta.recipe)
     recipe = load_recipe(None, list(overrides), base=stored.to_dict()) if overrides else stored
     before, after = _flatten(stored.to_dict()), _flatten(recipe.to_dict())
     changed = [k for k in after if after[k] != before.get(k)]
-    refused = [k for k in changed if k not in RESUME_SAFE]
+    allowed = resume_keys()  # declared on the recipe's fields (resume=True)
+    refused = [k for k in changed if k not in allowed]
     if refused:
         raise UserError(f"recipe key {refused[0]} cannot change when resuming (it would make a different "
-                        f"experiment); allowed on --resume: {', '.join(RESUME_SAFE)}")
-    stored_root = (meta.get("dataset") or {}).get("data_dir")
+                        f"experiment); allowed on --resume: {', '.join(allowed)}")
+    stored_root = meta.data_ref.data_dir
     return recipe, data_dir or stored_root
 
 
@@ -405,8 +400,8 @@ def finish_run(trainer: Trainer, splits: Splits, test_loader, state: TrainerStat
     hist = state.history
     speeds = [h["img_per_s"] for h in hist[1:]] or [h["img_per_s"] for h in hist]
     results = {
-        "model": trainer.meta["arch"], "test": test.summary(), "weights": chosen,
-        "params": count_params(model), "macs": trainer.forward_macs(trainer.meta["input_size"], model),
+        "model": trainer.meta.arch, "test": test.summary(), "weights": chosen,
+        "params": count_params(model), "macs": trainer.forward_macs(trainer.meta.input_size, model),
         "train_time_min": (state.elapsed + (features.seconds if features else 0.0)) / 60,
         "train_pflop": (hist[-1]["train_pflop"] if hist else 0.0) + (features.flops / 1e15 if features else 0.0),
         "epochs": state.epoch, "steps": state.step,
@@ -415,9 +410,9 @@ def finish_run(trainer: Trainer, splits: Splits, test_loader, state: TrainerStat
     }
     if features:
         results.update(feature_s=round(features.seconds, 2), feature_pflop=features.flops / 1e15)
-    meta = dict(trainer.meta, metrics={"test": test.summary(), "val_best": state.best},
-                epoch=state.epoch, step=state.step)
-    save_checkpoint(run_dir / f"{prefix}best.safetensors", model.state_dict(), meta)
+    meta = trainer.meta.replace(metrics={"test": test.summary(), "val_best": state.best}, epoch=state.epoch,
+                                step=state.step)
+    save_checkpoint(run_dir / f"{prefix}best.safetensors", model.state_dict(), meta.to_dict())
     atomic_write_text(run_dir / f"{prefix}results.json", json.dumps(results, indent=2))
     write_confusion(test, splits.classes, run_dir / f"{prefix}confusion")
     log(f"test ({chosen} weights): top-1 {test.top1:.4f}  top-5 {test.top5:.4f}  loss {test.loss:.4f}  "
@@ -426,15 +421,14 @@ def finish_run(trainer: Trainer, splits: Splits, test_loader, state: TrainerStat
     return results
 
 
-def data_ref(cfg: DataConfig, data_dir: str | None) -> dict:
+def data_ref(cfg: DataConfig, data_dir: str | None) -> DatasetRef:
     """Where the data came from, so eval and resume find it again (absolute paths; the data root as
     resolved at the time: --data-dir, $RESNETLAB_DATA or ./data)."""
     root = str(resolve_data_root(data_dir).resolve()) if cfg.dataset != "folder" else None
     url = cfg.path and cfg.path.startswith(("http://", "https://"))
     path = (cfg.path if url else str(Path(cfg.path).resolve())) if cfg.path else None
-    return {"dataset": cfg.dataset, "path": path, "data_dir": root,
-            "val_size": cfg.val_size, "split_seed": cfg.split_seed, "test_fraction": cfg.test_fraction,
-            "split": FOLDER_SPLIT if cfg.dataset == "folder" else None}
+    return DatasetRef(dataset=cfg.dataset, path=path, data_dir=root, val_size=cfg.val_size, split_seed=cfg.split_seed,
+                      test_fraction=cfg.test_fraction, split=FOLDER_SPLIT if cfg.dataset == "folder" else None)
 
 
 # How folder splits are drawn: over the rows of the decoded cache (data.cache). Checkpoints of folder runs from
@@ -442,6 +436,6 @@ def data_ref(cfg: DataConfig, data_dir: str | None) -> dict:
 FOLDER_SPLIT = "cache-rows-1"
 
 
-def old_folder_split(meta: dict) -> bool:
-    ref = meta.get("dataset") or {}
-    return ref.get("dataset") == "folder" and ref.get("split") != FOLDER_SPLIT
+def old_folder_split(meta: CheckpointMeta) -> bool:
+    ref = meta.data_ref
+    return ref.dataset == "folder" and ref.split != FOLDER_SPLIT
