@@ -217,13 +217,16 @@ def test_resume_without_run_is_a_clear_error(tmp_path, capsys):
     assert "nothing to resume" in capsys.readouterr().err
 
 
-def test_real_data_slice_end_to_end(real_data, tmp_path, capsys):
+def test_real_data_slice_end_to_end_learns_in_fp32_and_bf16(real_data, tmp_path, capsys):
+    # Batch 100 pinned: 57 optimizer steps. At the recipe's batch 500 (12 steps) the figure hung on the machine's
+    # kernels (fp32 on a Zen 3: 0.19). Measured at batch 100 on an Ice Lake Xeon (2026-12-07): fp32 0.550 / 0.568 /
+    # 0.595 (seeds 0-2), bf16 0.573 / 0.583 (seeds 0-1); the bound leaves 0.2 of room on either precision.
     out = tmp_path / "real"
     assert main(["train", "--recipe", "cifar10_quick", "--data-dir", str(real_data),
                  "--out", str(out), "--no-progress", "data.subset=2000", "train.epochs=3", "data.val_size=100",
-                 "data.augment.epoch_sizes=[]"]) == 0
+                 "data.augment.epoch_sizes=[]", "train.batch_size=100"]) == 0
     res = json.loads((out / "results.json").read_text())
-    assert res["test"]["n"] == 400 and res["test"]["top1"] > 0.2  # chance is 0.1
+    assert res["test"]["n"] == 400 and res["test"]["top1"] > 0.35  # chance is 0.1
 
 
 def test_checksum_failure_is_one_line_and_writes_nothing(tiny_cifar, tmp_path, capsys):
