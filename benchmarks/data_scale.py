@@ -26,7 +26,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+from _common import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 PALETTE = np.random.default_rng(7).integers(40, 215, size=(100, 3))
@@ -67,15 +68,6 @@ def make_photos(root: Path, n: int, classes: int, seed: int = 0) -> Path:
         pool.map(_photo, jobs, chunksize=64)
     done.write_text(f"{n} {classes} {seed}")
     return root
-
-
-def machine() -> str:
-    model = ""
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model or platform.processor()}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
 # ---------------------------------------------------------------------------------------------- build
@@ -144,10 +136,8 @@ def part_train(work: Path, n: int, size: int, steps: int, rounds: int) -> dict:
 
 
 def _has_bf16() -> bool:
-    try:
-        return "avx512_bf16" in open("/proc/cpuinfo").read() or "amx_bf16" in open("/proc/cpuinfo").read()
-    except OSError:
-        return False
+    from resnetlab.runtime import cpu_has_fast_bf16
+    return cpu_has_fast_bf16()
 
 
 # --------------------------------------------------------------------------------------------- memory
@@ -310,7 +300,7 @@ def main() -> None:
     a = ap.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(ROOT / "src"))
-    res: dict = {"machine": machine(), "date": time.strftime("%Y-%m-%d")}
+    res: dict = {"machine": machine(), "date": time.strftime("%Y-%m-%d")}  # _common.machine: the one description
     parts = a.parts.split(",")
     if "build" in parts:
         res["build"] = part_build(a.work, a.build_images, a.build_size)

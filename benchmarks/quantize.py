@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -26,15 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _common import machine
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-
-
-def cpu() -> dict:
-    info = open("/proc/cpuinfo").read() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
-    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
-    return {"model": model, "cores": os.cpu_count(), "vnni": sorted(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})}
 
 
 def rate(model_path: str | bytes, size: int, batch: int, seconds: float) -> float:
@@ -132,7 +126,7 @@ def main() -> None:
                    "note": note}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    res = {"cpu": cpu(), "date": time.strftime("%Y-%m-%d"), "threads": torch.get_num_threads(), "rows": rows}
+    res = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "threads": torch.get_num_threads(), "rows": rows}
     if a.json:
         a.json.write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))

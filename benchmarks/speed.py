@@ -29,14 +29,10 @@ from pathlib import Path
 
 import torch
 
+from _common import ceilings, sync
+
 HERE = Path(__file__).resolve().parent
 MODELS = [("resnet20", {}), ("resnet56", {}), ("resnet18", {"stem": "cifar"})]
-
-
-def sync(device: torch.device) -> None:
-    """CUDA work is asynchronous: a timer must wait for the device, not for the launch."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def worker_train(args) -> dict:
@@ -48,7 +44,7 @@ def worker_train(args) -> dict:
     from resnetlab.training.config import load_recipe
     from resnetlab.training.runner import Splits, setup_runtime
     sys.path.insert(0, str(HERE))
-    from step_probe import build_trainer, time_steps
+    from _common import build_trainer, time_steps
 
     kw = json.loads(args.kwargs)
     train, test = cifar10(resolve_data_root(args.data_dir), verify=not args.no_verify)
@@ -139,34 +135,6 @@ def inference(name: str, kw: dict) -> list[dict]:
         res["native_bf16"] = cpu_has_fast_bf16()
         rows.append(res)
     return rows
-
-
-def ceilings(device: torch.device, reps: int = 5) -> dict[str, float]:
-    """This machine's ceilings, measured now: TFLOP/s of a ResNet-18-sized 3x3 convolution forward (128 -> 128
-    channels, 16x16, batch 128, channels_last) in fp32 and under bf16 autocast, and of a 4096^3 matmul.
-    On a GPU one such call lasts microseconds, so each timing there covers 50 calls between syncs."""
-    out = {}
-    conv = torch.nn.Conv2d(128, 128, 3, padding=1, bias=False).to(device, memory_format=torch.channels_last)
-    x = torch.randn(128, 128, 16, 16, device=device).contiguous(memory_format=torch.channels_last)
-    conv_flop = 2 * 128 * 128 * 9 * 16 * 16 * 128
-    a, b = torch.randn(4096, 4096, device=device), torch.randn(4096, 4096, device=device)
-    calls = 1 if device.type == "cpu" else 50
-    for prec in ("fp32", "bf16"):
-        ctx = torch.autocast(device.type, dtype=torch.bfloat16, enabled=prec == "bf16")
-        with torch.no_grad(), ctx:
-            for name, fn, flop in (("conv", lambda: conv(x), conv_flop), ("matmul", lambda: a @ b, 2 * 4096 ** 3)):
-                for _ in range(3 if device.type == "cuda" else 1):
-                    fn()
-                times = []
-                for _ in range(reps):
-                    sync(device)
-                    t0 = time.perf_counter()
-                    for _ in range(calls):
-                        fn()
-                    sync(device)
-                    times.append((time.perf_counter() - t0) / calls)
-                out[f"{name}_{prec}"] = flop / min(times) / 1e12
-    return out
 
 
 def main() -> None:

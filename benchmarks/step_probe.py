@@ -4,7 +4,7 @@ engine's own Trainer.train_step (the recipe's optimiser, precision and memory fo
 1. steady-state img/s at each image size of the recipe's progressive-resizing schedule, eager and under
    `torch.compile` (the recipe key train.compile), with the compilation's own seconds;
 2. the achieved training TFLOP/s (FLOPs counted on a real backward, as the run's PFLOP figure), beside this
-   machine's 3x3-conv forward ceiling in the step's precision (speed.py's ceiling, measured here too);
+   machine's 3x3-conv forward ceiling in the step's precision (_common.ceilings, measured here too);
 3. where an eager full-size step spends its time: torch.profiler's self-time share of each operator kind.
 
     RESNETLAB_DATA=... python benchmarks/step_probe.py [--recipe cifar10_quick] [--steps 12] [--json OUT]
@@ -15,42 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 
 HERE = Path(__file__).resolve().parent
-
-
-def build_trainer(recipe, splits, device, amp, cl):
-    from resnetlab.models import build_model
-    from resnetlab.training.engine import RunContext, Trainer
-    from resnetlab.training.runner import init_from_training_images, make_loaders
-    torch.manual_seed(0)
-    model = build_model(recipe.model.name, len(splits.classes), recipe.model.kwargs)
-    init_from_training_images(model, splits, seed=0)
-    loader = make_loaders(recipe, splits, device, cl)[0]
-    ctx = RunContext(Path("/tmp/unused"), {"num_classes": len(splits.classes)}, device, amp, cl, progress=False)
-    return Trainer(model, recipe, loader, None, ctx), loader
-
-
-def time_steps(tr, loader, epoch: int, warm: int, steps: int) -> tuple[float, float]:
-    """(seconds of the first `warm` steps, img/s of the next `steps`) for the epoch's image size."""
-    loader.set_epoch(epoch)
-    it = iter(loader)
-    t0 = time.perf_counter()
-    for _ in range(warm):
-        tr.train_step(*next(it))[0].item()
-    t1 = time.perf_counter()
-    n = 0
-    for _ in range(steps):
-        x, y = next(it)
-        loss, _ = tr.train_step(x, y)
-        n += len(y)
-    loss.item()
-    return t1 - t0, n / (time.perf_counter() - t1)
 
 
 def op_kind(name: str) -> str:
@@ -95,8 +65,7 @@ def main() -> None:
     from resnetlab.training.config import load_recipe
     from resnetlab.training.runner import load_splits, setup_runtime
     sys.path.insert(0, str(HERE))
-    from speed import ceilings
-    from time_to_accuracy import machine
+    from _common import build_trainer, ceilings, machine, time_steps
 
     recipe = load_recipe(args.recipe, ["data.val_size=0", *args.overrides])
     device, amp, cl = setup_runtime(recipe)

@@ -65,7 +65,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from time_to_accuracy import HERE, RunFailed, run
+from _common import HERE, RunFailed, run
 
 # every sweep of the default ran on the one-cycle SGD default, pinned there (its overrides add Muon where they do)
 RECIPE = str(HERE / "recipes" / "cifar10_quick_v2.yaml")

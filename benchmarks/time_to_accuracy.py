@@ -18,51 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-
-
-def machine() -> dict:
-    import torch
-    from resnetlab.runtime import cpu_flags, cpu_model
-    flags = sorted(f for f in cpu_flags() if f in {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "fma"})
-    info = {"cpu": cpu_model(), "flags": flags, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
-    if torch.cuda.is_available():  # the recipes' device: auto picks the GPU
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
-class RunFailed(RuntimeError):
-    pass
-
-
-def run(recipe: str, seed: int, out: Path, overrides: list[str] | tuple[str, ...] = (),
-        env: dict | None = None) -> dict:
-    """One `resnetlab train` in its own process (recipe, seed, KEY=VALUE overrides); its measured figures.
-    Also used by sweep_quick.py, which runs several side by side (env: their thread counts)."""
-    if (out / "results.json").exists() or (out / "last.safetensors").exists():
-        shutil.rmtree(out)  # this benchmark's own folder from an earlier run: measure afresh
-    cmd = [sys.executable, "-m", "resnetlab", "train", "--recipe", recipe, "--out", str(out), "--no-progress",
-           f"train.seed={seed}", *overrides]
-    t0 = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE.parent, env=env)
-    wall = time.perf_counter() - t0
-    if r.returncode:
-        raise RunFailed(f"{recipe}: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else 'failed'}")
-    rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
-    results = json.loads((out / "results.json").read_text())
-    return {"recipe": recipe, "seed": seed, "overrides": list(overrides), "wall_s": wall,
-            "test_top1": results["test"]["top1"], "train_s": 60 * results["train_time_min"],
-            "train_pflop": results.get("train_pflop"), "checkpoint": str(out / "best.safetensors"),
-            "epochs": [{"epoch": r["epoch"], "elapsed_s": r["elapsed_s"], "top1": r["val_top1"],
-                        "split": r["eval_split"]} for r in rows if r["val_top1"] is not None]}
+from _common import HERE, RunFailed, machine, machine_line, run
 
 
 def plot(runs: list[dict], path: Path) -> None:
@@ -91,7 +49,7 @@ def main() -> None:
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     info = machine()
-    print(f"machine: {info['cpu']} ({', '.join(info['flags'])}), {info['cpus']} CPUs, torch {info['torch']}"
+    print(f"machine: {machine_line(info)}"
           + (f", GPU {info['gpu']} (the runs train there)" if "gpu" in info else ""))
     runs = []
     plan = []

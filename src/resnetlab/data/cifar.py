@@ -300,8 +300,8 @@ def _class_names(reader: _Reader, fmt: str, dataset: str, folder: str) -> list[s
     try:
         if fmt.startswith("py"):
             meta_name = "batches.meta" if dataset == "cifar10" else "meta"
-            meta = _unpickle_official(reader.read(meta_name), f"{folder}/{meta_name}", meta_name)
-            names = meta["label_names"] if dataset == "cifar10" else meta["fine_label_names"]
+            batches = _unpickle_official(reader.read(meta_name), f"{folder}/{meta_name}", meta_name)
+            names = batches["label_names"] if dataset == "cifar10" else batches["fine_label_names"]
         else:
             meta_name = "batches.meta.txt" if dataset == "cifar10" else "fine_label_names.txt"
             names = [s for s in reader.read(meta_name).decode().split("\n") if s.strip()]
