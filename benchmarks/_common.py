@@ -186,3 +186,20 @@ def time_steps(tr, loader, epoch: int, warm: int, steps: int) -> tuple[float, fl
         n += len(y)
     loss.item()
     return t1 - t0, n / (time.perf_counter() - t1)
+
+
+# ---------------------------------------------------------------- held-out images of a checkpoint's run
+def held_out(clf, data_dir: str | None, split: str):
+    """The test split, or the validation images the checkpoint's own run held out of training — split by the
+    runner's own load_splits from the recipe stored in the checkpoint: robustness read there can choose a recipe."""
+    from resnetlab.data.cifar import load_cifar
+    from resnetlab.training.config import recipe_from_dict
+    from resnetlab.training.runner import load_splits
+    root = data_dir or clf.metadata.data_ref.data_dir
+    if split == "test":
+        return load_cifar(root, "cifar10", "test")
+    splits = load_splits(recipe_from_dict(clf.metadata.recipe).data, root, progress=False)
+    if splits.val is None:
+        raise SystemExit(f"{clf.path}: --split val, but its run held out no validation split (data.val_size=0); "
+                         "use --split test or a checkpoint trained with data.val_size")
+    return splits.val

@@ -64,7 +64,7 @@ def random_checkpoint(work: Path, arch: str, size: int) -> Path:
         m = build_model(arch, 1000, {})
         meta = model_meta(arch, {}, [f"c{i}" for i in range(1000)], (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
                           size, None)
-        save_checkpoint(path, m.state_dict(), meta)
+        save_checkpoint(path, m.state_dict(), meta.to_dict())
     return path
 
 

@@ -21,11 +21,8 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageEnhance
 
-from _common import median_step_seconds
+from _common import held_out, median_step_seconds
 from resnetlab import load
-from resnetlab.data.cifar import ImageSet, load_cifar
-from resnetlab.training.config import recipe_from_dict
-from resnetlab.training.runner import load_splits
 from resnetlab.decoding import load_uint8
 
 
@@ -70,19 +67,6 @@ DIAGNOSTIC = {
 
 def variants(diagnose: bool) -> dict:
     return VARIANTS | DIAGNOSTIC if diagnose else VARIANTS
-
-
-def held_out(clf, data_dir: str | None, split: str) -> ImageSet:
-    """The test split, or the validation images the checkpoint's own run held out of training — split by the
-    runner's own load_splits from the recipe stored in the checkpoint: robustness read there can choose a recipe."""
-    root = data_dir or (clf.metadata.get("dataset") or {}).get("data_dir")
-    if split == "test":
-        return load_cifar(root, "cifar10", "test")
-    splits = load_splits(recipe_from_dict(clf.metadata.recipe).data, root, progress=False)
-    if splits.val is None:
-        raise SystemExit(f"{clf.path}: --split val, but its run held out no validation split (data.val_size=0); "
-                         "use --split test or a checkpoint trained with data.val_size")
-    return splits.val
 
 
 def measure(checkpoint: str, data_dir: str | None, limit: int | None, write: Path | None,

@@ -1,5 +1,6 @@
-"""Accuracy sweeps of the default recipe: photo-artefact augmentation and candidate changes on a validation
-split. Sweep names are kept as the docs cite them (docs/results.md).
+"""The lab, not the product: the accuracy sweeps that chose the bundled recipes (photo-artefact augmentation and
+candidate changes on a validation split). An experiment log kept runnable so that the experiments in docs/results/
+can be repeated; sweep names are kept as the docs cite them. Nothing in resnetlab imports it.
 
     RESNETLAB_DATA=... python benchmarks/sweep_quick.py SWEEP [SWEEP ...] [--only NAME ...] [--seeds 0 1]
                                                         [--workers N] [--out DIR]

@@ -10,7 +10,7 @@ torch version, threads) and a PNG of accuracy against time.
     python benchmarks/time_to_accuracy.py [RECIPE[@SEEDS] ...] [--seeds 0 1] [--out DIR]
 
 RECIPE@0,1 runs that recipe with seeds 0 and 1 (other recipes get --seeds). With no recipes it runs the
-comparison of docs/results.md: the pinned previous default (benchmarks/recipes/cifar10_quick_v2.yaml, seed 0
+comparison of docs/results/training.md: the pinned previous default (benchmarks/recipes/cifar10_quick_v2.yaml, seed 0
 and 1), the current default (seeds 0 and 1) and fast94 (seed 0), one after another: about 50 minutes on a
 2-core Zen 4.
 """

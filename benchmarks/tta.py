@@ -27,7 +27,7 @@ from resnetlab.evaluation.metrics import tta_views
 from resnetlab.preprocessing import model_input
 from resnetlab.runtime import autocast_for, select_precision
 from resnetlab.training.config import recipe_from_dict
-from robustness import held_out
+from _common import held_out
 
 
 def _mean_probs(logits: list[torch.Tensor]) -> torch.Tensor:

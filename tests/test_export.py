@@ -37,7 +37,7 @@ def test_onnx_export_matches_pytorch_and_carries_its_metadata(small_checkpoint, 
     # dynamic batch axis: the same file runs at batch 1 and 37
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     test = load_cifar(real_data, "cifar10", "test")
-    x = export_mod.check_images_input(test.images[600:637], meta)
+    x = export_mod.check_images_input(test.images[600:637], clf.metadata)
     with torch.no_grad():
         ref = clf.model(x).numpy()
     for batch in (x[:1], x):

@@ -72,7 +72,7 @@ def test_many_tiny_bombs_are_refused_from_their_headers(client):
 def test_a_bomb_in_flight_does_not_block_the_event_loop(classifier):
     """Two 39.7 MP WebPs (inside the per-request budget) are decoded in a worker thread while /healthz keeps
     being answered. Pillow holds the GIL for stretches of a decode this large (its WebP frame copy and RGBA
-    to RGB conversion), so a single poll can wait up to ~1 s on 2 cores (docs/results.md); what the loop must
+    to RGB conversion), so a single poll can wait up to ~1 s on 2 cores (docs/results/serving.md); what the loop must
     not do is wait for the decode: polls go on being answered throughout and most of them at once."""
     with ServeProcess(classifier.path, capture=False) as server, httpx.Client(timeout=10) as poller:
         body = [webp_bomb(), webp_bomb()]
@@ -343,7 +343,7 @@ def test_predict_classifies_the_good_files_and_reports_the_bad(small_checkpoint,
 def test_a_60_second_soak_has_no_5xx_and_no_gross_leak(small_checkpoint):
     """benchmarks/soak.py for one minute at 70 % of the measured capacity: good, bad, oversized, slow and
     aborted clients; no 5xx seen by clients or counted by /metrics. A minute is still warm-up for memory (the
-    30-minute soak in docs/results.md grew 10 % after its first 5 minutes, in steps, as latency peaked), so
+    30-minute soak in docs/results/serving.md grew 10 % after its first 5 minutes, in steps, as latency peaked), so
     here RSS only has to stay within 25 % of its first window: a leak per request would pass that in seconds."""
     import subprocess
     import sys

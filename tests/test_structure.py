@@ -89,6 +89,17 @@ def test_every_resnet_row_is_a_public_factory():
         assert getattr(models, row.name).__name__ == row.name and row.name in models.__all__
 
 
+def test_every_model_argument_is_documented_where_its_constructor_defines_it():
+    from resnetlab.models import get_spec, registry
+    assert not hasattr(registry, "HELP")  # no second table of argument texts
+    undocumented = [f"{name}.{arg}" for name in resnetlab.list_models() for arg, a in get_spec(name).args.items()
+                    if not a.help]
+    assert undocumented == []
+    assert get_spec("resnet18").args["groups"].help == "groups of the 3x3 convs of Bottleneck blocks (ResNeXt's cardinality)"
+    with pytest.raises(UserError, match=r"drop_rate=2: expected a number in \[0, 1\) \(dropout before the classifier"):
+        resnetlab.create_model("resnet20", drop_rate=2)
+
+
 # ---------------------------------------------------------------- checkpoint metadata
 # What resnetlab wrote into a checkpoint before metadata had a type (no task): it must keep loading.
 OLD_META = {"arch": "resnet20", "kwargs": {}, "num_classes": 10, "classes": [f"c{i}" for i in range(10)],

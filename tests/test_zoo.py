@@ -152,7 +152,7 @@ def test_every_structure_exports_to_onnx_and_serves_what_pytorch_predicts(name, 
     model = resnetlab.create_model(name, num_classes=3, **small(name)).eval()
     meta = model_meta(name, small(name), ["a", "b", "c"], (0.5,) * 3, (0.25,) * 3, s, None)
     ckpt = tmp_path / "m.safetensors"
-    save_checkpoint(ckpt, model.state_dict(), meta)
+    save_checkpoint(ckpt, model.state_dict(), meta.to_dict())
     pixels = torch.randint(0, 256, (4, 3, s, s), dtype=torch.uint8)
     path, check = export(ckpt, "onnx", pixels, log=lambda *a, **k: None)
     assert path.is_file() and check.top1_agreement == 1.0 and check.max_abs_diff <= 1e-4

@@ -24,6 +24,7 @@ from .errors import RunInterrupted, UserError
 from .files import atomic_write_text
 from .models import get_spec
 from .training.config import Recipe, load_recipe, load_yaml, recipe_key
+from .training.engine import EpochRow
 
 PRUNERS = ("median", "halving", "none")
 
@@ -137,14 +138,14 @@ class _Objective:
         best: dict[str, float] = {}
         step = [0]
 
-        def on_epoch(prefix: str, row: dict) -> None:
-            if row.get("eval_split") != "val" or row.get("val_top1") is None:
+        def on_epoch(prefix: str, row: EpochRow) -> None:
+            if row.eval_split != "val" or row.val_top1 is None:
                 return  # monitoring on test, or an epoch without evaluation (train.eval_every)
-            best[prefix] = max(best.get(prefix, 0.0), row["val_top1"])
-            trial.report(row["val_top1"], step[0])
+            best[prefix] = max(best.get(prefix, 0.0), row.val_top1)
+            trial.report(row.val_top1, step[0])
             step[0] += 1
             if trial.should_prune():
-                raise optuna.TrialPruned(f"val top-1 {row['val_top1']:.4f} at epoch {step[0]}")
+                raise optuna.TrialPruned(f"val top-1 {row.val_top1:.4f} at epoch {step[0]}")
 
         self.log(f"trial {trial.number}: {', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in params.items())}")
         t0 = time.perf_counter()

@@ -131,7 +131,7 @@ def session_options(threads: int = 0):
     fast uint8 x int8 kernels add pairs of products in int16 and saturate when weights fall outside [-64, 63];
     with this option it runs those layers with uint8 x uint8 kernels instead: on an AVX2 CPU the default net's
     int8 copy agreed with the float model on only ~71 % of the test images without it
-    (docs/results.md#int8-under-onnx-runtime). CPUs with VNNI are unaffected."""
+    (docs/results/deploy.md#int8-under-onnx-runtime). CPUs with VNNI are unaffected."""
     _, ort = _onnx_modules()
     options = ort.SessionOptions()
     if threads:
@@ -278,7 +278,7 @@ def fold_for_quantization(model: torch.nn.Module) -> tuple[torch.nn.Module, int]
 def _input_convs(path: str) -> list[str]:
     """The convolutions that read the graph's input: int8 exports keep them in float. Of all layers, quantizing
     the first (its input and its weights) cost the default net the most agreement with the float model, and its
-    large whitening weights were the ones that saturated on CPUs without VNNI (docs/results.md)."""
+    large whitening weights were the ones that saturated on CPUs without VNNI (docs/results/deploy.md)."""
     onnx, _ = _onnx_modules()
     graph = onnx.load(path).graph
     inputs = {i.name for i in graph.input}

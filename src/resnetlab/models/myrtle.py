@@ -2,7 +2,7 @@
 
 Why it exists: on a CPU, the deep-and-thin CIFAR ResNets spend their time in many small convolutions;
 this net has few, wide layers at low resolution and reaches high CIFAR-10 accuracy in a handful of epochs
-(the default recipe's figures: docs/results.md), which is what short CPU recipes need. Widths are configurable so
+(the default recipe's figures: docs/results/training.md), which is what short CPU recipes need. Widths are configurable so
 recipes can trade accuracy for time.
 """
 from __future__ import annotations
@@ -42,6 +42,31 @@ class ResNet9(ClassifierNet):
                  se_reduction: int = 0, activation: Literal["relu", "gelu"] = "relu", bn_momentum: float = 0.1,
                  bn_eps: float = 1e-5, bn_frozen_scale: bool = False,
                  whiten_style: Literal["pca", "airbench"] = "pca") -> None:
+        """Args:
+            num_classes: outputs of the classifier.
+            widths: channels of each stage.
+            in_channels: input channels.
+            head_scale: logit scale (Myrtle: 0.125).
+            whiten: fixed 3x3 patch-whitening first layer.
+            whiten_eps: whitening regulariser: filters scale by 1/sqrt(eigenvalue + eps); larger amplifies fine
+                detail (and JPEG noise) less.
+            block: separable: every 3x3 conv depthwise + pointwise.
+            drop_rate: dropout before the classifier (0: off).
+            drop_path_rate: stochastic depth of the last residual block, rising linearly from 0 over the blocks
+                (0: off).
+            pool_first: conv → max-pool → BN → ReLU in the pooling layers (airbench's order; cheaper on CPUs).
+            dirac: the first c_in filters of each conv start as the identity (airbench).
+            se_reduction: squeeze-and-excitation in every residual block with this channel reduction (Hu et al.
+                2018: 16; 0: off).
+            activation: relu or gelu, everywhere in the net (airbench94_muon: gelu).
+            bn_momentum: weight of each batch in the BN running statistics (torch's convention; airbench94_muon:
+                0.4).
+            bn_eps: BN epsilon (airbench94_muon: 1e-12).
+            bn_frozen_scale: BN scales fixed at 1, only the BN biases train (airbench94_muon).
+            whiten_style: pca: 3x3 patches (27 filters), then a 1x1 conv + BN + activation to widths[0]; airbench:
+                2x2 patches, each filter and its negative (widths[0] = 24), a trained bias, the activation
+                (airbench94_muon).
+        """
         super().__init__()
         if block not in ("standard", "separable"):
             raise ValueError(f"unknown block kind {block!r}; use standard or separable")
@@ -126,7 +151,7 @@ class ResNet9(ClassifierNet):
     def fold_for_inference(self) -> int:
         """The fixed whitening conv and the prep layer's 1x1 conv after it are two linear maps with nothing
         between them: one 3x3 conv (in_channels → w0) computes both. Quantizers then see no 27-channel
-        intermediate tensor (on the default net it cost the int8 copy the most agreement, docs/results.md)."""
+        intermediate tensor (on the default net it cost the int8 copy the most agreement, docs/results/deploy.md)."""
         if self.whiten is None or self.whiten_style == "airbench":  # bias and activation between: nothing to fold
             return 0
         point = self.prep[0]

@@ -2,8 +2,8 @@
 
 A family registers plain factories with `@register_model(...)`. Their user-facing arguments are read from
 the constructor's signature (the annotation gives the check, by schema.conform as for recipe keys: bool, int, float,
-a Literal of choices, a sequence of ints, or None), narrowed by a small map of constraints (ranges, the number of stage widths) and
-explained by one help text per argument name. Model kwargs arrive from recipes, the command line and
+a Literal of choices, a sequence of ints, or None), narrowed by a small map of constraints (ranges, the number of
+stage widths), and explained by the constructor's own docstring (its "Args:" section). Model kwargs arrive from recipes, the command line and
 checkpoint metadata, i.e. from files users did not necessarily write: they are data, each checked before
 anything is built, and nothing here opens or fetches a file named by them.
 """
@@ -31,38 +31,28 @@ class Arg:
     help: str
 
 
-# What each argument means (one text per name, whichever family has it).
-HELP = {
-    "widths": "channels of each stage",
-    "stem": "imagenet (7x7/2 conv + max-pool) or cifar (3x3/1 conv)",
-    "stem_width": "channels of the stem conv (default: first stage width)",
-    "shortcut": "A: zero-padded identity, B: 1x1 projection",
-    "option": "the paper's name for `shortcut`",
-    "zero_init_residual": "start every residual branch at zero (Goyal et al. 2017)",
-    "in_channels": "input channels",
-    "block": "separable: every 3x3 conv depthwise + pointwise",
-    "drop_rate": "dropout before the classifier (0: off)",
-    "drop_path_rate": "stochastic depth of the last residual block, rising linearly from 0 over the blocks (0: off)",
-    "groups": "groups of the 3x3 convs of Bottleneck blocks (ResNeXt's cardinality)",
-    "width_per_group": "channels per group of the Bottleneck 3x3 convs at the first stage (64: plain ResNet; "
-                       "128: wide ResNet)",
-    "se_reduction": "squeeze-and-excitation in every residual block with this channel reduction (Hu et al. "
-                    "2018: 16; 0: off)",
-    "block_dropout": "dropout between the convolutions of every residual block (wide ResNets: 0.3; 0: off)",
-    "head_scale": "logit scale (Myrtle: 0.125)",
-    "whiten": "fixed 3x3 patch-whitening first layer",
-    "whiten_style": "pca: 3x3 patches (27 filters), then a 1x1 conv + BN + activation to widths[0]; airbench: "
-                    "2x2 patches, each filter and its negative (widths[0] = 24), a trained bias, the activation "
-                    "(airbench94_muon)",
-    "whiten_eps": "whitening regulariser: filters scale by 1/sqrt(eigenvalue + eps); larger amplifies fine "
-                  "detail (and JPEG noise) less",
-    "pool_first": "conv → max-pool → BN → ReLU in the pooling layers (airbench's order; cheaper on CPUs)",
-    "dirac": "the first c_in filters of each conv start as the identity (airbench)",
-    "activation": "relu or gelu, everywhere in the net (airbench94_muon: gelu)",
-    "bn_momentum": "weight of each batch in the BN running statistics (torch's convention; airbench94_muon: 0.4)",
-    "bn_eps": "BN epsilon (airbench94_muon: 1e-12)",
-    "bn_frozen_scale": "BN scales fixed at 1, only the BN biases train (airbench94_muon)",
-}
+def documented_args(builds: Callable) -> dict[str, str]:
+    """The help of each argument, from the "Args:" section of the constructor's own docstring (as timm documents
+    its models): `name: text` lines, continuation lines indented deeper."""
+    doc = inspect.getdoc(builds.__init__ if isinstance(builds, type) else builds) or ""
+    out: dict[str, str] = {}
+    current = None
+    lines = doc.split("Args:", 1)[1].splitlines() if "Args:" in doc else []
+    indent = None
+    for line in lines:
+        if not line.strip():
+            continue
+        depth = len(line) - len(line.lstrip())
+        indent = depth if indent is None else indent
+        if depth < indent:
+            break
+        name, sep, text = line.strip().partition(": ")
+        if depth == indent and sep and name.isidentifier():
+            current = name
+            out[name] = text.strip()
+        elif current is not None:
+            out[current] += " " + line.strip()
+    return {name: text.rstrip(".") for name, text in out.items()}
 
 
 # Bounds beyond the annotation's type, with what to say when a value is out of them; other ints must be >= 1 and
@@ -112,15 +102,16 @@ def signature_args(builds: Callable, exclude: Sequence[str] = (), rename: dict[s
     name (`rename`: parameter → user name), plus `aliases` (extra user name → user name, same check)."""
     rename, aliases = rename or {}, aliases or {}
     hints = typing.get_type_hints(builds.__init__ if isinstance(builds, type) else builds)
+    docs = documented_args(builds)
     out: dict[str, Arg] = {}
     for pname in inspect.signature(builds).parameters:
         if pname in exclude or pname in ("self", "num_classes", "kwargs"):
             continue
         user = rename.get(pname, pname)
-        out[user] = Arg(_check_for(hints[pname], pname, n_stages), HELP.get(user, ""))
+        out[user] = Arg(_check_for(hints[pname], pname, n_stages), docs.get(pname, ""))
         for alias, target in aliases.items():
             if target == user:
-                out[alias] = Arg(out[user].check, HELP.get(alias, ""))
+                out[alias] = Arg(out[user].check, f"another name for `{user}`: {out[user].help}")
     return out
 
 

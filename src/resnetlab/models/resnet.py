@@ -49,6 +49,32 @@ class ResNet(ClassifierNet):
         bn_eps: float = 1e-5,
         bn_frozen_scale: bool = False,
     ) -> None:
+        """Args:
+            block: the residual block class (BasicBlock, Bottleneck or PreActBlock); a row of ROWS chooses it.
+            layers: blocks per stage; a row of ROWS chooses them.
+            num_classes: outputs of the classifier.
+            widths: channels of each stage.
+            stem: imagenet (7x7/2 conv + max-pool) or cifar (3x3/1 conv).
+            stem_width: channels of the stem conv (default: first stage width).
+            shortcut: A: zero-padded identity, B: 1x1 projection.
+            zero_init_residual: start every residual branch at zero (Goyal et al. 2017).
+            in_channels: input channels.
+            block_kind: separable: every 3x3 conv depthwise + pointwise.
+            drop_rate: dropout before the classifier (0: off).
+            drop_path_rate: stochastic depth of the last residual block, rising linearly from 0 over the blocks
+                (0: off).
+            groups: groups of the 3x3 convs of Bottleneck blocks (ResNeXt's cardinality).
+            width_per_group: channels per group of the Bottleneck 3x3 convs at the first stage (64: plain ResNet;
+                128: wide ResNet).
+            se_reduction: squeeze-and-excitation in every residual block with this channel reduction (Hu et al.
+                2018: 16; 0: off).
+            block_dropout: dropout between the convolutions of every residual block (wide ResNets: 0.3; 0: off).
+            activation: relu or gelu, everywhere in the net (airbench94_muon: gelu).
+            bn_momentum: weight of each batch in the BN running statistics (torch's convention; airbench94_muon:
+                0.4).
+            bn_eps: BN epsilon (airbench94_muon: 1e-12).
+            bn_frozen_scale: BN scales fixed at 1, only the BN biases train (airbench94_muon).
+        """
         super().__init__()
         if stem not in STEMS:
             raise ValueError(f"unknown stem {stem!r}; use one of {', '.join(STEMS)}")

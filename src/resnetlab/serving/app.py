@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.routing import Route
 
 from .._version import __version__
 from ..inference.classifier import ImageClassifier
@@ -33,4 +34,6 @@ def create_app(clf: ImageClassifier, settings: ServeSettings | None = None) -> M
         app.include_router(router)
     if settings.docs:
         app.add_api_route("/docs", docs, methods=["GET"], response_class=HTMLResponse, include_in_schema=False)
-    return MetricsMiddleware(AccessMiddleware(app, settings, svc.keys), svc.metrics, app.router.routes)
+    # the routes metrics are labelled with: every capability's, and the app's own (/openapi.json, /docs)
+    routes = [r for router in CAPABILITIES for r in router.routes] + [r for r in app.router.routes if isinstance(r, Route)]
+    return MetricsMiddleware(AccessMiddleware(app, settings, svc.keys), svc.metrics, routes)

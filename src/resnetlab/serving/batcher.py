@@ -13,7 +13,7 @@ Each pass runs at one of a few sizes (`settings.pass_sizes`): a batch is padded 
 the next one and the padding's rows are dropped from the answer, as TensorFlow Serving's
 `allowed_batch_sizes` does. On a CPU, oneDNN builds and caches kernels (primitives) per input shape: with
 every size from 1 to 64 a ResNet-20 process held ~130 MB more, reached only once load first formed the
-larger batches (docs/results.md, "Pass sizes"). With a fixed set of sizes, all are built during the warm-up.
+larger batches (docs/results/serving.md, "Pass sizes"). With a fixed set of sizes, all are built during the warm-up.
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 
-from starlette.routing import Match
+from starlette.routing import Match, Route
 
 from .keys import KeyRing
 from .metrics import Metrics
@@ -79,25 +79,25 @@ async def _refuse(send, status: int, detail: str | None, headers: list | None = 
 
 
 
-def route_label(routes, scope) -> str:
+def route_label(routes: list[Route], scope) -> str:
     """The path template of the route that served this request, as the router recorded it (scope["route"]), or,
-    for a request refused before routing (a wrong key, host or method), of the route that would have served it:
-    read from the router itself, so every route a capability adds is counted under its own name. Else "other"."""
+    for a request refused before routing (a wrong key or host), of the route that would have served it; "other"
+    for a path no route serves. Read from the routes themselves, so every route a capability adds is counted
+    under its own name."""
     route = scope.get("route")
-    if route is None:
-        for candidate in routes:
-            match, child = candidate.matches(dict(scope))
-            if match == Match.FULL:
-                route = child.get("route", candidate)
-                break
-    return getattr(route, "path", None) or "other"
+    if isinstance(route, Route):
+        return route.path
+    for candidate in routes:
+        if candidate.matches(scope)[0] != Match.NONE:  # FULL, or PARTIAL: the path with another method
+            return candidate.path
+    return "other"
 
 
 class MetricsMiddleware:
     """Counts requests by route and status and times them (pure ASGI: Starlette's BaseHTTPMiddleware
     costs a task and a stream copy per request, measured as a large share of a small request's time)."""
 
-    def __init__(self, app, metrics: Metrics, routes) -> None:
+    def __init__(self, app, metrics: Metrics, routes: list[Route]) -> None:
         self.app, self.metrics, self.routes = app, metrics, routes
         self.state = app.state
 

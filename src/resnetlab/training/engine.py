@@ -59,6 +59,34 @@ class PartialEpoch:
 
 
 @dataclass
+class EpochRow:
+    """One finished epoch: a row of metrics.csv / metrics.jsonl, a TensorBoard step, what tune's pruner and
+    early stopping read, and what the results sum up. Fields added later are None in older runs' rows."""
+    epoch: int
+    step: int | None = None
+    lr: float | None = None
+    train_loss: float | None = None
+    train_acc: float | None = None
+    eval_split: str | None = None    # "val", or "test" when there is no validation split (monitoring only)
+    val_loss: float | None = None    # None: an epoch without evaluation (train.eval_every)
+    val_top1: float | None = None
+    val_top5: float | None = None
+    img_per_s: float | None = None   # images of all ranks this epoch over this epoch's wall time
+    epoch_time_s: float | None = None
+    elapsed_s: float | None = None
+    train_pflop: float | None = None
+
+    def metric(self, name: str) -> float | None:
+        """An early-stopping metric by its recipe name (val_top1, val_top5, val_loss)."""
+        return {"val_top1": self.val_top1, "val_top5": self.val_top5, "val_loss": self.val_loss}[name]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "EpochRow":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
 class TrainerState:
     """Everything about a run's progress that a checkpoint stores for an exact resume."""
     epoch: int = 0                   # epochs finished
@@ -67,7 +95,7 @@ class TrainerState:
     best_epoch: int | None = None
     bad_epochs: int = 0
     elapsed: float = 0.0             # seconds of training (not counting final test)
-    history: list[dict] = field(default_factory=list)  # one metrics row per finished epoch
+    history: list[EpochRow] = field(default_factory=list)  # one row per finished epoch
     stop: StopReason | None = None
     stop_message: str = ""
     partial: PartialEpoch | None = None
@@ -89,6 +117,7 @@ class TrainerState:
         d = {k: v for k, v in d.items() if k in known}
         d["stop"] = StopReason(d["stop"]) if d.get("stop") else None
         d["partial"] = PartialEpoch(**d["partial"]) if d.get("partial") else None
+        d["history"] = [EpochRow.from_dict(h) for h in d.get("history") or []]
         return cls(**d)
 
 
@@ -440,14 +469,12 @@ class Trainer:
         s.train_flops += e.seen * self.train_flops_per_image(size)
         s.epoch, s.partial = epoch + 1, None
         s.elapsed += e.time - e.time_before
-        row = {"epoch": epoch + 1, "step": s.step, "lr": e.lr,
-               "train_loss": e.loss / max(e.seen, 1), "train_acc": e.correct / max(e.seen, 1),
-               "eval_split": "test" if self.ctx.monitor_only else "val",
-               "val_loss": val.loss if val else None, "val_top1": val.top1 if val else None,
-               "val_top5": val.top5 if val else None,
-               # measured: images of all ranks this epoch over this epoch's wall time
-               "img_per_s": (e.seen - e.seen_before) / max(e.time - e.time_before, 1e-9),
-               "epoch_time_s": e.time, "elapsed_s": s.elapsed, "train_pflop": s.train_flops / 1e15}
+        row = EpochRow(epoch=epoch + 1, step=s.step, lr=e.lr, train_loss=e.loss / max(e.seen, 1),
+                       train_acc=e.correct / max(e.seen, 1), eval_split="test" if self.ctx.monitor_only else "val",
+                       val_loss=val.loss if val else None, val_top1=val.top1 if val else None,
+                       val_top5=val.top5 if val else None,
+                       img_per_s=(e.seen - e.seen_before) / max(e.time - e.time_before, 1e-9),
+                       epoch_time_s=e.time, elapsed_s=s.elapsed, train_pflop=s.train_flops / 1e15)
         s.history.append(row)
         improved = False if (self.ctx.monitor_only or val is None) else self._early_stopping(row)
         if finished and not s.stop:
@@ -460,8 +487,8 @@ class Trainer:
         barrier()  # the others wait until rank 0 has written this epoch's files
         label = "test (monitoring)" if self.ctx.monitor_only else "val"
         seen_text = f"  {label} {val.top1:.4f} (top5 {val.top5:.4f})" if val else ""
-        self.log(f"{self.prefix}epoch {epoch + 1}/{self.recipe.train.epochs}  loss {row['train_loss']:.4f}  "
-                 f"train {row['train_acc']:.4f}{seen_text}  {row['img_per_s']:.0f} img/s  {row['epoch_time_s']:.1f}s")
+        self.log(f"{self.prefix}epoch {epoch + 1}/{self.recipe.train.epochs}  loss {row.train_loss:.4f}  "
+                 f"train {row.train_acc:.4f}{seen_text}  {row.img_per_s:.0f} img/s  {row.epoch_time_s:.1f}s")
         if self.ctx.on_epoch is not None:
             self.ctx.on_epoch(self.prefix, row)
         if self._ctrl_c.requested and not s.stop:
@@ -485,13 +512,13 @@ class Trainer:
             raise TrainingDiverged(f"loss became {value} at epoch {epoch + 1}, step {self.state.step}; "
                                    f"stopped; {kept}; lower optim.lr (allowed on --resume) or set train.grad_clip")
 
-    def _early_stopping(self, row: dict) -> bool:
+    def _early_stopping(self, row: EpochRow) -> bool:
         es, s = self.recipe.train.early_stopping, self.state
-        value = row[es.metric]
+        value = row.metric(es.metric)
         sign = -1.0 if es.metric == "val_loss" else 1.0
         improved = s.best is None or sign * (value - s.best) > es.min_delta
         if improved:
-            s.best, s.best_epoch, s.bad_epochs = value, row["epoch"], 0
+            s.best, s.best_epoch, s.bad_epochs = value, row.epoch, 0
         else:
             s.bad_epochs += 1
             if es.patience and s.bad_epochs >= es.patience:
@@ -501,7 +528,7 @@ class Trainer:
         return improved
 
     def _write_metrics(self) -> None:
-        hist = self.state.history
+        hist = [dataclasses.asdict(h) for h in self.state.history]
         base = self.run_dir / f"{self.prefix}metrics"
         buf = io.StringIO(newline="")
         w = csv.DictWriter(buf, fieldnames=list(hist[0]))
@@ -511,10 +538,10 @@ class Trainer:
         atomic_write_text(base.with_suffix(".jsonl"), "".join(json.dumps(h) + "\n" for h in hist))
 
 
-def _write_scalars(writer, prefix: str, row: dict) -> None:
-    for k, v in row.items():
+def _write_scalars(writer, prefix: str, row: EpochRow) -> None:
+    for k, v in dataclasses.asdict(row).items():
         if k != "epoch" and isinstance(v, (int, float)):
-            writer.add_scalar(f"{prefix}{k}", v, row["epoch"])
+            writer.add_scalar(f"{prefix}{k}", v, row.epoch)
 
 
 def _cpu_copy(model: nn.Module) -> nn.Module:

@@ -398,12 +398,12 @@ def finish_run(trainer: Trainer, splits: Splits, test_loader, state: TrainerStat
         barrier()
         return {"test": test.summary()}
     hist = state.history
-    speeds = [h["img_per_s"] for h in hist[1:]] or [h["img_per_s"] for h in hist]
+    speeds = [h.img_per_s for h in hist[1:]] or [h.img_per_s for h in hist]
     results = {
         "model": trainer.meta.arch, "test": test.summary(), "weights": chosen,
         "params": count_params(model), "macs": trainer.forward_macs(trainer.meta.input_size, model),
         "train_time_min": (state.elapsed + (features.seconds if features else 0.0)) / 60,
-        "train_pflop": (hist[-1]["train_pflop"] if hist else 0.0) + (features.flops / 1e15 if features else 0.0),
+        "train_pflop": (hist[-1].train_pflop if hist else 0.0) + (features.flops / 1e15 if features else 0.0),
         "epochs": state.epoch, "steps": state.step,
         "img_per_s": sum(speeds) / max(1, len(speeds)), "device": describe_device(trainer.device, trainer.amp_dtype),
         "stopped": state.stop_message or (state.stop.value if state.stop else None), "per_class": dict(zip(splits.classes, test.per_class())),
