@@ -64,6 +64,18 @@ def test_choices_ranges_and_resume_rules_live_on_the_fields_only():
         config.recipe_key("train.early_stopping")
 
 
+@pytest.mark.parametrize("override,message", [
+    ("optim.betas=[0.9,1.0]", r"optim.betas: expected 2 numbers, each in \[0, 1\), got \[0.9, 1.0\]"),
+    ("schedule.milestones=[5,2]", r"schedule.milestones: expected increasing numbers, each >= 0, got \[5, 2\]"),
+    ("data.augment.jpeg_quality=[90,30]", r"jpeg_quality: expected \[low, high\], each in \[1, 100\]"),
+    ("data.augment.noise_std=[0,65]", r"noise_std: expected \[low, high\], each in \[0, 64\], got \[0, 65\]"),
+    ("data.augment.epoch_sizes=[16.5]", r"epoch_sizes: expected an integer"),
+])
+def test_list_keys_are_checked_by_their_declared_element_range_length_and_order(override, message):
+    with pytest.raises(UserError, match=message):
+        config.load_recipe(None, [override])
+
+
 # ---------------------------------------------------------------- models
 def test_a_model_row_gives_its_factory_listing_and_zoo_row(monkeypatch, capsys):
     from resnetlab.models import Arch, BasicBlock, registry, resnet

@@ -46,13 +46,15 @@ class Range:
 
 
 def setting(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING,
-            range: Range | tuple | None = None, resume: bool = False, help: str = "") -> Any:
+            range: Range | tuple | None = None, length: int | None = None, increasing: bool = False,
+            resume: bool = False, help: str = "") -> Any:
     """A dataclass field with its declaration: `range` (a Range, or (low, high[, low_inclusive,
-    high_inclusive])), `resume` (a resumed run may change it: it extends or rescues a run without making it a
+    high_inclusive])) of the value or, for a list, of each element; for lists also `length` and `increasing`
+    (non-decreasing); `resume` (a resumed run may change it: it extends or rescues a run without making it a
     different experiment) and `help`."""
     if isinstance(range, tuple):
         range = Range(*range)
-    meta = {"range": range, "resume": resume, "help": help}
+    meta = {"range": range, "length": length, "increasing": increasing, "resume": resume, "help": help}
     if factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -147,19 +149,45 @@ class Key:
     name: str
     type: Any
     default: Any
-    range: Range | None
+    range: Range | None           # of the value, or of each element of a list
     resume: bool
     help: str
+    length: int | None = None     # lists: exactly this many elements
+    increasing: bool = False      # lists: in non-decreasing order
 
     @property
     def choices(self) -> tuple | None:
         return choices(self.type)
 
+    @property
+    def is_list(self) -> bool:
+        return type_name(self.type) == "list"
+
     def allowed(self) -> str:
-        """What is allowed, in words: 'a | b', '>= 0', '[0, 1)' or ''."""
+        """What is allowed, in words: 'a | b', '>= 0', '[0, 1)', '2 numbers, each in [0, 1)' or ''."""
         if self.choices:
             return " | ".join(map(str, self.choices))
-        return self.range.text() if self.range else ""
+        if not self.is_list:
+            return self.range.text() if self.range else ""
+        if not (self.range or self.length or self.increasing):
+            return ""
+        what = "[low, high]" if self.length == 2 and self.increasing else (
+            f"{self.length} numbers" if self.length else f"{'increasing ' if self.increasing else ''}numbers")
+        each = f", each {'in ' if self.range and self.range.high is not None else ''}{self.range.text()}" \
+            if self.range else ""
+        return what + each
+
+    def problem(self, value: Any) -> str | None:
+        """What is wrong with a value of the right type ("must be ..." / "expected ..."), or None."""
+        if value is None:
+            return None
+        if not self.is_list:
+            return self.range.problem(value) if self.range is not None else None
+        ok = all(isinstance(x, (int, float)) and not isinstance(x, bool) and (self.range is None or
+                                                                             self.range.contains(x)) for x in value)
+        ok = ok and (self.length is None or len(value) == self.length) and (
+            not self.increasing or list(value) == sorted(value))
+        return None if ok else f"expected {self.allowed()}"
 
 
 def keys_of(cls: type, prefix: str = "") -> list[Key]:
@@ -173,5 +201,6 @@ def keys_of(cls: type, prefix: str = "") -> list[Key]:
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         m = f.metadata
-        out.append(Key(prefix + f.name, typ, default, m.get("range"), bool(m.get("resume")), m.get("help", "")))
+        out.append(Key(prefix + f.name, typ, default, m.get("range"), bool(m.get("resume")), m.get("help", ""),
+                       m.get("length"), bool(m.get("increasing"))))
     return out

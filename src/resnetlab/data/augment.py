@@ -26,22 +26,22 @@ class AugmentConfig:
                           "Taylor 2017); 0 = off")
     jpeg: float = setting(0.0, range=(0, 1), help="share of images JPEG-compressed (simulated in the batch, see "
                           "jpeg_compress)")
-    jpeg_quality: tuple[float, float] = setting((30, 95), help="JPEG quality drawn uniformly per image, inclusive "
-                                                "[low, high] in 1..100")
+    jpeg_quality: tuple[float, float] = setting((30, 95), range=(1, 100), length=2, increasing=True,
+                                                help="JPEG quality drawn uniformly per image, inclusive")
     resample: float = setting(0.0, range=(0, 1), help="share of images up- then down-sampled (see resample)")
-    resample_scale: tuple[float, float] = setting((1.5, 4.0), help="upscale factor drawn per batch [low, high] "
-                                                  "in 1..16")
+    resample_scale: tuple[float, float] = setting((1.5, 4.0), range=(1, 16), length=2, increasing=True,
+                                                  help="upscale factor drawn per batch")
     artifacts_from_epoch: int = setting(0, range=(0, None), help="jpeg/resample/noise only from this (0-based) "
                                         "epoch on: learn on clean images first, then become robust while the "
                                         "learning rate anneals")
     flip_mode: Literal["random", "alternate"] = setting("random", help="alternate: each image mirrored in every "
                                                         "other epoch (see BatchLoader)")
-    epoch_sizes: tuple[int, ...] = setting((), help="progressive resizing: image side for each of the first "
-                                           "epochs (downscaled: cheaper steps); later epochs at full size")
+    epoch_sizes: tuple[int, ...] = setting((), range=(8, 4096), help="progressive resizing: image side for each "
+                                           "of the first epochs (downscaled: cheaper steps); later epochs at full size")
     noise: float = setting(0.0, range=(0, 1), help="share of images with Gaussian pixel noise (a camera's sensor "
                            "noise)")
-    noise_std: tuple[float, float] = setting((0, 8), help="its standard deviation in grey levels, drawn per "
-                                             "image [low, high] in 0..64")
+    noise_std: tuple[float, float] = setting((0, 8), range=(0, 64), length=2, increasing=True,
+                                             help="its standard deviation in grey levels, drawn per image")
 
     @property
     def artifacts(self) -> bool:

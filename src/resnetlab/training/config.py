@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import re
 import typing
 from importlib import resources
@@ -64,7 +63,7 @@ class OptimConfig:
     nesterov: bool = setting(False)
     weight_decay: float = setting(1e-4, range=(0, None))
     no_decay_bn_bias: bool = setting(False, help="exclude BN weights/biases and all biases from weight decay")
-    betas: list = setting(factory=lambda: [0.9, 0.999], help="adam/adamw: two numbers in [0, 1)")
+    betas: list = setting(factory=lambda: [0.9, 0.999], range=(0, 1, True, False), length=2, help="adam/adamw")
     muon_lr: float = setting(0.24, range=(0, None, False), help="muon: the filters' learning rate (the update is "
                              "orthogonalised, so this does not scale with the batch or the loss); schedule as lr's")
     muon_momentum: float = setting(0.6, range=(0, 1, True, False), help="muon: Nesterov momentum of the filters")
@@ -77,7 +76,8 @@ class OptimConfig:
 class ScheduleConfig:
     name: Literal["constant", "multistep", "cosine", "onecycle"] = setting("cosine")
     unit: Literal["epoch", "iter"] = setting("epoch", help="unit of milestones and warmup")
-    milestones: list = setting(factory=list, help="multistep: increasing epochs (or iterations)")
+    milestones: list = setting(factory=list, range=(0, None), increasing=True, help="multistep: epochs (or "
+                               "iterations) where the lr is multiplied by gamma")
     gamma: float = setting(0.1, range=(0, None, False), help="multistep: lr factor at each milestone")
     warmup: float = setting(0, range=(0, None), help="linear warm-up length (in `unit`)")
     pct_start: float = setting(0.25, range=(0, 1, True, False), help="onecycle: fraction of training spent rising "
@@ -254,32 +254,14 @@ def validate(r: Recipe) -> None:
     bad recipe fails in a second rather than after an epoch."""
     for key in recipe_keys(type(r)):
         v = _get(r, key.name)
-        problem = key.range.problem(v) if key.range is not None and v is not None else None
+        problem = key.problem(v)
         if problem:
-            raise UserError(f"recipe key {key.name}: {problem}, got {v!r}")
+            raise UserError(f"recipe key {key.name}: {problem}, got {list(v) if isinstance(v, tuple) else v!r}")
     if not NAME_PATTERN.fullmatch(r.name) or r.name in (".", ".."):
         raise UserError(f"recipe key name: {r.name!r} is not a plain run name (letters, digits, '-', '_', '.'; "
                         f"at most 100); choose another place with --out instead")
-    ms = r.schedule.milestones
-    if not all(isinstance(m, (int, float)) and not isinstance(m, bool) and math.isfinite(m) and m >= 0 for m in ms) \
-            or list(ms) != sorted(ms):
-        raise UserError(f"recipe key schedule.milestones: expected increasing non-negative numbers, got {ms!r}")
-    if r.schedule.name == "multistep" and not ms:
+    if r.schedule.name == "multistep" and not r.schedule.milestones:
         raise UserError("recipe key schedule.milestones: multistep needs a non-empty list of milestones")
-    b = r.optim.betas
-    if not (len(b) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < 1 for x in b)):
-        raise UserError(f"recipe key optim.betas: expected two numbers in [0, 1), got {b!r}")
-    for key, lo, hi in (("data.augment.jpeg_quality", 1, 100), ("data.augment.resample_scale", 1, 16),
-                        ("data.augment.noise_std", 0, 64)):
-        pair = _get(r, key)
-        if not (isinstance(pair, (list, tuple)) and len(pair) == 2
-                and all(isinstance(x, (int, float)) and not isinstance(x, bool) and lo <= x <= hi for x in pair)
-                and pair[0] <= pair[1]):
-            raise UserError(f"recipe key {key}: expected [low, high] with {lo} <= low <= high <= {hi}, got {pair!r}")
-    sizes = r.data.augment.epoch_sizes
-    if not all(isinstance(x, int) and not isinstance(x, bool) and 8 <= x <= 4096 for x in sizes):
-        raise UserError(f"recipe key data.augment.epoch_sizes: expected a list of image sides (integers from "
-                        f"8 to 4096), one per early epoch, got {sizes!r}")
     if r.data.dataset == "folder" and not r.data.path:
         raise UserError("recipe key data.path: dataset 'folder' needs data.path")
     if r.train.early_stopping.patience and not r.data.val_size:
