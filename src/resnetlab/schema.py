@@ -97,8 +97,8 @@ def conform(value: Any, typ: Any, lenient: bool = False) -> Any:
             raise Mismatch("expected true or false")
         return value
     if typ is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value \
-                or (not lenient and not isinstance(value, int)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or int(value) != value or (not lenient and not isinstance(value, int)):
             raise Mismatch("expected an integer")
         return int(value)
     if typ is float:
@@ -107,8 +107,8 @@ def conform(value: Any, typ: Any, lenient: bool = False) -> Any:
                 value = float(value)
             except ValueError:
                 pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise Mismatch("expected a number")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise Mismatch("expected a finite number")
         return float(value)
     if typ is str:
         if lenient and isinstance(value, bool):

@@ -33,12 +33,16 @@ def recorded_test_split(meta, path, data_dir: str | None = None, device: str | N
     (recipe, splits). Used by `eval` and by `export`'s self-check."""
     from ..errors import UserError
     from ..training.config import recipe_from_dict
+    from ..data.cifar import holds_dataset
     from ..training.runner import load_splits
 
     if not meta.recipe:
         raise UserError(f"{path}: checkpoint has no recipe; cannot tell which data it was trained on")
     from ..training.runner import old_folder_split
-    recipe = recipe_from_dict(meta.recipe)
+    try:
+        recipe = recipe_from_dict(meta.recipe)
+    except UserError as e:
+        raise UserError(f"{path}: the checkpoint's recipe: {e}") from None
     if old_folder_split(meta):
         import sys
         print(f"warning: {path} was trained before the decoded cache; its folder split is drawn differently now, "
@@ -46,6 +50,10 @@ def recorded_test_split(meta, path, data_dir: str | None = None, device: str | N
               file=sys.stderr)
     recipe.train.device = device or recipe.train.device
     recipe.data.verify = recipe.data.verify and verify
-    splits = load_splits(recipe.data, data_dir or meta.data_ref.data_dir, progress=False,
-                         mean_std=(meta.mean, meta.std))
+    # The data root the run recorded is read only if it already holds the data set: a file's metadata never
+    # chooses where resnetlab downloads or writes (that is --data-dir > $RESNETLAB_DATA > ./data).
+    recorded = meta.data_ref.data_dir
+    if data_dir is None and recipe.data.dataset != "folder" and holds_dataset(recorded, recipe.data.dataset):
+        data_dir = recorded
+    splits = load_splits(recipe.data, data_dir, progress=False, mean_std=(meta.mean, meta.std))
     return recipe, splits

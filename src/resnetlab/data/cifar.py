@@ -125,6 +125,17 @@ class DataMissing(UserError):
     """The data root holds no copy of the data set (a download can fix this)."""
 
 
+def holds_dataset(root: str | os.PathLike | None, dataset: str) -> bool:
+    """Whether `root` already holds a copy of `dataset` (any of the formats read here); nothing is fetched."""
+    if not root:
+        return False
+    try:
+        _find_source(Path(root), dataset)
+    except (DataMissing, OSError):
+        return False
+    return True
+
+
 def mirror_url(default: str) -> str:
     """The official URL, or the same file name under $RESNETLAB_CIFAR_MIRROR (a local or company mirror)."""
     base = os.environ.get("RESNETLAB_CIFAR_MIRROR")

@@ -30,9 +30,33 @@ class OnnxClassifier(ImageClassifier):
             raise UserError(f"{self.path}: no resnetlab metadata in this ONNX file; export it with `resnetlab export`")
         super().__init__(CheckpointMeta.from_deploy_json(props[META_KEY], self.path), batch_size)
         options = session_options(threads or torch.get_num_threads())
-        self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # ONNX Runtime's own refusal of the graph
+            raise UserError(f"{self.path}: ONNX Runtime cannot load this graph ({str(e).splitlines()[0][:200]})") \
+                from None
+        self._check_graph()
         self.device = torch.device("cpu")
         self.model = None
+
+    def _check_graph(self) -> None:
+        """The graph's one input (N, 3, S, S) and one output (N, num_classes) against the metadata; a dimension
+        the graph leaves symbolic is taken as given."""
+        ins, outs = self.session.get_inputs(), self.session.get_outputs()
+        m = self.metadata
+        want_in, want_out = [None, 3, m.input_size, m.input_size], [None, m.num_classes]
+
+        def fits(shape, want) -> bool:
+            return len(shape) == len(want) and all(w is None or not isinstance(d, int) or d == w
+                                                   for d, w in zip(shape, want))
+        if len(ins) != 1 or ins[0].name != "input" or not fits(ins[0].shape, want_in):
+            got = ", ".join(f"{i.name} {i.shape}" for i in ins)
+            raise UserError(f"{self.path}: the graph's input ({got}) is not the 'input' (N, 3, {m.input_size}, "
+                            f"{m.input_size}) its metadata describes; export it again with `resnetlab export`")
+        if len(outs) < 1 or not fits(outs[0].shape, want_out):
+            got = ", ".join(f"{o.name} {o.shape}" for o in outs)
+            raise UserError(f"{self.path}: the graph's output ({got}) does not give the {m.num_classes} classes its "
+                            f"metadata names; export it again with `resnetlab export`")
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         x = check_images_input(batch, self.metadata)  # the exported graph's own input, as in export's check

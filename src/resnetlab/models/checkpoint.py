@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,8 +120,8 @@ class CheckpointMeta:
         for key in ("mean", "std"):
             v = data.get(key)
             if not (isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                                                                  for x in v)):
-                raise UserError(f"{path}: metadata {key!r} must be a list of 3 numbers")
+                                                                  and math.isfinite(x) for x in v)):
+                raise UserError(f"{path}: metadata {key!r} must be a list of 3 finite numbers")
         if any(x <= 0 for x in data["std"]):
             raise UserError(f"{path}: metadata 'std' must be positive")
         size = data.get("input_size")
