@@ -347,3 +347,55 @@ def resume_is_a_whole_checkpoint(path: Path) -> bool:
     import resnetlab
     model, meta = resnetlab.load_model(path)
     return meta.arch == "resnet20" and model(torch.zeros(1, 3, 32, 32)).shape == (1, 4)
+
+
+def test_a_disk_without_room_for_the_cache_stops_the_build_with_one_line_and_leaves_nothing(tmp_path, capsys,
+                                                                                           monkeypatch):
+    """The image file's blocks are reserved before any decoding (posix_fallocate): on a disk that fills meanwhile
+    the build stops here, where a sparse file written through memory maps died of SIGBUS or hung its pool."""
+    import errno
+    from resnetlab.data import cache as cache_mod
+    root = _folder(tmp_path / "f", n=12)
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(cache_mod.os, "posix_fallocate", full)
+    assert main(["data", "cache", str(root), "--image-size", "16", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot reserve the 9.2 kB the decoded cache needs (No space left on device)" in err and "\n" not in err
+    assert "RESNETLAB_CACHE" in err
+    assert not list((cache_dir() / "decoded").glob(".*build*"))
+    assert not [c for c in list_caches() if c.source == str(root.resolve())]
+
+
+def test_a_decoding_worker_that_dies_ends_the_build_with_one_line(tmp_path, capsys, monkeypatch):
+    from resnetlab.data import cache as cache_mod
+    root = _folder(tmp_path / "f", n=24)
+
+    def dies(*args):
+        os.kill(os.getpid(), signal.SIGBUS)  # what a memory-mapped write on a full disk does
+    monkeypatch.setattr(cache_mod, "load_uint8", dies)  # the forked workers inherit it
+    t = time.time()
+    assert main(["data", "cache", str(root), "--image-size", "16", "--workers", "2", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "a decoding worker died" in err and "\n" not in err and time.time() - t < 60
+    assert not list((cache_dir() / "decoded").glob(".*build*"))
+    assert not [c for c in list_caches() if c.source == str(root.resolve())]
+
+
+def test_leftovers_of_killed_builds_are_listed_and_removed(tmp_path, capsys):
+    root = _folder(tmp_path / "f", n=12)
+    assert main(["data", "cache", str(root), "--image-size", "16", "--no-progress"]) == 0
+    name = next(c.name for c in list_caches() if c.source == str(root.resolve()))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left = cache_dir() / "decoded" / f".{name}.build-{int(dead.stdout)}"
+    left.mkdir()
+    (left / "images.u8").write_bytes(b"\0" * 5_000_000)
+    capsys.readouterr()
+    assert main(["data", "ls"]) == 0
+    out = capsys.readouterr().out
+    assert f"{left.name}: 0.01 GB left by a killed build of {name}" in out
+    assert main(["data", "rm", name]) == 0
+    out = capsys.readouterr().out
+    assert f"removed {name}" in out and "left by a killed build" in out
+    assert not left.exists() and name not in [c.name for c in list_caches()]

@@ -57,11 +57,15 @@ def _age(t: float) -> str:
 
 
 def run_ls(args: argparse.Namespace) -> None:
-    from ..data.cache import cache_dir, list_caches
-    caches = list_caches()
+    from ..data.cache import cache_dir, leftovers, list_caches
+    caches, left = list_caches(), leftovers()
     if args.json:
-        print(json.dumps([c.__dict__ for c in caches], indent=2))
+        print(json.dumps([c.__dict__ for c in caches] + [{"name": x.path.name, "leftover_of": x.name,
+                                                          "bytes": x.bytes} for x in left], indent=2))
         return
+    for x in left:
+        print(f"{x.path.name}: {x.bytes / 1e9:.2f} GB left by a killed build of {x.name}; `resnetlab data rm "
+              f"{x.name}` (or --all) removes it")
     if not caches:
         print(f"no decoded caches in {cache_dir() / 'decoded'}")
         return

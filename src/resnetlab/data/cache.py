@@ -21,9 +21,12 @@ import multiprocessing
 import os
 import re
 import shutil
+import signal
 import sys
 import time
 import warnings
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,7 +195,9 @@ def _sweep(base: Path, name: str) -> None:
 _worker: dict = {}
 
 
-def _init_worker(path: str, shape: tuple[int, ...], mode: str) -> None:
+def _init_worker(path: str, shape: tuple[int, ...], mode: str, child: bool = True) -> None:
+    if child:  # Ctrl-C is the parent's to handle: a worker ends with the pool, without a traceback of its own
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     _worker["images"] = np.memmap(path, dtype=np.uint8, mode="r+", shape=shape)
     _worker["policy"] = ResizePolicy(shape[-1], mode)
     _worker["tars"] = {}
@@ -224,8 +229,7 @@ def build(listing: Listing, policy: ResizePolicy, final: Path, workers: int, str
         rows = [(r, listing.samples[i]) for r, i in enumerate(order)]
         shape = (n, 3, s, s)
         img_path = tmp / "images.u8"
-        with open(img_path, "wb") as f:
-            f.truncate(n * 3 * s * s)
+        _reserve(img_path, n * 3 * s * s)
         t0 = time.perf_counter()
         failed = _decode_all(rows, str(img_path), shape, policy.mode, workers, strict, progress, n)
         keep = [r for r in range(n) if r not in failed]
@@ -259,12 +263,27 @@ def build(listing: Listing, policy: ResizePolicy, final: Path, workers: int, str
         raise
 
 
+def _size(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
 def _check_space(where: Path, need: int) -> None:
     free = shutil.disk_usage(where).free
     if need > free:
-        raise UserError(f"{where}: the decoded cache needs {need / 1e9:.1f} GB and the disk has "
-                        f"{free / 1e9:.1f} GB free; set RESNETLAB_CACHE to a bigger disk or use a smaller "
-                        f"--image-size")
+        raise UserError(f"{where}: the decoded cache needs {_size(need)} and the disk has {_size(free)} free; set "
+                        f"RESNETLAB_CACHE to a bigger disk or use a smaller --image-size")
+
+
+def _reserve(path: Path, size: int) -> None:
+    """Create the image file with all its blocks allocated now. Written through memory maps, a sparse file that
+    meets a full disk (another build, another program) kills the writing process with SIGBUS; reserved, the
+    build either has its space or stops here with one line."""
+    with open(path, "wb") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, size)
+        except OSError as e:
+            raise UserError(f"{path.parent.parent}: cannot reserve the {_size(size)} the decoded cache needs "
+                            f"({e.strerror or e}); free some space or set RESNETLAB_CACHE to a bigger disk") from None
 
 
 def _decode_all(rows: list[tuple[int, Sample]], path: str, shape: tuple[int, ...], mode: str, workers: int,
@@ -285,15 +304,23 @@ def _decode_all(rows: list[tuple[int, Sample]], path: str, shape: tuple[int, ...
 
     try:
         if workers == 1:
-            _init_worker(path, shape, mode)
+            _init_worker(path, shape, mode, child=False)
             for t in tasks:
                 collect(_decode_chunk(t))
             _worker.clear()
         else:
+            # concurrent.futures rather than multiprocessing.Pool: a worker that dies (killed, out of memory)
+            # breaks the pool and ends the build, where Pool would wait for its task forever
             ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
-            with ctx.Pool(workers, initializer=_init_worker, initargs=(path, shape, mode)) as pool:
-                for result in pool.imap_unordered(_decode_chunk, tasks):
-                    collect(result)
+            pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(path, shape, mode))
+            try:
+                for done in as_completed([pool.submit(_decode_chunk, t) for t in tasks]):
+                    collect(done.result())
+            except BrokenProcessPool:
+                raise UserError(f"{Path(path).parent.parent}: a decoding worker died (killed, out of memory, or the "
+                                f"disk failed); nothing was kept; run the build again") from None
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
     finally:
         bar.close()
     return failed
@@ -325,6 +352,26 @@ class CacheInfo:
     used: float
 
 
+@dataclass
+class Leftover:
+    """What a killed build left: its hidden folder (its process is gone, so nothing will use or finish it)."""
+    name: str        # the cache it was building
+    path: Path
+    bytes: int
+
+
+def leftovers(root: Path | None = None) -> list[Leftover]:
+    """Folders of builds whose process is gone (a live build's folder is never listed: its process holds it)."""
+    base = (root or cache_dir()) / "decoded"
+    out = []
+    for d in sorted(base.glob(".*.build-*")) if base.is_dir() else []:
+        name, _, pid = d.name[1:].rpartition(".build-")
+        if d.is_dir() and not d.is_symlink() and pid.isdigit() and not pid_alive(int(pid)):
+            size = sum(f.stat().st_size for f in d.iterdir() if f.is_file() and not f.is_symlink())
+            out.append(Leftover(name, d, size))
+    return out
+
+
 def list_caches(root: Path | None = None) -> list[CacheInfo]:
     base = (root or cache_dir()) / "decoded"
     out = []
@@ -342,21 +389,26 @@ def list_caches(root: Path | None = None) -> list[CacheInfo]:
 
 
 def remove_caches(names: list[str], everything: bool = False, root: Path | None = None) -> list[str]:
-    """Remove caches by name (or a source path they were built from; everything: all); returns the names."""
-    caches = list_caches(root)
+    """Remove caches by name (or a source path they were built from; everything: all, and every leftover of a
+    killed build); returns what was removed."""
+    caches, left = list_caches(root), leftovers(root)
     if everything:
-        chosen = caches
+        chosen, stale = caches, left
     else:
-        chosen = []
+        chosen, stale = [], []
         for n in names:
             hit = [c for c in caches if c.name == n or c.source == n or
                    (Path(n).exists() and c.source == str(Path(n).resolve()))]
-            if not hit:
+            hit_left = [x for x in left if x.name == n or x.path.name == n or any(c.name == x.name for c in hit)]
+            if not hit and not hit_left:
                 raise UserError(f"{n}: no such cache (see `resnetlab data ls`)")
-            chosen += hit
+            chosen += [c for c in hit if c not in chosen]
+            stale += [x for x in hit_left if x not in stale]
     base = (root or cache_dir()) / "decoded"
     for c in chosen:
         with _lock(base / f".{c.name}.lock"):
             shutil.rmtree(base / c.name, ignore_errors=True)
         (base / f".{c.name}.lock").unlink(missing_ok=True)
-    return [c.name for c in chosen]
+    for x in stale:
+        shutil.rmtree(x.path, ignore_errors=True)
+    return [c.name for c in chosen] + [f"{x.path.name} (left by a killed build)" for x in stale]
