@@ -399,3 +399,45 @@ def test_leftovers_of_killed_builds_are_listed_and_removed(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"removed {name}" in out and "left by a killed build" in out
     assert not left.exists() and name not in [c.name for c in list_caches()]
+
+
+def test_labels_follow_one_rule_in_manifests_and_shards(tmp_path):
+    """Non-empty printable class names of bounded length, or integers; integers ordered by value in every source."""
+    root = _folder(tmp_path / "f", n=6)
+    files = _listing_files(root)
+    bad = {"null.jsonl": json.dumps({"path": files[0][0], "label": None}) + "\n",
+           "list.jsonl": json.dumps({"path": files[0][0], "label": ["a"]}) + "\n",
+           "long.csv": f"path,label\n{files[0][0]},{'x' * 201}\n"}
+    for name, text in bad.items():
+        (root / name).write_text(text)
+        with pytest.raises(UserError, match=r"label .* is not a class name") as e:
+            cached_set(root / name, 16, progress=False, log=lambda *a: None)
+        assert "\n" not in str(e.value) and name in str(e.value)
+    (root / "latin1.csv").write_bytes(f"path,label\n{files[0][0]},caf\xe9\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"latin1.csv: not UTF-8 text \(byte 0xe9"):
+        cached_set(root / "latin1.csv", 16, progress=False, log=lambda *a: None)
+    # numeric labels: "2" before "10" in a manifest as in shards
+    numbered = [(p, {"c0": "10", "c1": "2", "c2": "33"}[c]) for p, c in files]
+    (root / "num.jsonl").write_text("".join(json.dumps({"path": p, "label": int(c)}) + "\n" for p, c in numbered))
+    ds, _ = cached_set(root / "num.jsonl", 16, progress=False, log=lambda *a: None)
+    assert ds.classes == ["2", "10", "33"]
+    # a shard whose label is a superscript digit, and one whose label is megabytes long
+    (tmp_path / "odd").mkdir()
+    shard = tmp_path / "odd" / "s.tar"
+    with tarfile.open(shard, "w") as tar:
+        for i, (rel, c) in enumerate(files):
+            tar.add(root / rel, arcname=f"k{i}.png")
+            data = ("\u00b2" if c == "c0" else c).encode()
+            info = tarfile.TarInfo(f"k{i}.cls")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    ds, _ = cached_set(tmp_path / "odd", 16, progress=False, log=lambda *a: None)
+    assert ds.classes == ["c1", "c2", "\u00b2"]
+    (tmp_path / "big").mkdir()
+    with tarfile.open(tmp_path / "big" / "s.tar", "w") as tar:
+        tar.add(root / files[0][0], arcname="k.png")
+        info = tarfile.TarInfo("k.cls")
+        info.size = 5_000_000
+        tar.addfile(info, io.BytesIO(b"a" * info.size))
+    with pytest.raises(UserError, match=r"k.cls: a label of 5,000,000 bytes is not a class name"):
+        cached_set(tmp_path / "big", 16, progress=False, log=lambda *a: None)

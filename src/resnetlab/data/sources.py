@@ -7,10 +7,13 @@ rebuilt when its fingerprint changes.
 
 - folder: root/<class>/*.png|jpg|jpeg|bmp|webp (torchvision ImageFolder layout), class names sorted.
 - manifest: a .csv with a `path,label` header, or a .jsonl of {"path": ..., "label": ...}; paths relative
-  to the manifest's folder, labels as class names.
+  to the manifest's folder.
 - shards: tar files in the WebDataset layout (members `KEY.jpg|png|…` + `KEY.cls|txt`), given as a folder
   of .tar files, one .tar, or a brace pattern `train-{000000..000099}.tar` (local, or http(s) URLs, which
   are downloaded once into the cache folder).
+
+Manifests and shards share one label rule (class_label, class_order): a label is a non-empty printable class
+name of at most MAX_LABEL characters, or an integer; integers are ordered by value, names as text.
 """
 from __future__ import annotations
 
@@ -110,8 +113,38 @@ def _check_classes(classes: list[str], where: Path | str) -> None:
         raise UserError(f"{where}: only {len(classes)} class with images; a classifier needs at least 2")
 
 
+MAX_LABEL = 200  # characters of a class name
+INTEGER = re.compile(r"-?[0-9]+")  # ASCII digits only (str.isdigit also accepts "²")
+
+
+def class_label(raw: object, where: str) -> str:
+    """The one rule for the labels of manifests and shards: a non-empty class name of at most MAX_LABEL
+    characters, or an integer (kept as its digits)."""
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return str(raw)
+    text = raw.strip() if isinstance(raw, str) else None
+    if not text or len(text) > MAX_LABEL or not text.isprintable():
+        shown = repr(raw)[:40] + ("…" if len(repr(raw)) > 40 else "")
+        raise UserError(f"{where}: label {shown} is not a class name (a non-empty line of printable text of at most "
+                        f"{MAX_LABEL} characters, or an integer)")
+    return text
+
+
+def class_order(labels: set[str]) -> list[str]:
+    """Integers by value ("2" before "10"; a shard's .cls holds the class index), names as text."""
+    return sorted(labels, key=int) if all(INTEGER.fullmatch(x) for x in labels) else sorted(labels)
+
+
 def _manifest_rows(path: Path) -> Iterator[tuple[int, str, str]]:
     """(line number, path, label) of a CSV (header path,label) or JSONL manifest."""
+    try:
+        yield from _manifest_lines(path)
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x}: {e.reason}); save the manifest "
+                        f"as UTF-8") from None
+
+
+def _manifest_lines(path: Path) -> Iterator[tuple[int, str, str]]:
     with open(path, newline="", encoding="utf-8") as f:
         if path.suffix == ".jsonl":
             for n, line in enumerate(f, 1):
@@ -119,9 +152,12 @@ def _manifest_rows(path: Path) -> Iterator[tuple[int, str, str]]:
                     continue
                 try:
                     row = json.loads(line)
-                    yield n, str(row["path"]), str(row["label"])
+                    rel, label = row["path"], row["label"]
                 except (ValueError, KeyError, TypeError):
                     raise UserError(f"{path}:{n}: expected a JSON object with \"path\" and \"label\"") from None
+                if not isinstance(rel, str) or not rel:
+                    raise UserError(f"{path}:{n}: \"path\" must be a non-empty string")
+                yield n, rel, class_label(label, f"{path}:{n}")
             return
         reader = csv.DictReader(f)
         if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
@@ -130,7 +166,7 @@ def _manifest_rows(path: Path) -> Iterator[tuple[int, str, str]]:
         for row in reader:
             if not row.get("path") or row.get("label") in (None, ""):
                 raise UserError(f"{path}:{reader.line_num}: empty path or label")
-            yield reader.line_num, row["path"], row["label"]
+            yield reader.line_num, row["path"], class_label(row["label"], f"{path}:{reader.line_num}")
 
 
 def scan_manifest(path: Path) -> Listing:
@@ -147,7 +183,7 @@ def scan_manifest(path: Path) -> Listing:
         samples.append(Sample(rel, label, str(p)))
     if not samples:
         raise UserError(f"{path}: the manifest lists no images")
-    classes = sorted({s.label for s in samples})
+    classes = class_order({s.label for s in samples})
     _check_classes(classes, path)
     return Listing("manifest", str(path.resolve()), samples, classes, h.hexdigest())
 
@@ -213,16 +249,18 @@ def scan_shards(spec: str, cache_root: Path | None = None, progress: bool = True
                     lab = parts.get("txt") or parts.get("cls")
                     if img is None or lab is None:
                         continue
-                    label = tar.extractfile(lab).read().decode("utf-8").strip()
+                    where = f"{f}: {lab.name}"
+                    if lab.size > 4 * MAX_LABEL:  # read no further than a class name can be long
+                        raise UserError(f"{where}: a label of {lab.size:,} bytes is not a class name (at most "
+                                        f"{MAX_LABEL} characters)")
+                    label = class_label(tar.extractfile(lab).read().decode("utf-8"), where)
                     samples.append(Sample(f"{f.name}/{key}", label, str(f), img.name))
         except (tarfile.TarError, OSError, UnicodeDecodeError) as e:
             why = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise UserError(f"{f}: not a readable tar shard ({why})") from None
     if not samples:
         raise UserError(f"{spec}: no samples (each needs KEY.jpg|png|jpeg|bmp|webp and KEY.cls or KEY.txt)")
-    labels = {s.label for s in samples}
-    numeric = all(x.lstrip("-").isdigit() for x in labels)
-    classes = sorted(labels, key=int) if numeric else sorted(labels)
+    classes = class_order({s.label for s in samples})
     _check_classes(classes, spec)
     return Listing("shards", identity, samples, classes, h.hexdigest())
 
