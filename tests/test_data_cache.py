@@ -441,3 +441,31 @@ def test_labels_follow_one_rule_in_manifests_and_shards(tmp_path):
         tar.addfile(info, io.BytesIO(b"a" * info.size))
     with pytest.raises(UserError, match=r"k.cls: a label of 5,000,000 bytes is not a class name"):
         cached_set(tmp_path / "big", 16, progress=False, log=lambda *a: None)
+
+
+def test_shard_members_bigger_than_any_image_are_skipped_without_being_read(tmp_path, monkeypatch):
+    from resnetlab.data import sources
+    root = _folder(tmp_path / "f", n=6)
+    files = _listing_files(root)
+    (tmp_path / "s").mkdir()
+    with tarfile.open(tmp_path / "s" / "s.tar", "w") as tar:
+        for i, (rel, c) in enumerate(files):
+            tar.add(root / rel, arcname=f"k{i}.png")
+            info = tarfile.TarInfo(f"k{i}.txt")
+            info.size = len(c)
+            tar.addfile(info, io.BytesIO(c.encode()))
+        info = tarfile.TarInfo("big.png")
+        info.size = 3_000_000
+        tar.addfile(info, io.BytesIO(b"\0" * info.size))
+        info = tarfile.TarInfo("big.txt")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"c0"))
+    monkeypatch.setattr(sources, "MAX_MEMBER_BYTES", 2_000_000)
+    reads = []
+    real = tarfile.ExFileObject.read
+    monkeypatch.setattr(tarfile.ExFileObject, "read", lambda self, *a: reads.append((self.name, a)) or real(self, *a))
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable image\(s\), e.g. s.tar/big \(big.png: 3,000,000 bytes"):
+        ds, cache = cached_set(tmp_path / "s", 16, workers=1, progress=False, log=lambda *a: None)
+    assert len(ds) == 6 and cache.meta.bad == ["s.tar/big"]
+    assert reads and not [r for r in reads if r[0] == "big.png"]  # refused from its size: not a byte read
+    assert not [r for r in reads if r[0].endswith(".png") and r[1] in ((), (-1,), (None,))]  # images read lazily

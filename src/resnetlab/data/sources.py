@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 import os
 import re
@@ -27,7 +26,7 @@ import tarfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 from ..errors import UserError
 from ..decoding import EXTENSIONS
@@ -265,15 +264,24 @@ def scan_shards(spec: str, cache_root: Path | None = None, progress: bool = True
     return Listing("shards", identity, samples, classes, h.hexdigest())
 
 
-def read_bytes(sample: Sample, tars: dict[str, tarfile.TarFile] | None = None) -> io.BytesIO | str:
-    """What the decoder opens: the file path, or the tar member's bytes (tars: open shards, reused)."""
+# The largest image member a shard may hold: an uncompressed 40-megapixel RGBA image and its header (a larger member
+# cannot be an image the decoder would accept).
+MAX_MEMBER_BYTES = 40_000_000 * 4 + 1_000_000
+
+
+def read_bytes(sample: Sample, tars: dict[str, tarfile.TarFile] | None = None) -> BinaryIO | str:
+    """What the decoder opens: the file path, or the tar member as a file (read lazily: the decoder reads the
+    header first and stops there on what is not an image; tars: open shards, reused)."""
     if sample.member is None:
         return sample.file
     tars = {} if tars is None else tars
     tar = tars.get(sample.file)
     if tar is None:
         tar = tars[sample.file] = tarfile.open(sample.file, "r:")
-    f = tar.extractfile(sample.member)
+    member = tar.getmember(sample.member)
+    if member.size > MAX_MEMBER_BYTES:
+        raise OSError(f"{sample.member}: {member.size:,} bytes, over the {MAX_MEMBER_BYTES:,} an image may have")
+    f = tar.extractfile(member)
     if f is None:
         raise OSError(f"{sample.member} is not a file in {sample.file}")
-    return io.BytesIO(f.read())
+    return f
