@@ -142,3 +142,24 @@ def test_onnx_backend_answers_explain_with_501(position_model, tmp_path):
         client.__exit__(None, None, None)
     with pytest.raises(resnetlab.errors.UserError, match="explanations need the PyTorch model"):
         resnetlab.load(tmp_path / "m.onnx").explain(held[0][0])
+
+
+def test_explain_has_its_own_smaller_pixel_budget_and_counts_as_work(position_model):
+    from conftest import ready_client
+    from resnetlab.serving.app import create_app
+    from resnetlab.serving.settings import ServeSettings
+    ckpt, held, _ = position_model
+    buf = io.BytesIO()
+    Image.fromarray(held[1][0]).save(buf, "PNG")  # 64x64 = 4,096 pixels
+    settings = ServeSettings(no_auth=True, explain_max_pixels=4000)
+    client = ready_client(create_app(resnetlab.load(ckpt, device="cpu"), settings), "http://127.0.0.1")
+    try:
+        svc = client.app.state.service
+        before = svc.metrics.work_seen
+        r = client.post("/v1/explain", files={"f": ("x.png", buf.getvalue(), "image/png")})
+        assert r.status_code == 413 and "over the limit of 4,000" in r.json()["detail"]
+        assert svc.metrics.work_seen > before  # an explain request holds off the idle-time memory trim
+        assert client.post("/v1/predict", files={"f": ("x.png", buf.getvalue(), "image/png")}).status_code == 200
+        assert client.get("/v1/model").json()["limits"]["explain_max_pixels"] == 4000
+    finally:
+        client.__exit__(None, None, None)

@@ -24,6 +24,8 @@ def add_parser(sub) -> None:
     s.add_argument("--max-files", type=int, default=d.max_files, help="images per request")
     s.add_argument("--max-request-pixels", type=int, default=d.max_request_pixels,
                    help="all images of one request together, read from their headers before decoding")
+    s.add_argument("--explain-max-pixels", type=int, default=d.explain_max_pixels,
+                   help="per image explained by /v1/explain (its maps are kept at the image's own size)")
     s.add_argument("--api-key-file", default=None, help="API keys, one per line (re-read when it changes); or "
                    "$RESNETLAB_API_KEY. Required on /v1/* and /metrics as 'Authorization: Bearer KEY' or 'X-API-Key'")
     s.add_argument("--no-auth", action="store_true", help="allow binding a non-loopback address without a key")
@@ -44,7 +46,8 @@ def run(args: argparse.Namespace) -> None:
     settings = ServeSettings(host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                              exact_batches=args.exact_batches,
                              max_body_mb=args.max_body_mb, max_files=args.max_files,
-                             max_request_pixels=args.max_request_pixels, api_key_file=args.api_key_file,
+                             max_request_pixels=args.max_request_pixels,
+                             explain_max_pixels=args.explain_max_pixels, api_key_file=args.api_key_file,
                              no_auth=args.no_auth, allowed_hosts=args.allowed_host, cors_origins=args.cors_origin,
                              docs=not args.no_docs, header_timeout_s=args.header_timeout_s,
                              read_timeout_s=args.read_timeout_s)

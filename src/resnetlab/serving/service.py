@@ -120,13 +120,15 @@ class PredictService:
         return torch.stack([torch.from_numpy(self._guard(name, lambda d=data: load_uint8(
             io.BytesIO(d), self.clf.policy, self.settings.max_pixels)).copy()) for name, data in files])
 
-    def check_budget(self, files: list[tuple[str, bytes]]) -> None:
-        """Every header (format, size: no pixel decoded) against the per-image and per-request pixel budgets."""
+    def check_budget(self, files: list[tuple[str, bytes]], max_pixels: int | None = None) -> None:
+        """Every header (format, size: no pixel decoded) against the per-image (max_pixels, default the service's)
+        and per-request pixel budgets."""
+        max_pixels = max_pixels or self.settings.max_pixels
         total = 0
         for name, data in files:
             if not data:
                 raise RequestError(400, f"{name}: empty file")
-            w, h = self._guard(name, lambda d=data: image_size(io.BytesIO(d), self.settings.max_pixels))
+            w, h = self._guard(name, lambda d=data: image_size(io.BytesIO(d), max_pixels))
             total += w * h
         if total > self.settings.max_request_pixels:
             raise RequestError(413, f"the request's images hold {total:,} pixels, over the limit of "
@@ -171,9 +173,9 @@ class PredictService:
     def explain_files(self, files: list[tuple[str, bytes]], k: int, target: str | None) -> dict:
         """Top-k classes and a Grad-CAM overlay (PNG, base64) per file. In a worker thread: budgets first (from
         the headers), then decoding, then the model's forward and backward (serialised with the batcher's)."""
-        self.check_budget(files)
-        images = [self._guard(name, lambda d=data: open_rgb(io.BytesIO(d), self.settings.max_pixels))
-                  for name, data in files]
+        budget = min(self.settings.explain_max_pixels, self.settings.max_pixels)
+        self.check_budget(files, budget)
+        images = [self._guard(name, lambda d=data: open_rgb(io.BytesIO(d), budget)) for name, data in files]
         if target is not None and TARGET_INDEX.fullmatch(target):
             target = int(target)
         try:
@@ -199,7 +201,8 @@ class PredictService:
                 "resize": {"mode": clf.policy.mode, "decode_size": clf.policy.input_size},
                 "mean": list(m.mean), "std": list(m.std), "params": params,
                 "metrics": m.metrics, "trained_epochs": m.epoch,
-                "limits": {"max_body_bytes": s.max_body_bytes, "max_files": s.max_files, "max_pixels": s.max_pixels},
+                "limits": {"max_body_bytes": s.max_body_bytes, "max_files": s.max_files, "max_pixels": s.max_pixels,
+                           "explain_max_pixels": s.explain_max_pixels},
                 "batching": {"max_batch": s.max_batch, "max_wait_ms": s.max_wait_ms,
                              "pass_sizes": list(s.pass_sizes) if s.pass_sizes else None}}
 

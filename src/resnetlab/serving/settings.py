@@ -34,6 +34,8 @@ class ServeSettings:
     max_files: int = 64          # images per request
     max_pixels: int = 40_000_000  # per image, read from its header before decoding
     max_request_pixels: int = 100_000_000  # all images of one request together, from their headers
+    explain_max_pixels: int = 4_000_000  # per image explained: Grad-CAM keeps float maps and an overlay at the
+                                         # image's own size (a 36-megapixel image took the server to 3.3 GB)
     default_top_k: int = 5
     graceful_timeout_s: float = 30.0
     header_timeout_s: float = 10.0  # a connection must finish sending a request's headers within this
