@@ -469,3 +469,16 @@ def test_shard_members_bigger_than_any_image_are_skipped_without_being_read(tmp_
     assert len(ds) == 6 and cache.meta.bad == ["s.tar/big"]
     assert reads and not [r for r in reads if r[0] == "big.png"]  # refused from its size: not a byte read
     assert not [r for r in reads if r[0].endswith(".png") and r[1] in ((), (-1,), (None,))]  # images read lazily
+
+
+def test_data_rm_of_a_linked_cache_removes_the_link_and_says_so(tmp_path, capsys):
+    root = _folder(tmp_path / "f", n=6)
+    assert main(["data", "cache", str(root), "--image-size", "12", "--no-progress"]) == 0
+    name = next(c.name for c in list_caches() if c.source == str(root.resolve()))
+    moved = tmp_path / "elsewhere"
+    (cache_dir() / "decoded" / name).rename(moved)
+    (cache_dir() / "decoded" / name).symlink_to(moved, target_is_directory=True)
+    capsys.readouterr()
+    assert main(["data", "rm", name]) == 0
+    assert f"removed {name} (a link; {moved} itself is kept)" in capsys.readouterr().out
+    assert not (cache_dir() / "decoded" / name).exists() and (moved / "meta.json").is_file()

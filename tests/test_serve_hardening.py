@@ -171,8 +171,10 @@ def test_a_key_file_caught_half_written_keeps_the_keys_last_read_for_access_and_
         keys.write_text("")  # an editor truncates before it writes
         os.utime(keys, ns=(time.time_ns(), time.time_ns() + 10**9))
         assert c.get("/v1/model", headers={"X-API-Key": "alpha-key"}).status_code == 200
-        page = c.get("/docs")
+        assert c.get("/docs").status_code == 401  # with keys, the API's description is behind them too
+        page = c.get("/docs", headers={"X-API-Key": "alpha-key"})
         assert page.status_code == 200 and "Send the API key" in page.text
+        assert c.get("/openapi.json").status_code == 401
     finally:
         c.__exit__(None, None, None)
 

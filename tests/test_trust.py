@@ -209,6 +209,19 @@ def test_paths_are_strings_and_options_mix_with_overrides(tmp_path):
         parse(["train", "--nonsense"])
 
 
+def test_argument_errors_and_recipe_paths_are_one_line(tmp_path, capsys):
+    for argv in (["train", "--nonsense"], ["serve"], ["nope"], ["export", "x", "--format", "zip"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and err.startswith("error: ") and "\n" not in err and "--help" in err, (argv, err)
+    secret = tmp_path / "passwd"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1::/usr/sbin:/usr/sbin/nologin\n")
+    assert main(["recipes", "show", str(secret)]) == 2  # shown only when it is a recipe
+    out, err = capsys.readouterr()
+    assert "root:x" not in out and "a recipe must be a YAML mapping" in err
+
+
 def test_exponent_numbers_without_a_dot_are_numbers_in_overrides_and_recipe_files(tmp_path):
     """YAML 1.1 (PyYAML) reads 1e-12 as a string; model arguments are checked as numbers and refused it."""
     from resnetlab.training.config import load_recipe

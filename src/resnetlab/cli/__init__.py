@@ -13,8 +13,16 @@ from . import data, download, evaluate, export, finetune, models, predict, recip
 COMMANDS = (models, recipes, train, evaluate, report, data, download, finetune, predict, export, serve, tune)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the command line's rule for user errors: one line on stderr, exit status 2 (argparse's own
+    prints the whole usage first). Subcommand parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="resnetlab", description="ResNets from scratch: build, train, "
+    p = Parser(prog="resnetlab", description="ResNets from scratch: build, train, "
                                 "evaluate, fine-tune, serve.")
     p.add_argument("--version", action="version", version=f"resnetlab {__version__}")
     sub = p.add_subparsers(dest="command", required=True)

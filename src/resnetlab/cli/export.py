@@ -62,6 +62,9 @@ def run_int8(args: argparse.Namespace) -> None:
     path = resolve_checkpoint(args.checkpoint)
     meta = read_meta(path)
     _, splits = recorded_test_split(meta, path, args.data_dir, "cpu")
+    if args.calibration > len(splits.train):
+        print(f"--calibration {args.calibration}: the training split has {len(splits.train)} images; calibrating "
+              f"on all of them")
     pick = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(0))[:args.calibration]
     calibration = splits.train.take(pick)
     if args.images:

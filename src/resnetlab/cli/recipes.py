@@ -20,7 +20,9 @@ def run(args: argparse.Namespace) -> None:
     if args.action == "show":
         if not args.name:
             raise UserError(f"recipes show: name a recipe ({', '.join(bundled_recipes())})")
-        print(recipe_text(args.name)[0], end="")
+        text = recipe_text(args.name)[0]
+        load_recipe(args.name)  # a file is shown only when it is a recipe (YAML that validates), never any file
+        print(text, end="")
         return
     if args.name:
         raise UserError(f"recipes {args.action}: takes no name (did you mean `resnetlab recipes show {args.name}`?)")

@@ -405,10 +405,18 @@ def remove_caches(names: list[str], everything: bool = False, root: Path | None 
             chosen += [c for c in hit if c not in chosen]
             stale += [x for x in hit_left if x not in stale]
     base = (root or cache_dir()) / "decoded"
+    removed = []
     for c in chosen:
+        path = base / c.name
         with _lock(base / f".{c.name}.lock"):
-            shutil.rmtree(base / c.name, ignore_errors=True)
+            if path.is_symlink():  # a link to a cache elsewhere: the link goes, never what it points to
+                target = os.readlink(path)
+                path.unlink()
+                removed.append(f"{c.name} (a link; {target} itself is kept)")
+            else:
+                shutil.rmtree(path)
+                removed.append(c.name)
         (base / f".{c.name}.lock").unlink(missing_ok=True)
     for x in stale:
         shutil.rmtree(x.path, ignore_errors=True)
-    return [c.name for c in chosen] + [f"{x.path.name} (left by a killed build)" for x in stale]
+    return removed + [f"{x.path.name} (left by a killed build)" for x in stale]

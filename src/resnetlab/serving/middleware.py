@@ -12,7 +12,9 @@ from .keys import KeyRing
 from .metrics import Metrics
 from .settings import ServeSettings
 
-PROTECTED = ("/v1/", "/metrics")  # need an API key when the service has keys; /healthz, /readyz, / stay open
+# Need an API key when the service has keys (the API's description too: it names the model); /healthz, /readyz and
+# the page (/) stay open.
+PROTECTED = ("/v1/", "/metrics", "/docs", "/openapi.json")
 
 
 SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
