@@ -16,6 +16,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 
+def finite(v: float | int) -> bool:
+    """Not inf or nan (Python ints always are finite, however large: math.isfinite would overflow on them)."""
+    return not isinstance(v, float) or math.isfinite(v)
+
+
 class Mismatch(ValueError):
     """A value that does not fit its declaration; the text says what was expected ("expected ...")."""
 
@@ -30,7 +35,7 @@ class Range:
 
     def contains(self, v: float) -> bool:
         lo, hi = self.low, self.high
-        return math.isfinite(v) and (lo is None or (v >= lo if self.low_inclusive else v > lo)) and (
+        return finite(v) and (lo is None or (v >= lo if self.low_inclusive else v > lo)) and (
             hi is None or (v <= hi if self.high_inclusive else v < hi))
 
     def text(self) -> str:
@@ -97,7 +102,7 @@ def conform(value: Any, typ: Any, lenient: bool = False) -> Any:
             raise Mismatch("expected true or false")
         return value
     if typ is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not finite(value) \
                 or int(value) != value or (not lenient and not isinstance(value, int)):
             raise Mismatch("expected an integer")
         return int(value)
@@ -107,7 +112,8 @@ def conform(value: Any, typ: Any, lenient: bool = False) -> Any:
                 value = float(value)
             except ValueError:
                 pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not finite(value) \
+                or abs(value) > 1e300:  # a float that large is no setting (and a larger int no float)
             raise Mismatch("expected a finite number")
         return float(value)
     if typ is str:
@@ -134,7 +140,7 @@ def conform(value: Any, typ: Any, lenient: bool = False) -> Any:
 
 
 def type_name(typ: Any) -> str:
-    """A short name for listings: int, float, str, bool, list, dict, choice."""
+    """A short name for listings: int, float, str (also for choices), bool, list, dict."""
     typ, _ = optional_inner(typ)
     if typing.get_origin(typ) is Literal:
         return "str"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +14,7 @@ from torch import nn
 
 from ..decoding import RESIZE_MODES, ResizePolicy
 from ..errors import UserError
-from ..schema import Mismatch, conform
+from ..schema import Mismatch, conform, finite
 from ..weights import read_checkpoint, read_metadata
 from .registry import build_model, check_num_classes, get_spec, validate_model_args
 
@@ -120,7 +119,7 @@ class CheckpointMeta:
         for key in ("mean", "std"):
             v = data.get(key)
             if not (isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                                                                  and math.isfinite(x) for x in v)):
+                                                                  and finite(x) for x in v)):
                 raise UserError(f"{path}: metadata {key!r} must be a list of 3 finite numbers")
         if any(x <= 0 for x in data["std"]):
             raise UserError(f"{path}: metadata 'std' must be positive")
