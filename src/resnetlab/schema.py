@@ -21,6 +21,12 @@ def finite(v: float | int) -> bool:
     return not isinstance(v, float) or math.isfinite(v)
 
 
+def shown(value: Any, limit: int = 80) -> str:
+    """A value as an error line quotes it: its repr, cut at `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 class Mismatch(ValueError):
     """A value that does not fit its declaration; the text says what was expected ("expected ...")."""
 

@@ -181,12 +181,19 @@ def _lock(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _dead_builds(base: Path, name: str = "*") -> Iterator[tuple[str, Path]]:
+    """(cache name, folder) of each build of `name` under `base` whose process is gone (a live build's folder is
+    never among them: its process holds it)."""
+    for d in sorted(base.glob(f".{name}.build-*")) if base.is_dir() else []:
+        cache, _, pid = d.name[1:].rpartition(".build-")
+        if d.is_dir() and not d.is_symlink() and pid.isdigit() and not pid_alive(int(pid)):
+            yield cache, d
+
+
 def _sweep(base: Path, name: str) -> None:
-    """Remove what killed builds of this cache left behind (their process is gone)."""
-    for d in base.glob(f".{name}.build-*"):
-        pid = d.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not pid_alive(int(pid)):
-            shutil.rmtree(d, ignore_errors=True)
+    """Remove what killed builds of this cache left behind."""
+    for _, d in _dead_builds(base, name):
+        shutil.rmtree(d, ignore_errors=True)
 
 
 
@@ -361,15 +368,9 @@ class Leftover:
 
 
 def leftovers(root: Path | None = None) -> list[Leftover]:
-    """Folders of builds whose process is gone (a live build's folder is never listed: its process holds it)."""
-    base = (root or cache_dir()) / "decoded"
-    out = []
-    for d in sorted(base.glob(".*.build-*")) if base.is_dir() else []:
-        name, _, pid = d.name[1:].rpartition(".build-")
-        if d.is_dir() and not d.is_symlink() and pid.isdigit() and not pid_alive(int(pid)):
-            size = sum(f.stat().st_size for f in d.iterdir() if f.is_file() and not f.is_symlink())
-            out.append(Leftover(name, d, size))
-    return out
+    """What killed builds left, with the disk each holds."""
+    return [Leftover(name, d, sum(f.stat().st_size for f in d.iterdir() if f.is_file() and not f.is_symlink()))
+            for name, d in _dead_builds((root or cache_dir()) / "decoded")]
 
 
 def list_caches(root: Path | None = None) -> list[CacheInfo]:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from ..errors import UserError
+from ..schema import shown
 from ..decoding import EXTENSIONS
 
 SOURCE_KINDS = ("folder", "manifest", "shards")
@@ -123,8 +124,7 @@ def class_label(raw: object, where: str) -> str:
         return str(raw)
     text = raw.strip() if isinstance(raw, str) else None
     if not text or len(text) > MAX_LABEL or not text.isprintable():
-        shown = repr(raw)[:40] + ("…" if len(repr(raw)) > 40 else "")
-        raise UserError(f"{where}: label {shown} is not a class name (a non-empty line of printable text of at most "
+        raise UserError(f"{where}: label {shown(raw, 40)} is not a class name (a non-empty line of printable text of at most "
                         f"{MAX_LABEL} characters, or an integer)")
     return text
 

@@ -78,9 +78,6 @@ class CheckpointMeta:
         """Plain JSON data (what the file's header holds); None fields are left out."""
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict())
-
     def replace(self, **changes: Any) -> "CheckpointMeta":
         return dataclasses.replace(self, **changes)
 

@@ -32,7 +32,33 @@ def conv_bn(c_in: int, c_out: int, pool: bool = False, separable: bool = False,
 
 
 class ResNet9(ClassifierNet):
-    """prep conv → [conv+pool, BasicBlock] → conv+pool → [conv+pool, BasicBlock] → max-pool → linear."""
+    """prep conv → [conv+pool, BasicBlock] → conv+pool → [conv+pool, BasicBlock] → max-pool → linear.
+
+    Args:
+        num_classes: outputs of the classifier.
+        widths: channels of each stage.
+        in_channels: input channels.
+        head_scale: logit scale (Myrtle: 0.125).
+        whiten: fixed 3x3 patch-whitening first layer.
+        whiten_eps: whitening regulariser: filters scale by 1/sqrt(eigenvalue + eps); larger amplifies fine
+            detail (and JPEG noise) less.
+        block: separable: every 3x3 conv depthwise + pointwise.
+        drop_rate: dropout before the classifier (0: off).
+        drop_path_rate: stochastic depth of the last residual block, rising linearly from 0 over the blocks
+            (0: off).
+        pool_first: conv → max-pool → BN → ReLU in the pooling layers (airbench's order; cheaper on CPUs).
+        dirac: the first c_in filters of each conv start as the identity (airbench).
+        se_reduction: squeeze-and-excitation in every residual block with this channel reduction (Hu et al.
+            2018: 16; 0: off).
+        activation: relu or gelu, everywhere in the net (airbench94_muon: gelu).
+        bn_momentum: weight of each batch in the BN running statistics (torch's convention; airbench94_muon:
+            0.4).
+        bn_eps: BN epsilon (airbench94_muon: 1e-12).
+        bn_frozen_scale: BN scales fixed at 1, only the BN biases train (airbench94_muon).
+        whiten_style: pca: 3x3 patches (27 filters), then a 1x1 conv + BN + activation to widths[0]; airbench:
+            2x2 patches, each filter and its negative (widths[0] = 24), a trained bias, the activation
+            (airbench94_muon).
+    """
 
     def __init__(self, num_classes: int = 10, widths: Sequence[int] = (64, 128, 256, 512),
                  in_channels: int = 3, head_scale: float = 0.125, whiten: bool = False,
@@ -42,60 +68,14 @@ class ResNet9(ClassifierNet):
                  se_reduction: int = 0, activation: Literal["relu", "gelu"] = "relu", bn_momentum: float = 0.1,
                  bn_eps: float = 1e-5, bn_frozen_scale: bool = False,
                  whiten_style: Literal["pca", "airbench"] = "pca") -> None:
-        """Args:
-            num_classes: outputs of the classifier.
-            widths: channels of each stage.
-            in_channels: input channels.
-            head_scale: logit scale (Myrtle: 0.125).
-            whiten: fixed 3x3 patch-whitening first layer.
-            whiten_eps: whitening regulariser: filters scale by 1/sqrt(eigenvalue + eps); larger amplifies fine
-                detail (and JPEG noise) less.
-            block: separable: every 3x3 conv depthwise + pointwise.
-            drop_rate: dropout before the classifier (0: off).
-            drop_path_rate: stochastic depth of the last residual block, rising linearly from 0 over the blocks
-                (0: off).
-            pool_first: conv → max-pool → BN → ReLU in the pooling layers (airbench's order; cheaper on CPUs).
-            dirac: the first c_in filters of each conv start as the identity (airbench).
-            se_reduction: squeeze-and-excitation in every residual block with this channel reduction (Hu et al.
-                2018: 16; 0: off).
-            activation: relu or gelu, everywhere in the net (airbench94_muon: gelu).
-            bn_momentum: weight of each batch in the BN running statistics (torch's convention; airbench94_muon:
-                0.4).
-            bn_eps: BN epsilon (airbench94_muon: 1e-12).
-            bn_frozen_scale: BN scales fixed at 1, only the BN biases train (airbench94_muon).
-            whiten_style: pca: 3x3 patches (27 filters), then a 1x1 conv + BN + activation to widths[0]; airbench:
-                2x2 patches, each filter and its negative (widths[0] = 24), a trained bias, the activation
-                (airbench94_muon).
-        """
         super().__init__()
         if block not in ("standard", "separable"):
             raise ValueError(f"unknown block kind {block!r}; use standard or separable")
         sep = block == "separable"  # every 3x3 conv after the input layer depthwise-separable
         w0, w1, w2, w3 = widths
-        # Optional fixed patch-whitening conv (PCA of input patches, Page 2018 / airbench): decorrelated
-        # inputs make the first epochs far more productive. Filled by init_whitening() from training data.
-        # pca: 3x3 patches, all 27 components, then a 1x1 conv + BN + ReLU to w0 channels.
-        # airbench (airbench94_muon, Jordan 2024): 2x2 patches without padding, each component and its negative
-        # (24 channels = w0), a trained bias and the activation straight after; nothing else at full resolution.
-        self.whiten = None
         self.whiten_eps = whiten_eps
         self.whiten_style = whiten_style
-        if whiten_style == "airbench" and not whiten:
-            raise ValueError("whiten_style airbench is a whitening stem; set whiten to true as well")
-        if whiten_style == "airbench":
-            if w0 != in_channels * 8:
-                raise ValueError(f"whiten_style airbench makes {in_channels * 8} channels (2x2 patches x "
-                                 f"{in_channels} channels x 2 signs); set widths[0] to {in_channels * 8}, not {w0}")
-            self.whiten = nn.Conv2d(in_channels, w0, 2, padding=0, bias=True)
-            self.whiten.weight.requires_grad_(False)
-            self.prep = nn.Sequential(nn.ReLU(inplace=True))
-        elif whiten:
-            self.whiten = nn.Conv2d(in_channels, in_channels * 9, 3, padding=1, bias=False)
-            self.whiten.weight.requires_grad_(False)
-            self.prep = nn.Sequential(nn.Conv2d(in_channels * 9, w0, 1, bias=False), nn.BatchNorm2d(w0),
-                                      nn.ReLU(inplace=True))
-        else:
-            self.prep = conv_bn(in_channels, w0)
+        self._make_stem(in_channels, w0, whiten)
         # two residual blocks: stochastic depth 0 on the first, drop_path_rate on the last (linear in depth)
         pf = pool_first
         se = se_reduction
@@ -111,6 +91,35 @@ class ResNet9(ClassifierNet):
         self.fc = nn.Linear(w3, num_classes, bias=False)
         # Scaling the logits keeps the softmax from saturating early (the Myrtle recipe uses 0.125).
         self.head_scale = head_scale
+        self._init_weights(in_channels, dirac)
+        self.bn_frozen_scale = bn_frozen_scale
+        set_norm_act(self, activation, bn_momentum, bn_eps, bn_frozen_scale)
+
+    def _make_stem(self, in_channels: int, w0: int, whiten: bool) -> None:
+        """`whiten` and `prep`. Optional fixed patch-whitening conv (PCA of input patches, Page 2018 / airbench):
+        decorrelated inputs make the first epochs far more productive; filled by init_whitening() from training
+        data. pca: 3x3 patches, all 27 components, then a 1x1 conv + BN + ReLU to w0 channels. airbench
+        (airbench94_muon, Jordan 2024): 2x2 patches without padding, each component and its negative (24 channels
+        = w0), a trained bias and the activation straight after; nothing else at full resolution."""
+        self.whiten = None
+        if self.whiten_style == "airbench" and not whiten:
+            raise ValueError("whiten_style airbench is a whitening stem; set whiten to true as well")
+        if self.whiten_style == "airbench":
+            if w0 != in_channels * 8:
+                raise ValueError(f"whiten_style airbench makes {in_channels * 8} channels (2x2 patches x "
+                                 f"{in_channels} channels x 2 signs); set widths[0] to {in_channels * 8}, not {w0}")
+            self.whiten = nn.Conv2d(in_channels, w0, 2, padding=0, bias=True)
+            self.whiten.weight.requires_grad_(False)
+            self.prep = nn.Sequential(nn.ReLU(inplace=True))
+        elif whiten:
+            self.whiten = nn.Conv2d(in_channels, in_channels * 9, 3, padding=1, bias=False)
+            self.whiten.weight.requires_grad_(False)
+            self.prep = nn.Sequential(nn.Conv2d(in_channels * 9, w0, 1, bias=False), nn.BatchNorm2d(w0),
+                                      nn.ReLU(inplace=True))
+        else:
+            self.prep = conv_bn(in_channels, w0)
+
+    def _init_weights(self, in_channels: int, dirac: bool) -> None:
         for m in self.modules():
             if isinstance(m, nn.Conv2d) and m is not self.whiten:
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -123,8 +132,6 @@ class ResNet9(ClassifierNet):
             nn.init.zeros_(self.whiten.weight[in_channels:])
             if self.whiten.bias is not None:
                 nn.init.zeros_(self.whiten.bias)
-        self.bn_frozen_scale = bn_frozen_scale
-        set_norm_act(self, activation, bn_momentum, bn_eps, bn_frozen_scale)
 
     @torch.no_grad()
     def init_whitening(self, x: torch.Tensor, eps: float | None = None) -> None:

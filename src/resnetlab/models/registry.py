@@ -3,7 +3,7 @@
 A family registers plain factories with `@register_model(...)`. Their user-facing arguments are read from
 the constructor's signature (the annotation gives the check, by schema.conform as for recipe keys: bool, int, float,
 a Literal of choices, a sequence of ints, or None), narrowed by a small map of constraints (ranges, the number of
-stage widths), and explained by the constructor's own docstring (its "Args:" section). Model kwargs arrive from recipes, the command line and
+stage widths), and explained by the class's own docstring (its "Args:" section). Model kwargs arrive from recipes, the command line and
 checkpoint metadata, i.e. from files users did not necessarily write: they are data, each checked before
 anything is built, and nothing here opens or fetches a file named by them.
 """
@@ -32,9 +32,9 @@ class Arg:
 
 
 def documented_args(builds: Callable) -> dict[str, str]:
-    """The help of each argument, from the "Args:" section of the constructor's own docstring (as timm documents
-    its models): `name: text` lines, continuation lines indented deeper."""
-    doc = inspect.getdoc(builds.__init__ if isinstance(builds, type) else builds) or ""
+    """The help of each argument, from the "Args:" section of the docstring of the class (or function) that
+    defines them, as Google-style docstrings write it: `name: text` lines, continuation lines indented deeper."""
+    doc = inspect.getdoc(builds) or ""
     out: dict[str, str] = {}
     current = None
     lines = doc.split("Args:", 1)[1].splitlines() if "Args:" in doc else []

@@ -22,7 +22,34 @@ BLOCK_KINDS = ("standard", "separable")
 
 
 class ResNet(ClassifierNet):
-    """stem → stages of residual blocks → global average pool → (dropout) → linear."""
+    """stem → stages of residual blocks → global average pool → (dropout) → linear.
+
+    Args:
+        block: the residual block class (BasicBlock, Bottleneck or PreActBlock); a row of ROWS chooses it.
+        layers: blocks per stage; a row of ROWS chooses them.
+        num_classes: outputs of the classifier.
+        widths: channels of each stage.
+        stem: imagenet (7x7/2 conv + max-pool) or cifar (3x3/1 conv).
+        stem_width: channels of the stem conv (default: first stage width).
+        shortcut: A: zero-padded identity, B: 1x1 projection.
+        zero_init_residual: start every residual branch at zero (Goyal et al. 2017).
+        in_channels: input channels.
+        block_kind: separable: every 3x3 conv depthwise + pointwise.
+        drop_rate: dropout before the classifier (0: off).
+        drop_path_rate: stochastic depth of the last residual block, rising linearly from 0 over the blocks
+            (0: off).
+        groups: groups of the 3x3 convs of Bottleneck blocks (ResNeXt's cardinality).
+        width_per_group: channels per group of the Bottleneck 3x3 convs at the first stage (64: plain ResNet;
+            128: wide ResNet).
+        se_reduction: squeeze-and-excitation in every residual block with this channel reduction (Hu et al.
+            2018: 16; 0: off).
+        block_dropout: dropout between the convolutions of every residual block (wide ResNets: 0.3; 0: off).
+        activation: relu or gelu, everywhere in the net (airbench94_muon: gelu).
+        bn_momentum: weight of each batch in the BN running statistics (torch's convention; airbench94_muon:
+            0.4).
+        bn_eps: BN epsilon (airbench94_muon: 1e-12).
+        bn_frozen_scale: BN scales fixed at 1, only the BN biases train (airbench94_muon).
+    """
 
     supports_dilation = True  # backbones.FeatureExtractor(output_stride=...) may trade strides for dilation
 
@@ -49,32 +76,6 @@ class ResNet(ClassifierNet):
         bn_eps: float = 1e-5,
         bn_frozen_scale: bool = False,
     ) -> None:
-        """Args:
-            block: the residual block class (BasicBlock, Bottleneck or PreActBlock); a row of ROWS chooses it.
-            layers: blocks per stage; a row of ROWS chooses them.
-            num_classes: outputs of the classifier.
-            widths: channels of each stage.
-            stem: imagenet (7x7/2 conv + max-pool) or cifar (3x3/1 conv).
-            stem_width: channels of the stem conv (default: first stage width).
-            shortcut: A: zero-padded identity, B: 1x1 projection.
-            zero_init_residual: start every residual branch at zero (Goyal et al. 2017).
-            in_channels: input channels.
-            block_kind: separable: every 3x3 conv depthwise + pointwise.
-            drop_rate: dropout before the classifier (0: off).
-            drop_path_rate: stochastic depth of the last residual block, rising linearly from 0 over the blocks
-                (0: off).
-            groups: groups of the 3x3 convs of Bottleneck blocks (ResNeXt's cardinality).
-            width_per_group: channels per group of the Bottleneck 3x3 convs at the first stage (64: plain ResNet;
-                128: wide ResNet).
-            se_reduction: squeeze-and-excitation in every residual block with this channel reduction (Hu et al.
-                2018: 16; 0: off).
-            block_dropout: dropout between the convolutions of every residual block (wide ResNets: 0.3; 0: off).
-            activation: relu or gelu, everywhere in the net (airbench94_muon: gelu).
-            bn_momentum: weight of each batch in the BN running statistics (torch's convention; airbench94_muon:
-                0.4).
-            bn_eps: BN epsilon (airbench94_muon: 1e-12).
-            bn_frozen_scale: BN scales fixed at 1, only the BN biases train (airbench94_muon).
-        """
         super().__init__()
         if stem not in STEMS:
             raise ValueError(f"unknown stem {stem!r}; use one of {', '.join(STEMS)}")
@@ -89,15 +90,7 @@ class ResNet(ClassifierNet):
         self.stem = stem
         self.preact = block is PreActBlock
         stem_width = stem_width or widths[0]
-        if stem == "imagenet":
-            self.conv1 = nn.Conv2d(in_channels, stem_width, 7, stride=2, padding=3, bias=False)
-        else:
-            self.conv1 = nn.Conv2d(in_channels, stem_width, 3, stride=1, padding=1, bias=False)
-        # Pre-activation nets normalise inside each block, so the stem is a bare conv.
-        self.bn1 = nn.Identity() if self.preact else nn.BatchNorm2d(stem_width)
-        self.relu = nn.Identity() if self.preact else nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if stem == "imagenet" else nn.Identity()
-
+        self._make_stem(in_channels, stem_width)
         in_planes = stem_width
         # stochastic depth: the drop rate grows linearly with depth, from 0 to drop_path_rate (as in timm,
         # after Huang et al. 2016)
@@ -121,6 +114,17 @@ class ResNet(ClassifierNet):
         self._init_weights(zero_init_residual)
         self.bn_frozen_scale = bn_frozen_scale
         set_norm_act(self, activation, bn_momentum, bn_eps, bn_frozen_scale)
+
+    def _make_stem(self, in_channels: int, width: int) -> None:
+        """conv1 → bn1 → relu → maxpool (torchvision's names): a 7x7/2 conv and a 3x3/2 max-pool (imagenet) or a
+        3x3/1 conv (cifar). Pre-activation nets normalise inside each block, so their stem is a bare conv."""
+        if self.stem == "imagenet":
+            self.conv1 = nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False)
+        else:
+            self.conv1 = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.Identity() if self.preact else nn.BatchNorm2d(width)
+        self.relu = nn.Identity() if self.preact else nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if self.stem == "imagenet" else nn.Identity()
 
     @staticmethod
     def _make_layer(block: Block, in_planes: int, planes: int, n_blocks: int, stride: int,
@@ -201,6 +205,7 @@ class Arch:
     family: str                      # "imagenet" (224 px, 7x7 stem) or "cifar" (32 px, 3x3 stem)
     help: str                        # one line: what it is, with its source
     defaults: tuple[tuple[str, Any], ...] = ()
+    aliases: tuple[tuple[str, str], ...] = ()  # (another name, the argument it names): the paper's `option`
 
     @property
     def n_stages(self) -> int:
@@ -211,7 +216,8 @@ def _cifar(depth: int) -> Arch:
     n = (depth - 2) // 6
     return Arch(f"resnet{depth}", BasicBlock, (n, n, n), "cifar",
                 f"CIFAR ResNet-{depth} (He et al. 2015, Sec. 4.2): 3 stages of {n} BasicBlocks, 16/32/64 channels, "
-                f"option A", (("widths", (16, 32, 64)), ("stem", "cifar"), ("shortcut", "A")))
+                f"option A", (("widths", (16, 32, 64)), ("stem", "cifar"), ("shortcut", "A")),
+                (("option", "shortcut"),))
 
 
 def _wrn(depth: int, k: int) -> Arch:
@@ -281,11 +287,9 @@ def register_arch(arch: Arch) -> Callable[..., ResNet]:
         return build_resnet(arch.name, num_classes, **kwargs)
     factory.__name__ = factory.__qualname__ = arch.name
     factory.__doc__ = f"{arch.help}: {arch.block.__name__} x {list(arch.layers)}."
-    aliases = {"option": "shortcut"} if arch.name in PAPER_CIFAR else None
     ARCHS[arch.name] = arch
     return register_model(family=arch.family, builds=ResNet, exclude=("block", "layers"),
-                          rename={"block_kind": "block"}, aliases=aliases, n_stages=arch.n_stages)(factory)
+                          rename={"block_kind": "block"}, aliases=dict(arch.aliases), n_stages=arch.n_stages)(factory)
 
 
-PAPER_CIFAR = {f"resnet{d}" for d in (20, 32, 44, 56, 110, 1202)}  # where `option` names the shortcut (the paper's word)
 FACTORIES: dict[str, Callable[..., ResNet]] = {arch.name: register_arch(arch) for arch in ROWS}

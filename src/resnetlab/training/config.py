@@ -19,7 +19,7 @@ import yaml
 from ..data.augment import AugmentConfig
 from ..errors import UserError
 from ..models import validate_model_args
-from ..schema import Key, Mismatch, conform, keys_of, setting
+from ..schema import Key, Mismatch, choices, conform, keys_of, setting, shown
 
 
 # Every recipe key is declared once, here: its type (a Literal lists the choices), its range, whether a resumed
@@ -202,20 +202,14 @@ def resume_keys(root: type | None = None) -> list[str]:
     return [k.name for k in recipe_keys(root) if k.resume]
 
 
-def _shown(value: Any, limit: int = 80) -> str:
-    """A value as an error line quotes it: its repr, cut at `limit` characters."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "…"
-
-
 def _coerce(value: Any, typ: Any, key: str) -> Any:
-    choices = Key(key, typ, None, None, False, "").choices
-    if choices and value not in choices and not (isinstance(value, bool) and "true" in choices):
-        raise UserError(f"recipe key {key}: {value!r} is not allowed; choose one of {', '.join(choices)}")
+    allowed = choices(typ)
+    if allowed and value not in allowed and not (isinstance(value, bool) and "true" in allowed):
+        raise UserError(f"recipe key {key}: {value!r} is not allowed; choose one of {', '.join(allowed)}")
     try:
         return conform(value, typ, lenient=True)
     except Mismatch as e:
-        raise UserError(f"recipe key {key}: {e}, got {_shown(value)}") from None
+        raise UserError(f"recipe key {key}: {e}, got {shown(value)}") from None
 
 
 def _build(cls: type, data: Any, prefix: str) -> Any:
@@ -262,7 +256,7 @@ def validate(r: Recipe) -> None:
         v = _get(r, key.name)
         problem = key.problem(v)
         if problem:
-            raise UserError(f"recipe key {key.name}: {problem}, got {_shown(list(v) if isinstance(v, tuple) else v)}")
+            raise UserError(f"recipe key {key.name}: {problem}, got {shown(list(v) if isinstance(v, tuple) else v)}")
     if not NAME_PATTERN.fullmatch(r.name) or r.name in (".", ".."):
         raise UserError(f"recipe key name: {r.name!r} is not a plain run name (letters, digits, '-', '_', '.'; "
                         f"at most 100); choose another place with --out instead")
