@@ -25,7 +25,7 @@ SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options"
 
 
 class AccessMiddleware:
-    """Who may call: the Host header allowlist (DNS rebinding), API keys on /v1/* and /metrics, CORS only for
+    """Who may call: the Host header allowlist (DNS rebinding), API keys on the PROTECTED paths, CORS only for
     the configured origins, and security headers on every response. Pure ASGI, one line per refusal."""
 
     def __init__(self, app, settings: ServeSettings, ring: KeyRing) -> None:
