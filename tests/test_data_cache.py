@@ -482,3 +482,42 @@ def test_data_rm_of_a_linked_cache_removes_the_link_and_says_so(tmp_path, capsys
     assert main(["data", "rm", name]) == 0
     assert f"removed {name} (a link; {moved} itself is kept)" in capsys.readouterr().out
     assert not (cache_dir() / "decoded" / name).exists() and (moved / "meta.json").is_file()
+
+
+def test_warnings_on_the_command_line_are_one_line_each(tmp_path):
+    """A skipped image and an empty class folder: each one `warning:` line on stderr, no Python warning format."""
+    root = _folder(tmp_path / "f", n=12)
+    (root / "c1" / "zz-broken.png").write_bytes(b"\x89PNG not really")
+    (root / "empty").mkdir()
+    env = dict(os.environ, RESNETLAB_CACHE=str(tmp_path / "cache"), PYTHONPATH=SRC)
+    r = subprocess.run([sys.executable, "-m", "resnetlab", "data", "cache", str(root), "--image-size", "16",
+                        "--no-progress"], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert "UserWarning" not in r.stderr and "warnings.warn" not in r.stderr
+    assert sum(line.startswith("warning: ") and "skipped 1 unreadable image(s)" in line for line in lines) == 1
+    assert sum(line.startswith("warning: ") and "without images: empty" in line for line in lines) == 1
+
+
+def test_a_complete_cache_on_a_read_only_mount_is_used_and_a_missing_one_is_one_line(tmp_path):
+    """The lock needs write access; a read-only cache folder needs none, since nothing can be built there."""
+    import shutil as sh
+    root = _folder(tmp_path / "f", n=12)
+    cache = tmp_path / "cache"
+    env = dict(os.environ, RESNETLAB_CACHE=str(cache), PYTHONPATH=SRC)
+    cmd = [sys.executable, "-m", "resnetlab", "data", "cache", str(root), "--no-progress", "--image-size"]
+    first = subprocess.run(cmd + ["16"], capture_output=True, text=True, env=env, timeout=120)
+    assert first.returncode == 0, first.stderr
+    if sh.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode:
+        pytest.skip("no unshare here to mount the cache read-only")
+
+    def read_only(size: str) -> subprocess.CompletedProcess:
+        script = f'mount --bind -o ro "$1" "$1" && shift && exec "$@"'
+        return subprocess.run(["unshare", "-rm", "sh", "-c", script, "sh", str(cache), *cmd, size],
+                              capture_output=True, text=True, env=env, timeout=120)
+    again = read_only("16")
+    assert again.returncode == 0 and again.stdout.splitlines()[-1] == first.stdout.splitlines()[-1], again.stderr
+    missing = read_only("20")
+    err = missing.stderr.strip()
+    assert missing.returncode == 2 and "\n" not in err and "Traceback" not in err, err
+    assert "cannot use this cache (it does not exist)" in err and "is read-only" in err and "RESNETLAB_CACHE" in err

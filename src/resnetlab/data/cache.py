@@ -115,6 +115,8 @@ def open_cache(listing: Listing, policy: ResizePolicy, workers: int = 0, strict:
     base = (root or cache_dir()) / "decoded"
     name = cache_name(listing, policy)
     final = base / name
+    if base.is_dir() and not os.access(base, os.W_OK):
+        return _open_read_only(final, listing)
     try:
         base.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -129,6 +131,17 @@ def open_cache(listing: Listing, policy: ResizePolicy, workers: int = 0, strict:
         _sweep(base, name)
         build(listing, policy, final, workers or default_workers(), strict, progress, log)
         return _open(final)
+
+
+def _open_read_only(final: Path, listing: Listing) -> DecodedCache:
+    """A cache folder nobody may write to (a read-only mount, a shared cache): no lock is needed, since nothing
+    can build there; a complete, current cache is used as it is."""
+    why = stale_reason(final, listing)
+    if why is None:
+        return _open(final)
+    why = "it does not exist" if why == "new" else why
+    raise UserError(f"{final}: cannot use this cache ({why}) and {final.parent} is read-only; build it where "
+                    f"you can write (set RESNETLAB_CACHE to a writable folder)")
 
 
 def stale_reason(final: Path, listing: Listing) -> str | None:
