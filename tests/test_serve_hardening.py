@@ -281,6 +281,16 @@ def test_slow_idle_and_aborting_clients_against_a_real_server(classifier):
         with socket.create_connection((host, port), timeout=5) as abort:  # promises 100 kB, sends 10, leaves
             abort.sendall(f"POST /v1/predict HTTP/1.1\r\nHost: {host}\r\nContent-Length: 100000\r\n\r\n".encode()
                           + b"0123456789")
+        for bad in (b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: a\x00b\r\n\r\n",  # a NUL in a header
+                    b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: 127.0.0.1\r\n\r\n"):  # two Hosts
+            with socket.create_connection((host, port), timeout=5) as raw:
+                raw.sendall(bad)
+                answer = b""
+                while chunk := raw.recv(4096):
+                    answer += chunk
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 400") and b"content-type: application/json" in head.lower(), answer
+            assert json.loads(body)["detail"].startswith("malformed HTTP request"), answer
         time.sleep(0.5)
         text = _metrics(server.url)
         assert 'status="500"' not in text

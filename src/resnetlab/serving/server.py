@@ -5,6 +5,7 @@ graceful_timeout_s), then the app's shutdown drains the batcher: nothing accepte
 """
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 
@@ -97,6 +98,17 @@ def header_timeout_protocol(seconds: float):
         def connection_lost(self, exc) -> None:
             self._disarm()
             super().connection_lost(exc)
+
+        def send_400_response(self, msg: str) -> None:
+            """A request HTTP itself refuses (a NUL in a header, two Host headers, a malformed line) gets the
+            service's error shape, {"detail": reason}, not uvicorn's plain text."""
+            body = json.dumps({"detail": f"malformed HTTP request ({msg.rstrip('.').lower()})"}).encode()
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                       (b"x-content-type-options", b"nosniff"), (b"connection", b"close")]
+            for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+                          h11.Data(data=body), h11.EndOfMessage()):
+                self.transport.write(self.conn.send(event))
+            self.transport.close()
 
     return HeaderTimeoutProtocol
 
