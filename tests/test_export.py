@@ -11,6 +11,7 @@ import torch
 
 from resnetlab import load
 from resnetlab.cli import main
+from resnetlab.errors import UserError
 from resnetlab.data.cifar import load_cifar
 from resnetlab.inference import export as export_mod
 from resnetlab.inference.export import load_exported_program
@@ -150,6 +151,17 @@ def test_int8_export_that_fails_its_check_writes_nothing(small_checkpoint, tmp_p
                  "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert "nothing written" in err and "\n" not in err and not out.exists()
+    # more calibration images than the training split holds: it says it calibrates on all of them (and does)
+    seen = []
+
+    def stop_at_calibration(path, calibration, *a, **k):
+        seen.append(len(calibration))
+        raise UserError("stopped here")
+    monkeypatch.setattr(export_mod, "export_int8", stop_at_calibration)
+    assert main(["export", str(small_checkpoint), "--int8", "--calibration", "1000000000", "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert "--calibration 1000000000: the training split has 2000 images; calibrating on all of them" in captured.out
+    assert seen == [2000]
     assert main(["export", str(small_checkpoint), "--int8", "--format", "export"]) == 2
     assert "--int8 needs --format onnx" in capsys.readouterr().err
 

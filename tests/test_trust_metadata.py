@@ -130,3 +130,24 @@ def test_crafted_onnx_metadata_is_one_line_before_serving(onnx_file, tmp_path, m
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")) as e:
         resnetlab.load(crafted)
     assert "\n" not in str(e.value) and str(e.value).startswith(str(crafted))
+
+
+def test_the_evaluation_batch_is_bounded_by_memory_at_the_input_size(small_checkpoint, tmp_path, capsys):
+    """eval_batch_size 1000 at 32 px is kept; the same net read at 128 px evaluates in batches that fit the bound
+    (about 6x the largest activation per image), says so, and gives the figures of the whole split."""
+    from resnetlab.training.runner import EVAL_MEMORY_CPU, EVAL_PEAK_PER_ACTIVATION
+    assert main(["eval", str(small_checkpoint), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "evaluation batch" not in captured.err and json.loads(captured.out)["n"] == 400
+    weights, meta = read_checkpoint(small_checkpoint)
+    meta["input_size"] = 128
+    meta["resize"] = {"mode": "squash", "decode_size": 128}
+    path = tmp_path / "big.safetensors"
+    save_checkpoint(path, weights, meta)
+    assert main(["eval", str(path), "--json"]) == 0
+    captured = capsys.readouterr()
+    line = next(x for x in captured.err.splitlines() if x.startswith("evaluation batch: "))
+    batch = int(line.split()[2])
+    per_image = EVAL_PEAK_PER_ACTIVATION * 16 * 128 * 128 * 4  # resnet20's widest activation: 16 x 128 x 128
+    assert 1 <= batch < 1000 and batch * per_image <= EVAL_MEMORY_CPU < (batch + 1) * per_image, line
+    assert "instead of train.eval_batch_size 1000" in line and json.loads(captured.out)["n"] == 400

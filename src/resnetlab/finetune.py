@@ -133,7 +133,7 @@ def train_head_on_features(run: PreparedRun, r: Recipe, m: nn.Module, prefix: st
         m.to(memory_format=torch.channels_last)
     resize = ctx.meta.input_size if ctx.meta.input_size != splits.train.image_size else None
     feats = compute_features(m, splits.train, splits.val if splits.val is not None else splits.test,
-                             views=f.feature_views, augment=r.data.augment, batch_size=r.train.eval_batch_size,
+                             views=f.feature_views, augment=r.data.augment, batch_size=run.test.batch_size,
                              seed=r.train.seed, mean=splits.mean, std=splits.std, device=ctx.device,
                              image_size=resize, amp_dtype=ctx.amp_dtype, channels_last=ctx.channels_last, log=ctx.log)
     d = dist_context()

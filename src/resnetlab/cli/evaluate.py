@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import sys
 
 from .common import recorded_test_split
 
@@ -34,7 +36,7 @@ def run(args: argparse.Namespace) -> None:
     from ..evaluation.report import write_confusion
     from ..models import load_model
     from ..training.config import recipe_key
-    from ..training.runner import make_loaders, setup_runtime
+    from ..training.runner import eval_batch_for, make_loaders, setup_runtime
     from ..weights import resolve_checkpoint
     if args.tta_shift is not None and not args.tta:
         raise UserError(f"--tta-shift {args.tta_shift}: needs --tta")
@@ -47,8 +49,10 @@ def run(args: argparse.Namespace) -> None:
     recipe.train.tta = args.tta
     shift = (recipe.train.tta_shift if args.tta_shift is None else args.tta_shift) if args.tta else 0
     device, amp, cl = setup_runtime(recipe)
-    _, _, test_l = make_loaders(recipe, splits, device, cl, meta.input_size)
     model = model.to(device)
+    log = functools.partial(print, file=sys.stderr) if args.json else print  # stdout holds only the JSON
+    batch = eval_batch_for(recipe.train.eval_batch_size, model, meta.input_size, device, log)
+    _, _, test_l = make_loaders(recipe, splits, device, cl, meta.input_size, batch)
     res = evaluate(model, test_l, meta.num_classes, tta=args.tta, amp_dtype=amp, tta_shift=shift)
     out = path.parent / "eval"  # inside the run folder the checkpoint belongs to
     out.mkdir(parents=True, exist_ok=True)

@@ -47,3 +47,26 @@ def count_train_flops(model: nn.Module, input_size: int, in_channels: int = 3) -
         model.zero_grad(set_to_none=True)
         model.train(was_training)
     return counter.get_total_flops()
+
+
+@torch.no_grad()
+def activation_bytes(model: nn.Module, input_size: int, in_channels: int = 3) -> int:
+    """Bytes of the largest tensor any module outputs for one image in an eval-mode forward (fp32)."""
+    largest = in_channels * input_size * input_size
+
+    def hook(module, inputs, output) -> None:
+        nonlocal largest
+        if isinstance(output, torch.Tensor):
+            largest = max(largest, output[0].numel())
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    was_training = model.training
+    model.eval()
+    try:
+        p = next(model.parameters(), None)
+        model(torch.zeros(1, in_channels, input_size, input_size, device=p.device if p is not None else "cpu"))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return largest * 4
