@@ -512,7 +512,7 @@ def test_a_complete_cache_on_a_read_only_mount_is_used_and_a_missing_one_is_one_
         pytest.skip("no unshare here to mount the cache read-only")
 
     def read_only(size: str) -> subprocess.CompletedProcess:
-        script = f'mount --bind -o ro "$1" "$1" && shift && exec "$@"'
+        script = 'mount --bind -o ro "$1" "$1" && shift && exec "$@"'
         return subprocess.run(["unshare", "-rm", "sh", "-c", script, "sh", str(cache), *cmd, size],
                               capture_output=True, text=True, env=env, timeout=120)
     again = read_only("16")
