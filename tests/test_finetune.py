@@ -253,3 +253,60 @@ def test_a_fine_tuning_run_folder_stands_for_its_last_stage_checkpoint(tmp_path)
     assert resolve_checkpoint(run) == run / "stage2-best.safetensors"  # only ever a file inside the folder
     (run / "best.safetensors").write_bytes(b"")
     assert resolve_checkpoint(run) == run / "best.safetensors"
+
+
+def _finetune_cmd(*args: str) -> list[str]:
+    import sys
+    return [sys.executable, "-m", "resnetlab", "finetune", "--no-progress", *args]
+
+
+def test_a_two_stage_run_killed_in_its_second_stage_resumes_exactly(pretrained, image_folder, tmp_path):
+    """SIGKILL while stage 2 trains (stage 1 finished); `finetune --resume` continues it, and every checkpoint
+    equals an uninterrupted run's. --weights takes the pretrained run folder."""
+    import os
+    import signal
+    import subprocess
+    import time
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "src"))
+    common = ["--weights", str(pretrained.parent), "--data", str(image_folder), "--strategy", "two-stage",
+              *FAST, "train.epochs=8", "train.checkpoint_every_min=0.000001"]
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    subprocess.run(_finetune_cmd(*common, "--out", str(ref)), check=True, env=env, capture_output=True)
+    proc = subprocess.Popen(_finetune_cmd(*common, "--out", str(cut)), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (cut / "stage2-last.safetensors").exists():
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    from resnetlab.weights import read_full
+    assert (cut / "stage1-last.safetensors").is_file() and not (cut / "summary.json").exists()
+    assert read_full(cut / "stage2-last.safetensors")[2]["trainer"]["epoch"] < 8, "stage 2 ended before the kill"
+    r = subprocess.run(_finetune_cmd("--resume", str(cut)), env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    names = sorted(p.name for p in ref.glob("*.safetensors"))
+    assert names == sorted(p.name for p in cut.glob("*.safetensors")) and "stage2-best.safetensors" in names
+    for name in names:
+        a, b = read_checkpoint(ref / name)[0], read_checkpoint(cut / name)[0]
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (ref, cut))
+    assert sa["after"] == sb["after"] and sa["before_linear_probe"] == sb["before_linear_probe"]
+
+
+def test_finetune_resume_refuses_what_cannot_be_continued(pretrained, image_folder, tmp_path, capsys):
+    assert main(["finetune", "--resume", str(tmp_path)]) == 2
+    assert "no fine-tuning checkpoint (<stage>-last.safetensors) to resume" in capsys.readouterr().err
+    assert main(["finetune", "--resume", str(pretrained.parent)]) == 2  # a training run
+    assert f"continue it with `resnetlab train --resume {pretrained.parent}`" in capsys.readouterr().err
+    assert main(["finetune", "--resume", str(tmp_path), "--strategy", "full"]) == 2
+    assert "the run's own strategy is used; drop --strategy" in capsys.readouterr().err
+    assert main(["finetune", "--data", str(image_folder)]) == 2
+    assert "finetune needs --weights (or --resume RUN to continue a run)" in capsys.readouterr().err
+    out = tmp_path / "ft"
+    assert main(["finetune", "--weights", str(pretrained), "--data", str(image_folder), "--strategy", "full",
+                 "--out", str(out), "--no-progress", *FAST, "finetune.compare=false"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out)]) == 2
+    assert f"a fine-tuning run; continue it with `resnetlab finetune --resume {out}`" in capsys.readouterr().err
+    assert main(["finetune", "--resume", str(out), "--no-progress"]) == 0  # finished: nothing trains again
+    assert "run already finished" in capsys.readouterr().out

@@ -101,7 +101,8 @@ def _train_cmd(data: Path, out: Path) -> list[str]:
             *TINY, "train.epochs=12", "train.log_every=1"]
 
 
-def test_ctrl_c_saves_mid_epoch_prints_the_resume_command_and_resumes_exactly(tiny_cifar, tmp_path):
+def test_sigterm_saves_mid_epoch_prints_the_resume_command_and_resumes_exactly(tiny_cifar, tmp_path):
+    """Schedulers stop jobs with SIGTERM: it is treated as Ctrl-C is (both go through the same stop request)."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     ref = tmp_path / "ref"
     subprocess.run(_train_cmd(tiny_cifar, ref), check=True, env=env, capture_output=True)
@@ -112,12 +113,13 @@ def test_ctrl_c_saves_mid_epoch_prints_the_resume_command_and_resumes_exactly(ti
     while time.time() < deadline and not (run / "last.safetensors").exists():  # epoch 1 is written
         time.sleep(0.02)
     time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    assert proc.returncode == 128 + signal.SIGTERM, err
     lines = err.strip().splitlines()
     assert lines[-1] == f"continue with: resnetlab train --resume {run}"
-    assert lines[-2].startswith("interrupted ") and "Traceback" not in err
+    assert lines[-2].startswith("interrupted (SIGTERM) at epoch ") and "Traceback" not in err
+    assert not (run / ".lock").exists()
     state = read_full(run / "last.safetensors")[2]["trainer"]
     assert state["epoch"] < 12, "the run finished before it could be interrupted"
     subprocess.run([sys.executable, "-m", "resnetlab", "train", "--resume", str(run), "--no-progress"], check=True,

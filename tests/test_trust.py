@@ -121,6 +121,26 @@ def test_a_run_that_dies_before_its_first_checkpoint_leaves_nothing(tiny_cifar, 
     assert not out.exists()
 
 
+def test_sigterm_before_the_first_checkpoint_leaves_no_folder_and_says_so(tiny_cifar, tmp_path, capsys,
+                                                                         monkeypatch):
+    """SIGTERM after the run folder was claimed (recipe.yaml written, .lock held) and before any checkpoint."""
+    import signal
+    import time
+    from resnetlab.training import engine
+
+    def terminated(self, resume=False):
+        assert (self.run_dir / "recipe.yaml").is_file() and (self.run_dir / ".lock").is_file()
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler interrupts this
+        pytest.fail("SIGTERM did not stop the run")
+    monkeypatch.setattr(engine.Trainer, "fit", terminated)
+    out = tmp_path / "runs" / "stopped"
+    assert main(["train", "--data-dir", str(tiny_cifar), "--out", str(out), "--no-progress", *TINY]) == 143
+    err = capsys.readouterr().err.strip()
+    assert err == "interrupted (SIGTERM); no checkpoint had been written yet, so there is nothing to resume"
+    assert not out.exists()
+
+
 def test_resume_sweeps_temp_files(tiny_cifar, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--data-dir", str(tiny_cifar), "--out", str(out), "--no-progress", *TINY,

@@ -20,14 +20,17 @@ from torch import nn
 from .evaluation.profile import count_params
 from .evaluation.report import write_report
 from .files import atomic_write_text
-from .models import CheckpointMeta, apply_strategy, build_model, stage_lr_scales
+from .errors import UserError
+from .models import CheckpointMeta, apply_strategy, build_model, read_meta, stage_lr_scales
 from .runtime import dist_context
 from .training.config import Recipe
 from .training.engine import Stage, Trainer
 from .training.features import FeatureLoader, PooledHead, compute_features, head_train_flops
 from .training.rundir import claim
-from .training.runner import PreparedRun, finish_run, interruptible, prepare_run, quiet, write_recipe_file
-from .weights import IMAGENET_MEAN, IMAGENET_STD, load_backbone_weights, map_head, read_weights
+from .training.runner import (PreparedRun, finish_run, interruptible, prepare_run, quiet, resume_plan,
+                              write_recipe_file)
+from .weights import (IMAGENET_MEAN, IMAGENET_STD, load_backbone_weights, map_head, read_weights,
+                      resolve_checkpoint)
 
 
 @dataclass
@@ -57,23 +60,51 @@ def read_source(weights: str, arch: str, kwargs: dict) -> Source:
     sd, raw = read_weights(weights)
     if str(weights).startswith("torchvision:"):
         return Source(str(weights), sd, raw["arch"], {}, None, (IMAGENET_MEAN, IMAGENET_STD), 224)
+    path = Path(weights)
+    path = (resolve_checkpoint(path) if path.is_dir() else path).resolve()  # recorded: resume finds it anywhere
     if raw:
-        meta = CheckpointMeta.from_dict(raw, weights)
-        return Source(str(weights), sd, meta.arch, meta.kwargs, meta.classes, (tuple(meta.mean), tuple(meta.std)),
+        meta = CheckpointMeta.from_dict(raw, path)
+        return Source(str(path), sd, meta.arch, meta.kwargs, meta.classes, (tuple(meta.mean), tuple(meta.std)),
                       meta.input_size)
-    imagenet = Path(str(weights)).suffix in (".pth", ".pt")
-    return Source(str(weights), sd, arch, dict(kwargs), None, (IMAGENET_MEAN, IMAGENET_STD) if imagenet else None)
+    imagenet = path.suffix in (".pth", ".pt")
+    return Source(str(path), sd, arch, dict(kwargs), None, (IMAGENET_MEAN, IMAGENET_STD) if imagenet else None)
+
+
+def resume_finetune(run_dir: str | Path, data_dir: str | None = None, overrides: list[str] = (),
+                    progress: bool = True, log=print, on_epoch=None) -> dict[str, Any]:
+    """Continue an interrupted fine-tuning run exactly, from its newest stage checkpoint: stages that finished
+    are not trained again (their results are recomputed from their checkpoints), the interrupted one continues
+    mid-epoch, later ones run as they would have."""
+    run_dir = Path(run_dir)
+    kept = sorted(run_dir.glob("*-last.safetensors"), key=lambda p: p.stat().st_mtime) if run_dir.is_dir() else []
+    if not kept:
+        hint = (f"; a training run: continue it with `resnetlab train --resume {run_dir}`"
+                if (run_dir / "last.safetensors").is_file() else "")
+        raise UserError(f"{run_dir}: no fine-tuning checkpoint (<stage>-last.safetensors) to resume{hint}")
+    meta = read_meta(kept[-1])
+    if not meta.finetuned_from:
+        raise UserError(f"{kept[-1]}: does not say which weights it was fine-tuned from; not a fine-tuning run")
+    recipe, data_dir = resume_plan(run_dir, data_dir, list(overrides), last=kept[-1])
+    return run_finetune(meta.finetuned_from, recipe, run_dir, data_dir, meta.arch, progress, log, on_epoch,
+                        resume=True)
 
 
 def run_finetune(weights: str, recipe: Recipe, out: str | Path | None, data_dir: str | None = None,
-                 arch: str | None = None, progress: bool = True, log=print, on_epoch=None) -> dict[str, Any]:
+                 arch: str | None = None, progress: bool = True, log=print, on_epoch=None,
+                 resume: bool = False) -> dict[str, Any]:
     """Fine-tune and write the run folder (out None: runs/finetune-<strategy>[-N], chosen by rank 0 in a
-    distributed run, where only rank 0 logs and writes)."""
-    src = read_source(weights, arch or recipe.model.name, recipe.model.kwargs)
+    distributed run, where only rank 0 logs and writes). resume: continue the run in `out` (resume_finetune)."""
+    try:
+        src = read_source(weights, arch or recipe.model.name, recipe.model.kwargs)
+    except UserError as e:
+        if not resume:
+            raise
+        raise UserError(f"{out}: resuming needs the weights the run started from: {e}") from None
     f = recipe.finetune
     run = prepare_run(recipe, out, data_dir, arch=src.arch, kwargs=src.kwargs, default_name=f"finetune-{f.strategy}",
-                      progress=progress, log=log, on_epoch=on_epoch, mean_std=src.mean_std, pretrained=True,
-                      pretrained_size=src.input_size, class_order=src.classes, finetuned_from=str(weights))
+                      resume=resume, progress=progress, log=log, on_epoch=on_epoch, mean_std=src.mean_std,
+                      pretrained=True, pretrained_size=src.input_size, class_order=src.classes,
+                      finetuned_from=src.weights)
     log = run.ctx.log
     classes = list(run.splits.classes)
     torch.manual_seed(recipe.train.seed)
@@ -82,7 +113,7 @@ def run_finetune(weights: str, recipe: Recipe, out: str | Path | None, data_dir:
         f"{len(classes)} classes, input {run.ctx.meta.input_size}px, strategy {f.strategy}")
 
     main = dist_context().is_main
-    with claim(run.run_dir, log) if main else contextlib.nullcontext(), interruptible(run.run_dir, resume_hint=False):
+    with claim(run.run_dir, log) if main else contextlib.nullcontext(), interruptible(run.run_dir, "finetune"):
         write_recipe_file(run, recipe)
         if f.strategy == "two-stage":
             before = train_stage(run, recipe, model, "linear-probe", "stage1-", epochs=f.stage1_epochs)
@@ -118,7 +149,7 @@ def train_stage(run: PreparedRun, recipe: Recipe, m: nn.Module, strategy: str, p
         return train_head_on_features(run, r, m, prefix, frozen)  # (a teacher needs the images: the full path)
     scales = stage_lr_scales(m, f.layer_decay) if strategy != "linear-probe" else None
     tr = Trainer(m, r, run.train, run.val, run.ctx, Stage(prefix, scales, frozen))
-    state = tr.fit()
+    state = tr.fit(resume=run.resume and tr.last_path.is_file())  # a stage not reached yet starts afresh
     res = finish_run(tr, run.splits, run.test, state, log=run.ctx.log)
     tr.release()  # the next stage wraps the model anew (other parameters train)
     res["strategy"] = strategy
@@ -141,7 +172,7 @@ def train_head_on_features(run: PreparedRun, r: Recipe, m: nn.Module, prefix: st
                               shard=(d.rank, d.world_size))
     val_src = FeatureLoader(feats.val, feats.val_labels, r.train.eval_batch_size, shard=(d.rank, d.world_size))
     tr = Trainer(PooledHead(m), r, train_src, val_src, ctx, Stage(prefix, None, frozen, head_train_flops(m)))
-    state = tr.fit()
+    state = tr.fit(resume=run.resume and tr.last_path.is_file())
     res = finish_run(tr, splits, run.test, state, log=ctx.log, unwrap=lambda head: head.net, features=feats)
     tr.release()
     res["strategy"] = "linear-probe"

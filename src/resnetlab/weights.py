@@ -208,6 +208,8 @@ def read_weights(source: str | Path) -> tuple[dict[str, torch.Tensor], dict[str,
         sd = read_state_dict_file(fetch_torchvision_weights(name))
         return sd, {"arch": name}
     path = Path(src)
+    if path.is_dir():  # a run folder stands for its final checkpoint, as for eval and predict
+        path = resolve_checkpoint(path)
     if not path.is_file():
         raise UserError(f"{path}: weights file not found")
     if path.suffix == ".safetensors":

@@ -8,6 +8,7 @@ import sys
 import warnings
 
 from ..errors import RunInterrupted, UserError
+from ..signals import exit_status, sigterm_as_ctrl_c, signal_name
 from .._version import __version__
 from . import data, download, evaluate, export, finetune, models, predict, recipes, report, serve, train, tune
 
@@ -53,7 +54,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), sigterm_as_ctrl_c():
         warnings.showwarning = _show_warning
         return _run(args)
 
@@ -69,14 +70,14 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     except RunInterrupted as e:  # what was saved, and the command that continues the run
         print(e, file=sys.stderr)
-        return 130
+        return exit_status()
     except OSError as e:  # disk full, permission denied, read-only file system…: the user's environment
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
         print(f"error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        print(f"interrupted ({signal_name()})", file=sys.stderr)
+        return exit_status()
     finally:
         if "torch.distributed" in sys.modules:  # leave a torchrun job's process group, on success and error alike
             from ..runtime import shutdown_distributed

@@ -6,12 +6,20 @@ from pathlib import Path
 
 from .common import add_data_flags, add_overrides, flag_overrides
 
+DEFAULT_RECIPE = "finetune_cifar100_subset"
+
 
 def add_parser(sub) -> None:
     s = sub.add_parser("finetune", help="fine-tune pretrained weights on new data")
-    s.add_argument("--weights", required=True, help="resnetlab .safetensors, torchvision .pth, or torchvision:NAME")
-    s.add_argument("--data", required=True, help="image folder, .csv/.jsonl manifest, .tar shards, or cifar10 / cifar100")
-    s.add_argument("--recipe", default="finetune_cifar100_subset", help="a bundled recipe name or a YAML file (default: finetune_cifar100_subset)")
+    s.add_argument("--weights", help="the pretrained weights: a resnetlab .safetensors or run folder (its final "
+                   "checkpoint), a torchvision .pth state_dict, or torchvision:NAME (required unless --resume)")
+    s.add_argument("--data", help="image folder, .csv/.jsonl manifest, .tar shards, or cifar10 / cifar100 "
+                   "(required unless --resume)")
+    s.add_argument("--resume", metavar="RUN", default=None,
+                   help="continue an interrupted fine-tuning run folder exactly (its recipe, weights and data as "
+                        "recorded; only resume-safe key=value overrides)")
+    s.add_argument("--recipe", default=None, help="a bundled recipe name or a YAML file (default: "
+                   f"{DEFAULT_RECIPE})")
     s.add_argument("--strategy", default=None, help="sets the recipe key finetune.strategy (its choices: "
                    "`resnetlab recipes keys`)")
     s.add_argument("--unfreeze-stages", type=int, default=None)
@@ -26,8 +34,20 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from ..finetune import run_finetune
+    from ..errors import UserError
+    from ..finetune import resume_finetune, run_finetune
     from ..training.config import load_recipe
+    if args.resume:
+        given = [f"--{k.replace('_', '-')}" for k in ("weights", "data", "recipe", "strategy", "unfreeze_stages", "image_size",
+                                                      "arch", "out") if getattr(args, k) is not None]
+        if given:
+            raise UserError(f"--resume {args.resume}: the run's own {given[0][2:]} is used; drop {given[0]}")
+        resume_finetune(args.resume, args.data_dir, list(args.overrides) + flag_overrides(args),
+                        progress=not args.no_progress)
+        return
+    missing = [f"--{k}" for k in ("weights", "data") if getattr(args, k) is None]
+    if missing:
+        raise UserError(f"finetune needs {' and '.join(missing)} (or --resume RUN to continue a run)")
     overrides = list(args.overrides)
     literal: dict[str, object] = {}  # values taken as given (a path is a string, never YAML)
     if args.data in ("cifar10", "cifar100"):
@@ -40,6 +60,6 @@ def run(args: argparse.Namespace) -> None:
         literal["finetune.unfreeze_stages"] = args.unfreeze_stages
     if args.image_size is not None:
         literal["data.image_size"] = args.image_size
-    recipe = load_recipe(args.recipe, overrides + flag_overrides(args), literal=literal)
+    recipe = load_recipe(args.recipe or DEFAULT_RECIPE, overrides + flag_overrides(args), literal=literal)
     out = Path(args.out) if args.out else None  # default chosen by rank 0: runs/finetune-<strategy>[-N]
     run_finetune(args.weights, recipe, out, args.data_dir, args.arch, progress=not args.no_progress)

@@ -26,6 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..data import BatchSource
+from .. import signals
 from ..errors import RunInterrupted, UserError
 from ..evaluation.metrics import EvalResult, evaluate
 from ..evaluation.profile import count_macs, count_train_flops
@@ -164,27 +165,32 @@ def _rng_state() -> dict[str, torch.Tensor]:
     return out
 
 
-class _CtrlC:
-    """The first Ctrl-C asks the loop to stop after the current step (it then saves an exact mid-epoch
-    checkpoint); a second one interrupts at once. Only in a single process, on the main thread: under
+class _StopRequest:
+    """The first Ctrl-C or SIGTERM asks the loop to stop after the current step (it then saves an exact
+    mid-epoch checkpoint); a second one interrupts at once. Only in a single process, on the main thread: under
     torchrun every rank would have to agree on the step."""
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous = None
+        self._previous: dict[int, object] = {}
 
-    def __enter__(self) -> "_CtrlC":
+    def __enter__(self) -> "_StopRequest":
         if not dist_context().enabled and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {s: signal.signal(s, self._handle) for s in signals.STOP_SIGNALS}
         return self
 
     def _handle(self, signum, frame) -> None:
         self.requested = True
-        signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
+        signals.note(signum)
+        self._restore()
+
+    def _restore(self) -> None:
+        for s, previous in self._previous.items():
+            signal.signal(s, previous if previous is not None else signal.SIG_DFL)
+        self._previous = {}
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        self._restore()
 
 
 class Trainer:
@@ -224,7 +230,7 @@ class Trainer:
         self.last_val: EvalResult | None = None  # latest validation, reused when it equals the final test
         self.state = TrainerState()
         self._resume_aug: torch.Tensor | None = None
-        self._ctrl_c = _CtrlC()
+        self._stop = _StopRequest()
 
     def release(self) -> None:
         """Drop the distributed wrapper (its gradient hooks), e.g. before another stage wraps the model."""
@@ -362,7 +368,7 @@ class Trainer:
         epochs = self.recipe.train.epochs
         writer = _tensorboard(self.run_dir) if self.dist.is_main else None
         try:
-            with self._ctrl_c:
+            with self._stop:
                 for epoch in range(self.state.epoch, epochs):
                     if self.state.step >= total:
                         break
@@ -431,7 +437,7 @@ class Trainer:
                                 img_s=f"{g_seen / dt:.0f}", lr=f"{base_lr * f:.4f}")
             mid_epoch = epoch_step < steps_per_epoch and self.state.step < total
             due = every_s and mid_epoch and broadcast_flag(time.perf_counter() - last_save >= every_s)
-            if due or (self._ctrl_c.requested and mid_epoch):
+            if due or (self._stop.requested and mid_epoch):
                 # Mid-epoch checkpoint: the data order is a function of (seed, epoch) and the augmentation
                 # generator's state is saved, so a resume from here continues this very epoch exactly.
                 g_loss, g_correct, g_seen = self._global(loss_sum, correct, seen)
@@ -440,11 +446,11 @@ class Trainer:
                 self.save("last", self.model, True, {}, aug_state=self.train_loader.aug_state())
                 self.state.partial = None
                 last_save = time.perf_counter()
-                if self._ctrl_c.requested:
+                if self._stop.requested:
                     bar.close()
-                    raise RunInterrupted(f"interrupted at epoch {epoch + 1}, step {self.state.step}; saved "
-                                         f"{self.last_path}")
-        bar.close()  # (Ctrl-C on the epoch's last step: end_epoch writes its checkpoint, then stops)
+                    raise RunInterrupted(f"interrupted ({signals.signal_name()}) at epoch {epoch + 1}, step "
+                                         f"{self.state.step}; saved {self.last_path}")
+        bar.close()  # (a stop request on the epoch's last step: end_epoch writes its checkpoint, then stops)
         g_loss, g_correct, g_seen = self._global(loss_sum, correct, seen)
         self._check_finite(g_loss / max(g_seen, 1), epoch)
         return EpochFigures(g_loss, g_correct, g_seen, partial.seen if partial else 0, time.perf_counter() - t0,
@@ -491,8 +497,9 @@ class Trainer:
                  f"train {row.train_acc:.4f}{seen_text}  {row.img_per_s:.0f} img/s  {row.epoch_time_s:.1f}s")
         if self.ctx.on_epoch is not None:
             self.ctx.on_epoch(self.prefix, row)
-        if self._ctrl_c.requested and not s.stop:
-            raise RunInterrupted(f"interrupted after epoch {epoch + 1}; saved {self.last_path}")
+        if self._stop.requested and not s.stop:
+            raise RunInterrupted(f"interrupted ({signals.signal_name()}) after epoch {epoch + 1}; saved "
+                                 f"{self.last_path}")
 
     # ------------------------------------------------------------------------------------- helpers
     def _global(self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int) -> tuple[float, int, int]:

@@ -30,6 +30,7 @@ from ..runtime import (barrier, broadcast_flag, broadcast_module, broadcast_str,
                        init_distributed,
                        refuse_distributed_launch, seed_and_backends, select_device,
                        select_precision, use_channels_last)
+from ..signals import signal_name
 from ..weights import read_checkpoint, save_checkpoint
 from .config import DataConfig, Recipe, load_recipe, recipe_from_dict, recipe_yaml, resume_keys
 from .distill import teacher_checkpoint
@@ -192,11 +193,15 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def resume_plan(run_dir: Path, data_dir: str | None, overrides: list[str]) -> tuple[Recipe, str | None]:
-    """The recipe and data root to continue run_dir with: the stored ones, with safe overrides applied
-    and any other change refused with one line."""
-    last = run_dir / "last.safetensors"
+def resume_plan(run_dir: Path, data_dir: str | None, overrides: list[str],
+                last: Path | None = None) -> tuple[Recipe, str | None]:
+    """The recipe and data root to continue run_dir with (from its checkpoint `last`, by default
+    last.safetensors): the stored ones, with safe overrides applied and any other change refused with one
+    line."""
+    last = last or run_dir / "last.safetensors"
     if not last.is_file():
+        if any(run_dir.glob("*-last.safetensors")):
+            raise UserError(f"{run_dir}: a fine-tuning run; continue it with `resnetlab finetune --resume {run_dir}`")
         raise UserError(f"{run_dir}: nothing to resume (no last.safetensors)")
     meta = read_meta(last)  # the tensors are read once, by the trainer
     if not meta.recipe:
@@ -225,6 +230,7 @@ class PreparedRun:
     train: BatchSource
     val: BatchSource
     test: BatchSource
+    resume: bool = False             # continuing the run in run_dir from its checkpoints
 
     @property
     def run_dir(self) -> Path:
@@ -297,7 +303,7 @@ def prepare_run(recipe: Recipe, out: str | Path | None, data_dir: str | None, *,
                       **extra_meta)
     ctx = RunContext(run_dir, meta, device, amp, cl, monitor_only=splits.val is None, progress=progress,
                      log=log, on_epoch=on_epoch)
-    return PreparedRun(ctx, splits, train_l, val_l, test_l)
+    return PreparedRun(ctx, splits, train_l, val_l, test_l, resume)
 
 
 def _keep_class_order(splits: Splits, old: list[str]) -> None:
@@ -326,21 +332,20 @@ def write_recipe_file(run: PreparedRun, recipe: Recipe) -> None:
 
 
 @contextlib.contextmanager
-def interruptible(run_dir: Path, resume_hint: bool = True) -> Iterator[None]:
-    """Turn Ctrl-C into one message that says what was kept and the command that continues the run."""
+def interruptible(run_dir: Path, command: str = "train") -> Iterator[None]:
+    """Turn Ctrl-C or SIGTERM into one message that says what was kept and the command that continues the run
+    (`resnetlab <command> --resume <run_dir>`)."""
     try:
         yield
     except (RunInterrupted, KeyboardInterrupt) as e:
-        if not resume_hint:
-            raise RunInterrupted("interrupted; a fine-tuning run cannot be resumed: start it again "
-                                 "with another --out") from None
-        saved = str(e) if isinstance(e, RunInterrupted) else "interrupted"
-        if not (run_dir / "last.safetensors").is_file():
+        saved = str(e) if isinstance(e, RunInterrupted) else f"interrupted ({signal_name()})"
+        kept = sorted(run_dir.glob("*last.safetensors"), key=lambda p: p.stat().st_mtime)
+        if not kept:
             raise RunInterrupted(f"{saved}; no checkpoint had been written yet, so there is nothing to "
                                  f"resume") from None
         if isinstance(e, KeyboardInterrupt):
-            saved += f"; the last checkpoint ({run_dir / 'last.safetensors'}) is kept"
-        raise RunInterrupted(f"{saved}\ncontinue with: resnetlab train --resume {run_dir}") from None
+            saved += f"; the last checkpoint ({kept[-1]}) is kept"
+        raise RunInterrupted(f"{saved}\ncontinue with: resnetlab {command} --resume {run_dir}") from None
 
 
 def init_from_training_images(model: ClassifierNet, splits: Splits, seed: int) -> None:
