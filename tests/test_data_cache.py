@@ -131,6 +131,17 @@ def test_kill_9_during_the_build_leaves_nothing_a_later_run_uses(tmp_path):
     ds, cache = cached_set(root, 96, progress=False, log=logs.append)
     assert len(ds) == 600 and any("decoded in" in line for line in logs)
     assert not any(d.exists() for d in left)  # the dead build's leftovers are removed
+    # SIGTERM (a scheduler's stop) mid-build: one line, exit 143, nothing left behind
+    p = subprocess.Popen([sys.executable, "-m", "resnetlab", "data", "cache", str(root), "--image-size", "80",
+                          "--workers", "2", "--no-progress"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    while time.time() < deadline + 60 and not any(base.glob(".photos-80px-*.build-*/images.u8")):
+        time.sleep(0.005)
+    time.sleep(0.2)
+    os.kill(p.pid, signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 128 + signal.SIGTERM and err.strip() == "interrupted (SIGTERM)", err
+    assert not list(base.glob(".photos-80px-*.build-*")) and not [c for c in list_caches() if c.name.startswith("photos-80px")]
 
 
 def _write_shards(root: Path, files: list[tuple[str, str]], out: Path, per: int, label_ext: str) -> list[Path]:

@@ -218,6 +218,7 @@ _worker: dict = {}
 def _init_worker(path: str, shape: tuple[int, ...], mode: str, child: bool = True) -> None:
     if child:  # Ctrl-C is the parent's to handle: a worker ends with the pool, without a traceback of its own
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # (not the parent's SIGTERM-as-Ctrl-C: the pool stops it)
     _worker["images"] = np.memmap(path, dtype=np.uint8, mode="r+", shape=shape)
     _worker["policy"] = ResizePolicy(shape[-1], mode)
     _worker["tars"] = {}
