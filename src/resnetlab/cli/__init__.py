@@ -15,9 +15,25 @@ from . import data, download, evaluate, export, finetune, models, predict, recip
 COMMANDS = (models, recipes, train, evaluate, report, data, download, finetune, predict, export, serve, tune)
 
 
+class HelpWithDefaults(argparse.HelpFormatter):
+    """Each option's help ends with its default, unless it has none worth showing (None, off, empty) or the help
+    already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE)
+        if not shown or "default" in text or action.default in (None, False, [], argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with the command line's rule for user errors: one line on stderr, exit status 2 (argparse's own
-    prints the whole usage first). Subcommand parsers are of this class too."""
+    prints the whole usage first), and help that shows defaults. Subcommand parsers are of this class too."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpWithDefaults)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")

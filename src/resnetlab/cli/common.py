@@ -5,6 +5,17 @@ from __future__ import annotations
 import argparse
 
 
+def bundled_value(recipe: str, key: str):
+    """A key's value in a bundled recipe, read from its YAML (for help texts: without importing torch)."""
+    from importlib import resources
+
+    import yaml
+    value = yaml.safe_load(resources.files("resnetlab.recipes").joinpath(f"{recipe}.yaml").read_text())
+    for part in key.split("."):
+        value = value[part]
+    return value
+
+
 def add_data_flags(s: argparse.ArgumentParser) -> None:
     s.add_argument("--no-verify", action="store_true", help="skip CIFAR checksum verification")
     s.add_argument("--strict", action="store_true", help="fail on unreadable images instead of skipping them")

@@ -6,9 +6,10 @@ import argparse
 
 def add_parser(sub) -> None:
     s = sub.add_parser("download", help="fetch an official CIFAR archive (needs internet)")
-    s.add_argument("dataset", choices=["cifar10", "cifar100"])
-    s.add_argument("--format", choices=["binary", "python"], default="binary")
-    s.add_argument("--data-dir", default=None)
+    s.add_argument("dataset", choices=["cifar10", "cifar100"], help="the data set to fetch")
+    s.add_argument("--format", choices=["binary", "python"], default="binary",
+                   help="the official archive to fetch: the binary version or the Python (pickle) one")
+    s.add_argument("--data-dir", default=None, help="where to put it (default: $RESNETLAB_DATA, else ./data)")
     s.add_argument("--url", default=None, help="mirror URL (file:// works)")
     s.set_defaults(func=run)
 

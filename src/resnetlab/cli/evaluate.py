@@ -12,15 +12,17 @@ from .common import recorded_test_split
 def add_parser(sub) -> None:
     s = sub.add_parser("eval", help="evaluate a checkpoint on its test split")
     s.add_argument("checkpoint", help="a .safetensors checkpoint or a run folder (its best checkpoint)")
-    s.add_argument("--data-dir", default=None)
-    s.add_argument("--device", default=None)
+    s.add_argument("--data-dir", default=None, help="data root holding the checkpoint's data set (default: "
+                   "the root it recorded if it holds the data, else $RESNETLAB_DATA, else ./data)")
+    s.add_argument("--device", default=None, help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps (default: the "
+                   "recipe's train.device)")
     s.add_argument("--tta", action="store_true",
                    help="average over the test-time views the run itself was tested with: the image, its mirror "
                         "and, when its recipe has train.tta_shift N, both moved by +-N px (6 views)")
     s.add_argument("--tta-shift", type=int, default=None, metavar="N",
                    help="with --tta: move the views by +-N px instead of the recipe's train.tta_shift (0: flips only)")
     s.add_argument("--no-verify", action="store_true", help="skip CIFAR checksum verification")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="print the figures (and per-class accuracy) as JSON")
     s.set_defaults(func=run)
 
 

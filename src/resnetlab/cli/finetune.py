@@ -4,9 +4,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_data_flags, add_overrides, flag_overrides
+from .common import add_data_flags, add_overrides, bundled_value, flag_overrides
 
 DEFAULT_RECIPE = "finetune_cifar100_subset"
+STRATEGIES = ("linear-probe", "partial", "full", "two-stage")  # finetune.strategy's choices (a test keeps them equal)
 
 
 def add_parser(sub) -> None:
@@ -20,14 +21,19 @@ def add_parser(sub) -> None:
                         "recorded; only resume-safe key=value overrides)")
     s.add_argument("--recipe", default=None, help="a bundled recipe name or a YAML file (default: "
                    f"{DEFAULT_RECIPE})")
-    s.add_argument("--strategy", default=None, help="sets the recipe key finetune.strategy (its choices: "
-                   "`resnetlab recipes keys`)")
-    s.add_argument("--unfreeze-stages", type=int, default=None)
-    s.add_argument("--image-size", type=int, default=None)
+    s.add_argument("--strategy", default=None, choices=STRATEGIES,
+                   help="what trains (sets finetune.strategy; default: the recipe's, "
+                        f"{bundled_value(DEFAULT_RECIPE, 'finetune.strategy')} in {DEFAULT_RECIPE}). two-stage trains "
+                        "the head alone for finetune.stage1_epochs, then everything for train.epochs more")
+    s.add_argument("--unfreeze-stages", type=int, default=None, help="with --strategy partial: how many of the "
+                   "last stages train (sets finetune.unfreeze_stages; default: the recipe's)")
+    s.add_argument("--image-size", type=int, default=None, help="input side the images are resized to (sets "
+                   "data.image_size; default: the recipe's, else the weights' own size)")
     s.add_argument("--arch", default=None, help="architecture of a .pth state_dict (default: recipe model)")
-    s.add_argument("--data-dir", default=None)
-    s.add_argument("--out", default=None)
-    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--data-dir", default=None, help="CIFAR data root for --data cifar10/cifar100 (default: "
+                   "$RESNETLAB_DATA, else ./data)")
+    s.add_argument("--out", default=None, help="run folder (default: runs/finetune-<strategy>)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     add_data_flags(s)
     add_overrides(s)
     s.set_defaults(func=run)

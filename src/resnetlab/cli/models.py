@@ -17,7 +17,7 @@ TABLE = "zoo.json"
 
 def add_parser(sub) -> None:
     s = sub.add_parser("models", help="the model zoo: params, MACs, input size")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="print the table as JSON")
     s.add_argument("--count", action="store_true", help="count params and MACs now instead of reading the "
                    "shipped table (~20 s)")
     s.set_defaults(func=run)

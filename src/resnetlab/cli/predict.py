@@ -10,10 +10,10 @@ from ..errors import UserError
 
 def add_parser(sub) -> None:
     s = sub.add_parser("predict", help="classify images with a checkpoint")
-    s.add_argument("checkpoint")
+    s.add_argument("checkpoint", help="a .safetensors checkpoint or a run folder (its best checkpoint)")
     s.add_argument("images", nargs="+", help="image files and/or folders")
-    s.add_argument("--top-k", type=int, default=3)
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--top-k", type=int, default=3, help="how many classes to print per image")
+    s.add_argument("--json", action="store_true", help="print one JSON object per image")
     s.add_argument("--explain", metavar="DIR", help="also write each image's Grad-CAM overlay to DIR/<name>.cam.png")
     s.set_defaults(func=run)
 

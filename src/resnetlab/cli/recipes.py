@@ -9,9 +9,10 @@ from ..errors import UserError
 
 def add_parser(sub) -> None:
     s = sub.add_parser("recipes", help="the bundled recipes (show NAME: its YAML; keys: every recipe key)")
-    s.add_argument("action", nargs="?", choices=("list", "show", "keys"), default="list")
+    s.add_argument("action", nargs="?", choices=("list", "show", "keys"), default="list",
+                   help="list the bundled recipes, show one (a name or a YAML file), or list every recipe key")
     s.add_argument("name", nargs="?", help="recipe name or file (for show)")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="print as JSON")
     s.set_defaults(func=run)
 
 

@@ -6,7 +6,7 @@ import argparse
 
 def add_parser(sub) -> None:
     s = sub.add_parser("report", help="write report.md with curves and the results table")
-    s.add_argument("run_dir")
+    s.add_argument("run_dir", help="a run folder (of train or finetune) to write report.md and plots into")
     s.set_defaults(func=run)
 
 

@@ -12,7 +12,8 @@ def add_parser(sub) -> None:
     s.add_argument("checkpoint", help="a .safetensors checkpoint or run folder; an .onnx file with --backend onnx")
     s.add_argument("--host", default=d.host, help="address to bind (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=int, default=d.port, help="0 picks a free port")
-    s.add_argument("--backend", choices=("torch", "onnx"), default="torch")
+    s.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                   help="run the checkpoint in PyTorch or ONNX Runtime (an .onnx file is always ONNX Runtime)")
     s.add_argument("--device", default="cpu", help="torch backend: cpu, cuda, cuda:N, mps, auto")
     s.add_argument("--max-batch", type=int, default=d.max_batch, help="images per forward pass (1: no batching)")
     s.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms, help="how long a batch waits to fill")
@@ -37,7 +38,7 @@ def add_parser(sub) -> None:
     s.add_argument("--header-timeout-s", type=float, default=d.header_timeout_s,
                    help="close connections that do not finish a request's headers in time")
     s.add_argument("--read-timeout-s", type=float, default=d.read_timeout_s, help="408 when a body takes longer")
-    s.add_argument("--no-access-log", action="store_true")
+    s.add_argument("--no-access-log", action="store_true", help="do not log each request")
     s.set_defaults(func=run)
 
 

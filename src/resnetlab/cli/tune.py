@@ -18,7 +18,7 @@ def add_parser(sub) -> None:
                         "postgresql://user:pw@host/db for several machines")
     s.add_argument("--out", default="runs/tune", help="folder that holds the study folder")
     s.add_argument("--weights", default=None, help="fine-tune these weights in each trial (finetune recipes)")
-    s.add_argument("--data-dir", default=None)
+    s.add_argument("--data-dir", default=None, help="CIFAR data root (default: $RESNETLAB_DATA, else ./data)")
     s.add_argument("--pruner", choices=("median", "halving", "none"), default="median",
                    help="stop bad trials after an epoch: median (Optuna's MedianPruner) or successive halving")
     s.add_argument("--seed", type=int, default=None, help="sampler seed (TPE)")

@@ -37,7 +37,7 @@ class DataConfig:
     path: str | None = setting(None, help="dataset folder: an image folder, a .csv/.jsonl manifest or .tar shards")
     val_size: float = setting(0.1, range=(0, None), help="images (>=1) or fraction (<1) held out for validation; "
                               "0 = none")
-    split_seed: int = setting(0, range=(0, None))
+    split_seed: int = setting(0, range=(0, None), help="seed of the validation (and folder test) split draw")
     test_fraction: float = setting(0.2, range=(0, 1, False, False), help="image folders without train/ + test/: "
                                    "share held out as test")
     image_size: int | None = setting(None, range=(8, 4096), help="resize inputs (e.g. 64 for a pretrained net); "
@@ -58,10 +58,11 @@ class DataConfig:
 class OptimConfig:
     name: Literal["sgd", "adam", "adamw", "muon"] = setting("sgd", help="muon: Muon on the conv filters, the rest "
                                                              "SGD as configured")
-    lr: float = setting(0.1, range=(0, None, False), resume=True)
-    momentum: float = setting(0.9, range=(0, 1, True, False))
-    nesterov: bool = setting(False)
-    weight_decay: float = setting(1e-4, range=(0, None))
+    lr: float = setting(0.1, range=(0, None, False), resume=True, help="peak learning rate (the schedule scales "
+                        "it); `resnetlab lr-find` suggests one")
+    momentum: float = setting(0.9, range=(0, 1, True, False), help="SGD momentum (Adam: beta1 is in betas)")
+    nesterov: bool = setting(False, help="SGD: Nesterov momentum")
+    weight_decay: float = setting(1e-4, range=(0, None), help="L2 penalty (decoupled for adamw)")
     no_decay_bn_bias: bool = setting(False, help="exclude BN weights/biases and all biases from weight decay")
     betas: list = setting(factory=lambda: [0.9, 0.999], range=(0, 1, True, False), length=2, help="adam/adamw")
     muon_lr: float = setting(0.24, range=(0, None, False), help="muon: the filters' learning rate (the update is "
@@ -74,7 +75,8 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    name: Literal["constant", "multistep", "cosine", "onecycle"] = setting("cosine")
+    name: Literal["constant", "multistep", "cosine", "onecycle"] = setting("cosine", help="how the learning "
+                                                                           "rate changes over the run")
     unit: Literal["epoch", "iter"] = setting("epoch", help="unit of milestones and warmup")
     milestones: list = setting(factory=list, range=(0, None), increasing=True, help="multistep: epochs (or "
                                "iterations) where the lr is multiplied by gamma")
@@ -91,25 +93,30 @@ class DistillConfig:
                                   "classes); None: off")
     alpha: float = setting(0.5, range=(0, 1), help="loss = (1 - alpha) * CE + alpha * T^2 * KL(teacher || "
                            "student) at temperature T")
-    temperature: float = setting(4.0, range=(0, 100, False))
+    temperature: float = setting(4.0, range=(0, 100, False), help="softening of both distributions (T)")
 
 
 @dataclass
 class EarlyStopConfig:
     patience: int = setting(0, range=(0, None), resume=True, help="epochs without improvement before stopping; "
                             "0 = off")
-    min_delta: float = setting(0.0, range=(0, None), resume=True)
-    metric: Literal["val_top1", "val_top5", "val_loss"] = setting("val_top1")
+    min_delta: float = setting(0.0, range=(0, None), resume=True, help="smallest change that counts as an "
+                               "improvement")
+    metric: Literal["val_top1", "val_top5", "val_loss"] = setting("val_top1", help="the validation figure "
+                                                                  "watched (loss: lower is better)")
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = setting(30, range=(1, None), resume=True)
+    epochs: int = setting(30, range=(1, None), resume=True, help="passes over the training split (two-stage "
+                          "fine-tuning: stage 2's, after finetune.stage1_epochs)")
     max_steps: int = setting(0, range=(0, None), resume=True, help="stop after this many iterations (the paper "
                              "counts 64k); 0 = off")
-    batch_size: int = setting(128, range=(1, None))
-    eval_batch_size: int = setting(1000, range=(1, None), resume=True)
-    label_smoothing: float = setting(0.0, range=(0, 1, True, False))
+    batch_size: int = setting(128, range=(1, None), help="images per step (the global batch under torchrun)")
+    eval_batch_size: int = setting(1000, range=(1, None), resume=True, help="images per evaluation batch, "
+                                   "lowered to fit the memory at the input size")
+    label_smoothing: float = setting(0.0, range=(0, 1, True, False), help="share of the target spread over all "
+                                     "classes")
     ema_decay: float = setting(0.0, range=(0, 1, True, False), help="0 = no EMA; else evaluate and save the EMA "
                                "weights")
     lookahead_every: int = setting(0, range=(0, None), help="0 = off; else Lookahead with airbench's rising pull "
@@ -117,11 +124,12 @@ class TrainConfig:
     lookahead_decay: float = setting(0.95, range=(0, 1), help="per-step decay of the Lookahead pull (d = "
                                      "decay**N * progress**3)")
     grad_clip: float = setting(0.0, range=(0, None), resume=True, help="clip the gradient norm; 0 = off")
-    seed: int = setting(0, range=(0, 2**63 - 1))
-    deterministic: bool = setting(False)
+    seed: int = setting(0, range=(0, 2**63 - 1), help="initialisation, data order and augmentation")
+    deterministic: bool = setting(False, help="deterministic kernels only (slower on GPUs)")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = setting("auto", help="auto: bf16 where the device has "
                                                                   "native bf16, else fp32")
-    channels_last: Literal["auto", "true", "false"] = setting("auto")
+    channels_last: Literal["auto", "true", "false"] = setting("auto", help="NHWC memory layout; auto: on CPUs and "
+                                                               "CUDA (measured faster or equal)")
     compile: bool = setting(False, help="torch.compile the model")
     device: str = setting("auto", resume=True, help="auto | cpu | cuda | cuda:N | mps")
     tta: bool = setting(False, resume=True, help="flips (+ tta_shift's moved views) for the final test; "
@@ -130,7 +138,7 @@ class TrainConfig:
                              "(6 views in all)")
     eval_every: int = setting(1, range=(1, None), resume=True, help="monitoring on test (no val split): every N "
                               "epochs and after the last")
-    log_every: int = setting(50, range=(1, None), resume=True)
+    log_every: int = setting(50, range=(1, None), resume=True, help="steps between progress-bar figures")
     checkpoint_every_min: float = setting(0, range=(0, None), resume=True, help="also write last.safetensors every "
                                           "N minutes mid-epoch (exact resume); 0 = off")
     sync_bn: bool = setting(False, help="distributed runs: BatchNorm statistics over the whole global batch")
@@ -140,7 +148,9 @@ class TrainConfig:
 
 @dataclass
 class FinetuneConfig:
-    strategy: Literal["linear-probe", "partial", "full", "two-stage"] = setting("two-stage")
+    strategy: Literal["linear-probe", "partial", "full", "two-stage"] = setting("two-stage", help="what trains: "
+                                                                "the head, the last stages, everything, or the "
+                                                                "head then everything")
     unfreeze_stages: int = setting(1, range=(1, None), help="partial: how many of the last stages train (with the "
                                    "head)")
     stage1_epochs: int = setting(5, range=(1, None), help="two-stage: head-only epochs (stops earlier on early "
