@@ -3,6 +3,7 @@ imbalanced folders, the learning-rate finder, predict/eval/info on what `load` t
 from __future__ import annotations
 
 import argparse
+import re
 
 import pytest
 
@@ -53,3 +54,55 @@ def test_every_recipe_key_says_what_it_means(capsys):
     assert "after finetune.stage1_epochs" in line
     from resnetlab.cli.finetune import STRATEGIES
     assert tuple(recipe_key("finetune.strategy").choices) == STRATEGIES
+
+
+@pytest.fixture(scope="module")
+def exported(small_checkpoint, tmp_path_factory):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path_factory.mktemp("onnx") / "m.onnx"
+    assert main(["export", str(small_checkpoint), "--out", str(out)]) == 0
+    return out
+
+
+def test_predict_eval_and_info_take_what_load_takes(small_checkpoint, exported, real_data, tmp_path, capsys):
+    """An .onnx file from export: predict gives the checkpoint's answers, eval its figures on the same split."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    capsys.readouterr()
+    answers = []
+    for model in (small_checkpoint, exported):
+        assert main(["predict", str(model), str(tmp_path), "--json", "--device", "cpu"]) == 0
+        answers.append(json.loads(capsys.readouterr().out))
+    for a, b in zip(*answers):
+        assert a["top"][0]["class"] == b["top"][0]["class"]
+        assert abs(a["top"][0]["prob"] - b["top"][0]["prob"]) < 2e-3
+    assert main(["eval", str(exported)]) == 2  # an export carries no data paths: it says what to give
+    assert "has no test split of its own; evaluate it on --data cifar10" in capsys.readouterr().err
+    from resnetlab.data.cifar import load_cifar
+    test = load_cifar(real_data, split="test")
+    folder = tmp_path / "held-out"
+    for i in range(300):  # CIFAR-10 test images as a folder named by the classes
+        (folder / test.classes[test.labels[i]]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(test.images[i].permute(1, 2, 0).numpy()).save(folder / test.classes[test.labels[i]] / f"{i}.png")
+    figures = []
+    for model in (small_checkpoint, exported):
+        assert main(["eval", str(model), "--data", str(folder), "--json"]) == 0
+        figures.append(json.loads(capsys.readouterr().out))
+    assert figures[0]["n"] == figures[1]["n"] == 300 and abs(figures[0]["top1"] - figures[1]["top1"]) <= 2 / 300
+    assert main(["eval", str(small_checkpoint), "--full-test", "--data-dir", str(real_data), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 10_000  # the run trained on data.subset=2000
+    assert main(["predict", str(exported), str(tmp_path), "--explain", str(tmp_path / "cams")]) == 2
+    assert "explanations need the PyTorch model" in capsys.readouterr().err and not (tmp_path / "cams").exists()
+    for model, kind in ((small_checkpoint, "safetensors checkpoint"), (exported, "ONNX graph")):
+        assert main(["info", str(model)]) == 0
+        text = capsys.readouterr().out
+        assert kind in text and "10: airplane, automobile, bird" in text and "32 px" in text
+        assert re.search(r"^metrics +val top-1 0\.\d+|^metrics +test top-1", text, re.M) and "mean [0.49" in text
+        assert bool(re.search(r"^data +cifar10", text, re.M)) == (model == small_checkpoint)  # exports: no paths
+    assert main(["info", str(small_checkpoint.parent), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["arch"] == "resnet20"

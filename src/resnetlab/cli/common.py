@@ -39,9 +39,10 @@ def add_overrides(s: argparse.ArgumentParser) -> None:
 
 
 def recorded_test_split(meta, path, data_dir: str | None = None, device: str | None = None,
-                        verify: bool = True):
+                        verify: bool = True, full_test: bool = False):
     """The test split a checkpoint was trained beside, found from its recorded recipe and data paths:
-    (recipe, splits). Used by `eval` and by `export`'s self-check."""
+    (recipe, splits). full_test: the whole test split even when the run trained on a data.subset slice. Used by
+    `eval` and by `export`'s self-check."""
     from ..errors import UserError
     from ..training.config import recipe_from_dict
     from ..data.cifar import holds_dataset
@@ -61,6 +62,8 @@ def recorded_test_split(meta, path, data_dir: str | None = None, device: str | N
               file=sys.stderr)
     recipe.train.device = device or recipe.train.device
     recipe.data.verify = recipe.data.verify and verify
+    if full_test:
+        recipe.data.subset = 0
     # The data root the run recorded is read only if it already holds the data set: a file's metadata never
     # chooses where resnetlab downloads or writes (that is --data-dir > $RESNETLAB_DATA > ./data).
     recorded = meta.data_ref.data_dir
@@ -68,3 +71,26 @@ def recorded_test_split(meta, path, data_dir: str | None = None, device: str | N
         data_dir = recorded
     splits = load_splits(recipe.data, data_dir, progress=False, mean_std=(meta.mean, meta.std))
     return recipe, splits
+
+
+def images_to_evaluate(source: str, meta, data_dir: str | None = None, verify: bool = True, log=print):
+    """Every image of `source` as a test set labelled by the model's own classes: cifar10 / cifar100 (the whole
+    official test split) or an image folder, manifest or shards whose class names are the model's (any subset of
+    them), decoded as the model decodes files."""
+    import torch
+
+    from ..data import load_cifar_splits
+    from ..data.folders import cached_set
+    from ..errors import UserError
+    if source in ("cifar10", "cifar100"):
+        _, test = load_cifar_splits(data_dir, source, verify, download_missing=True, log=log)
+    else:
+        test, _ = cached_set(source, meta.policy.input_size, progress=False, log=log, mode=meta.policy.mode)
+    unknown = [c for c in test.classes if c not in meta.classes]
+    if unknown:
+        shown = ", ".join(meta.classes[:5]) + (", …" if len(meta.classes) > 5 else "")
+        raise UserError(f"{source}: class {unknown[0]!r} is not one of the model's {len(meta.classes)} classes "
+                        f"({shown}); evaluate on images of its classes")
+    remap = torch.tensor([meta.classes.index(c) for c in test.classes], dtype=torch.long)
+    test.labels, test.classes = remap[test.labels], list(meta.classes)
+    return test

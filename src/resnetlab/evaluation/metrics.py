@@ -1,6 +1,7 @@
 """Top-k accuracy, loss, per-class accuracy and confusion matrix over a whole loader."""
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import torch
@@ -48,7 +49,8 @@ def evaluate(model: nn.Module, loader, num_classes: int, tta: bool = False,
     figures of the whole split."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    anchor = next(itertools.chain(model.parameters(), model.buffers()), None)
+    device = anchor.device if anchor is not None else torch.device("cpu")
     k = min(5, num_classes)
     correct1 = torch.zeros((), dtype=torch.long, device=device)
     correct5 = torch.zeros((), dtype=torch.long, device=device)

@@ -12,23 +12,45 @@ from .export import META_KEY, _onnx_modules, check_images_input, session_options
 from .classifier import ImageClassifier
 
 
+def read_onnx_meta(path: Path) -> CheckpointMeta:
+    """The checked metadata an exported .onnx file carries (`resnetlab export` writes it)."""
+    onnx, _ = _onnx_modules()
+    if not path.is_file():
+        raise UserError(f"{path}: no such ONNX file")
+    try:
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    except Exception as e:
+        raise UserError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0]})") from None
+    if META_KEY not in props:
+        raise UserError(f"{path}: no resnetlab metadata in this ONNX file; export it with `resnetlab export`")
+    return CheckpointMeta.from_deploy_json(props[META_KEY], path)
+
+
+class GraphAsModule(torch.nn.Module):
+    """An ONNX classifier where the evaluation loop expects a network: it takes the normalised float batches of
+    the test loader, turns them back into the uint8 pixels the exported graph reads (rounded), and returns its
+    logits."""
+
+    def __init__(self, clf: "OnnxClassifier") -> None:
+        super().__init__()
+        self.clf = clf
+        self.register_buffer("mean", torch.tensor(clf.metadata.mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(clf.metadata.std).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pixels = ((x.float() * self.std + self.mean) * 255).round().clamp(0, 255).to(torch.uint8)
+        return self.clf.logits(pixels.cpu().contiguous()).to(x.device)
+
+
 class OnnxClassifier(ImageClassifier):
     """Thread-safe: ONNX Runtime sessions may be run from several threads at once."""
 
     backend = "onnx"
 
     def __init__(self, path: str | Path, batch_size: int = 64, threads: int = 0) -> None:
-        onnx, ort = _onnx_modules()
+        _, ort = _onnx_modules()
         self.path = Path(path)
-        if not self.path.is_file():
-            raise UserError(f"{self.path}: no such ONNX file")
-        try:
-            props = {p.key: p.value for p in onnx.load(str(self.path), load_external_data=False).metadata_props}
-        except Exception as e:
-            raise UserError(f"{self.path}: not a readable ONNX model ({str(e).splitlines()[0]})") from None
-        if META_KEY not in props:
-            raise UserError(f"{self.path}: no resnetlab metadata in this ONNX file; export it with `resnetlab export`")
-        super().__init__(CheckpointMeta.from_deploy_json(props[META_KEY], self.path), batch_size)
+        super().__init__(read_onnx_meta(self.path), batch_size)
         options = session_options(threads or torch.get_num_threads())
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])

@@ -104,15 +104,18 @@ def load(checkpoint: str | Path, device: str = "auto", batch_size: int = 64,
 
 def predict(checkpoint: str | Path, paths: list[str], top_k: int = 3, batch_size: int = 256,
             device: str = "cpu", max_pixels: int = 40_000_000, explain_dir: str | Path | None = None) -> list[dict]:
-    """`resnetlab predict`: files and folders → [{"file", "top": [{"class", "prob"}]}], in order. A file that
+    """`resnetlab predict`: files and folders → [{"file", "top": [{"class", "prob"}]}], in order (device: the
+    PyTorch backend's; an .onnx file runs in ONNX Runtime on the CPU). A file that
     cannot be decoded, or declares more than max_pixels, gets {"file", "error"} instead and the rest go on.
     explain_dir: also write each file's Grad-CAM overlay there as <name>.cam.png ({"explanation": path})."""
     if not isinstance(top_k, int) or top_k < 1:
         raise UserError(f"top-k must be a positive integer, got {top_k!r}")
-    clf = Classifier(checkpoint, device, batch_size)
+    clf = load(checkpoint, device, batch_size)  # whatever `load` takes: a checkpoint, a run folder, an .onnx file
     files = collect_images(paths)
     if explain_dir is not None:
         from .explain import require_captum
+        if clf.backend != "torch":
+            clf.explain([])  # its one-line refusal, before any work
         require_captum()  # refuse before any work when Captum is missing
         explain_dir = Path(explain_dir)
         if explain_dir.exists() and not explain_dir.is_dir():

@@ -44,8 +44,8 @@ class DataConfig:
                                      "None = native")
     verify: bool = setting(True, resume=True, help="check the official checksums of CIFAR files")
     strict: bool = setting(False, resume=True, help="an unreadable image stops the run instead of being skipped")
-    subset: int = setting(0, range=(0, None), help="use a stratified slice of N training (and N/5 test) images; "
-                          "0 = all")
+    subset: int = setting(0, range=(0, None), help="use a stratified slice of N training images, and test on "
+                          "N/5 test images (`resnetlab eval --full-test` tests on all); 0 = all")
     workers: int = setting(0, range=(0, 512), resume=True, help="processes decoding a folder into its cache; "
                            "0 = one per core")
     order: Literal["auto", "random", "quasi-random"] = setting(
