@@ -106,3 +106,52 @@ def test_predict_eval_and_info_take_what_load_takes(small_checkpoint, exported, 
         assert bool(re.search(r"^data +cifar10", text, re.M)) == (model == small_checkpoint)  # exports: no paths
     assert main(["info", str(small_checkpoint.parent), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["arch"] == "resnet20"
+
+
+def _imbalanced_folder(root, sizes: dict[str, int], seed: int = 0):
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    for c, n in sizes.items():
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+TINY_FOLDER = ["model.name=resnet20", "train.epochs=1", "train.batch_size=8", "train.precision=fp32",
+               "data.val_size=0", "data.test_fraction=0.25", "data.image_size=16", "train.tta=false"]
+
+
+def test_an_imbalanced_folder_warns_and_the_remedies_silence_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RESNETLAB_CACHE", str(tmp_path / "cache"))
+    folder = _imbalanced_folder(tmp_path / "f", {"cat": 20, "dog": 20, "fox": 6})
+    base = ["train", "--no-progress", "data.dataset=folder", f"data.path={folder}", *TINY_FOLDER]
+    assert main(base + ["--out", str(tmp_path / "a")]) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if "split is imbalanced" in x]
+    assert len(lines) == 1 and lines[0].startswith("warning: the training split is imbalanced: 15 images in its "
+                                                   "largest class, 4 in its smallest (3.8x; smallest: fox (4)")
+    for remedy in ("train.class_weights=balanced", "data.order=balanced"):
+        assert main(base + ["--out", str(tmp_path / remedy), remedy]) == 0
+        assert "split is imbalanced" not in capsys.readouterr().out
+    balanced = _imbalanced_folder(tmp_path / "b", {"cat": 12, "dog": 10, "fox": 8})  # 1.5x: no warning
+    assert main(["train", "--no-progress", "data.dataset=folder", f"data.path={balanced}", *TINY_FOLDER,
+                 "--out", str(tmp_path / "c")]) == 0
+    assert "split is imbalanced" not in capsys.readouterr().out
+
+
+def test_balanced_class_weights_and_the_balanced_order():
+    import torch
+    from resnetlab.data import BatchLoader, ImageSet
+    from resnetlab.training.engine import balanced_class_weights
+    labels = torch.tensor([0] * 60 + [1] * 30 + [2] * 10)
+    w = balanced_class_weights(labels, 4)
+    assert torch.allclose(w, torch.tensor([100 / (3 * 60), 100 / (3 * 30), 100 / (3 * 10), 0.0]))
+    data = ImageSet(torch.zeros(100, 3, 4, 4, dtype=torch.uint8), labels, ["a", "b", "c"])
+    loader = BatchLoader(data, 10, (0.5,) * 3, (0.25,) * 3, train=True, seed=3, order="balanced")
+    again = BatchLoader(data, 10, (0.5,) * 3, (0.25,) * 3, train=True, seed=3, order="balanced")
+    assert torch.equal(loader.epoch_order(0), again.epoch_order(0))  # a function of (seed, epoch): exact resume
+    assert not torch.equal(loader.epoch_order(0), loader.epoch_order(1))
+    drawn = torch.cat([labels[loader.epoch_order(e)] for e in range(30)])
+    share = torch.bincount(drawn, minlength=3).double() / len(drawn)
+    assert len(loader.epoch_order(0)) == 100 and torch.allclose(share, torch.full((3,), 1 / 3).double(), atol=0.03)

@@ -18,7 +18,7 @@ from .augment import AugmentConfig, crop_flip, cutout, photo_artifacts
 from .cifar import ImageSet
 
 
-ORDERS = ("random", "quasi-random")
+ORDERS = ("random", "quasi-random", "balanced")
 CHUNK_BYTES = 32 << 20   # quasi-random order: contiguous runs of about this many bytes of images
 WINDOW_CHUNKS = 8        # ... shuffled together in windows of this many chunks
 
@@ -51,6 +51,8 @@ class BatchSource(Protocol):
     Iterating yields one epoch of (inputs, labels) batches on the device, in an order that is a function of
     (seed, epoch) alone, so that a resumed epoch replays exactly; len() is the number of batches an epoch
     yields on this process."""
+
+    labels: torch.Tensor  # the split's labels (class counts: balanced class weights)
 
     def set_epoch(self, epoch: int, start_batch: int = 0, aug_state: torch.Tensor | None = None) -> None:
         """Select the epoch the next iteration yields; start_batch/aug_state continue it mid-way (resume)."""
@@ -127,6 +129,9 @@ class BatchLoader:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + (self.epoch if epoch is None else epoch))
         if self.order == "quasi-random":
             return quasi_random_order(n, max(1, CHUNK_BYTES // self.images[0].numel()), WINDOW_CHUNKS, g)
+        if self.order == "balanced":  # n draws with replacement, each class equally likely
+            labels = self.labels.cpu()
+            return torch.multinomial(1.0 / torch.bincount(labels)[labels].double(), n, replacement=True, generator=g)
         return torch.randperm(n, generator=g)
 
     def _pixels(self, idx: torch.Tensor) -> torch.Tensor:

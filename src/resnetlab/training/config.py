@@ -48,9 +48,10 @@ class DataConfig:
                           "N/5 test images (`resnetlab eval --full-test` tests on all); 0 = all")
     workers: int = setting(0, range=(0, 512), resume=True, help="processes decoding a folder into its cache; "
                            "0 = one per core")
-    order: Literal["auto", "random", "quasi-random"] = setting(
+    order: Literal["auto", "random", "quasi-random", "balanced"] = setting(
         "auto", help="quasi-random: chunked reads; auto: quasi-random when the decoded data is bigger than the "
-        "memory available")
+        "memory available; balanced: each epoch draws as many images with replacement, every class equally likely "
+        "(imbalanced folders)")
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # the batch pipeline's own config
 
 
@@ -117,6 +118,8 @@ class TrainConfig:
                                    "lowered to fit the memory at the input size")
     label_smoothing: float = setting(0.0, range=(0, 1, True, False), help="share of the target spread over all "
                                      "classes")
+    class_weights: Literal["none", "balanced"] = setting("none", help="balanced: the loss weighs class c by N / "
+                                                         "(C * N_c) of the training split (imbalanced folders)")
     ema_decay: float = setting(0.0, range=(0, 1, True, False), help="0 = no EMA; else evaluate and save the EMA "
                                "weights")
     lookahead_every: int = setting(0, range=(0, None), help="0 = off; else Lookahead with airbench's rising pull "

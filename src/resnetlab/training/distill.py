@@ -64,8 +64,8 @@ class Teacher:
 
 
 def distill_loss(student: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor, alpha: float, temperature: float,
-                 label_smoothing: float = 0.0) -> torch.Tensor:
-    ce = F.cross_entropy(student, y, label_smoothing=label_smoothing)
+                 label_smoothing: float = 0.0, weight: torch.Tensor | None = None) -> torch.Tensor:
+    ce = F.cross_entropy(student, y, weight=weight, label_smoothing=label_smoothing)
     if alpha == 0:
         return ce
     t = temperature

@@ -165,6 +165,16 @@ def _rng_state() -> dict[str, torch.Tensor]:
     return out
 
 
+def balanced_class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """N / (C * N_c) per class c (scikit-learn's "balanced"): every class weighs as much in the loss as the others
+    together would at its size; a class without training images gets weight 0."""
+    counts = torch.bincount(labels.cpu(), minlength=num_classes).double()
+    present = counts > 0
+    weights = torch.zeros(num_classes, dtype=torch.float64)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return weights.float()
+
+
 class _StopRequest:
     """The first Ctrl-C or SIGTERM asks the loop to stop after the current step (it then saves an exact
     mid-epoch checkpoint); a second one interrupts at once. Only in a single process, on the main thread: under
@@ -222,6 +232,8 @@ class Trainer:
         self.teacher = Teacher(d.teacher, ctx.meta.classes, ctx.meta.mean, ctx.meta.std, ctx.device,
                                ctx.channels_last) if d.teacher else None
         self.ema = EMA(self.model, recipe.train.ema_decay) if recipe.train.ema_decay > 0 else None
+        self.class_weight = (balanced_class_weights(train_loader.labels, self.num_classes).to(ctx.device)
+                             if recipe.train.class_weights == "balanced" else None)
         la = recipe.train.lookahead_every
         self.lookahead = Lookahead(self.model, la, recipe.train.lookahead_decay) if la else None
         # Training FLOPs per image, counted on a real forward + backward at each image size an epoch trains on
@@ -328,9 +340,10 @@ class Trainer:
             out = self.forward(x)
             soft = self.teacher.logits(x) if self.teacher is not None else None
         if soft is None:
-            loss = F.cross_entropy(out.float(), y, label_smoothing=t.label_smoothing)
+            loss = F.cross_entropy(out.float(), y, weight=self.class_weight, label_smoothing=t.label_smoothing)
         else:
-            loss = distill_loss(out.float(), soft, y, t.distill.alpha, t.distill.temperature, t.label_smoothing)
+            loss = distill_loss(out.float(), soft, y, t.distill.alpha, t.distill.temperature, t.label_smoothing,
+                                self.class_weight)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()

@@ -80,6 +80,23 @@ def load_splits(cfg: DataConfig, data_dir: str | None, progress: bool = True,
     return Splits(train, val, test, tuple(mean), tuple(std))
 
 
+IMBALANCE_RATIO = 3.0  # largest / smallest class of the training split that earns a warning
+
+
+def imbalance_warning(train: ImageSet) -> str | None:
+    """One line when the training split's classes are imbalanced (largest / smallest >= IMBALANCE_RATIO): the
+    ratio, the smallest classes and what to do; None otherwise."""
+    counts = torch.bincount(train.labels, minlength=len(train.classes))
+    small, large = int(counts.min()), int(counts.max())
+    if not train.classes or large < IMBALANCE_RATIO * max(small, 1):
+        return None
+    order = counts.argsort()[:3].tolist()
+    smallest = ", ".join(f"{train.classes[i]} ({int(counts[i])})" for i in order)
+    return (f"warning: the training split is imbalanced: {large} images in its largest class, {small} in its "
+            f"smallest ({large / max(small, 1):.1f}x; smallest: {smallest}); consider train.class_weights=balanced "
+            f"or data.order=balanced")
+
+
 def _slice(ds: ImageSet, n: int, seed: int) -> ImageSet:
     if n >= len(ds):
         return ds
@@ -286,6 +303,9 @@ def prepare_run(recipe: Recipe, out: str | Path | None, data_dir: str | None, *,
     log(f"data: {len(splits.train)} train / {len(splits.val) if splits.val else 0} val / "
         f"{len(splits.test)} test images, {len(splits.classes)} classes, mean {splits.mean} std "
         f"{splits.std} ({time.perf_counter() - t_load:.1f}s)")
+    imbalance = imbalance_warning(splits.train)
+    if imbalance and recipe.train.class_weights == "none" and recipe.data.order != "balanced":
+        log(imbalance)
     if splits.val is None:
         log("no validation split (data.val_size=0): per-epoch figures are on the test split, for monitoring "
             "only; nothing is selected or stopped on them")
