@@ -10,9 +10,11 @@ import warnings
 from ..errors import RunInterrupted, UserError
 from ..signals import exit_status, sigterm_as_ctrl_c, signal_name
 from .._version import __version__
-from . import data, download, evaluate, export, finetune, info, models, predict, recipes, report, serve, train, tune
+from . import (data, download, evaluate, export, finetune, info, lr_find, models, predict, recipes, report, serve, train,
+               tune)
 
-COMMANDS = (models, recipes, train, evaluate, report, info, data, download, finetune, predict, export, serve, tune)
+COMMANDS = (models, recipes, train, lr_find, evaluate, report, info, data, download, finetune, predict, export, serve,
+            tune)
 
 
 class HelpWithDefaults(argparse.HelpFormatter):
