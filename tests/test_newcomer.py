@@ -193,3 +193,24 @@ def test_lr_find_suggests_a_rate_that_trains_better_than_far_smaller_ones(tiny_c
         rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
         losses[name] = rows[-1]["train_loss"]
     assert losses["suggested"] < losses["small"] - 0.1, losses
+
+
+def test_bf16_on_a_cpu_without_it_says_so_and_tta_figures_are_labelled(tiny_cifar, tmp_path, capsys, monkeypatch):
+    import json
+
+    import torch
+    from resnetlab import runtime
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="bf16 on a CPU without native bf16 .* train.precision=auto picks fp32"):
+        assert runtime.select_precision("bf16", torch.device("cpu")) is torch.bfloat16
+    out = tmp_path / "run"
+    assert main(["train", "--recipe", "cifar10_resnet20_paper", "--data-dir", str(tiny_cifar), "--no-verify",
+                 "--out", str(out), "--no-progress", "train.epochs=1", "train.batch_size=40", "data.val_size=0",
+                 "train.precision=bf16", "train.tta=true", "train.tta_shift=1"]) == 0
+    captured = capsys.readouterr()
+    warned = [x for x in captured.err.splitlines() if "native bf16" in x]
+    assert len(warned) == 1 and warned[0].startswith("warning: train.precision=bf16 on a CPU without native bf16")
+    final = next(x for x in captured.out.splitlines() if x.startswith("test (final weights)"))
+    results = json.loads((out / "results.json").read_text())
+    plain = results["test_plain"]["top1"]
+    assert f"with TTA (6 views: flips, +-1 px; {plain:.4f} without)" in final and results["tta"].startswith("6 views")

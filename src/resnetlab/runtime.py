@@ -9,6 +9,7 @@ import contextlib
 import functools
 import os
 import platform
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +74,9 @@ def select_precision(precision: str, device: torch.device) -> torch.dtype | None
     if precision == "fp32":
         return None
     if precision == "bf16":
+        if device.type == "cpu" and not cpu_has_fast_bf16():
+            warnings.warn(f"train.precision=bf16 on a CPU without native bf16 ({cpu_model()}): emulated, several "
+                          f"times slower than fp32; train.precision=auto picks fp32 on this CPU", stacklevel=2)
         return torch.bfloat16
     if precision == "fp16":
         if device.type == "cpu":

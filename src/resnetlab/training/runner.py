@@ -443,12 +443,13 @@ def finish_run(trainer: Trainer, splits: Splits, test_loader, state: TrainerStat
     else:
         chosen = "final"
     model = unwrap(trainer.eval_model) if unwrap else trainer.eval_model
-    if chosen == "final" and splits.val is None and not trainer.recipe.train.tta and trainer.last_val is not None \
-            and unwrap is None:
-        test = trainer.last_val  # the last epoch already evaluated these weights on the test split
+    t = trainer.recipe.train
+    if chosen == "final" and splits.val is None and trainer.last_val is not None and unwrap is None:
+        plain = trainer.last_val  # the last epoch already evaluated these weights on the test split, plainly
     else:
-        test = evaluate(model, test_loader, trainer.num_classes, tta=trainer.recipe.train.tta,
-                        amp_dtype=trainer.amp_dtype, tta_shift=trainer.recipe.train.tta_shift)
+        plain = evaluate(model, test_loader, trainer.num_classes, amp_dtype=trainer.amp_dtype)
+    test = evaluate(model, test_loader, trainer.num_classes, tta=True, amp_dtype=trainer.amp_dtype,
+                    tta_shift=t.tta_shift) if t.tta else plain
     if not dist_context().is_main:  # rank 0 writes the results; the others took part in the evaluation
         barrier()
         return {"test": test.summary()}
@@ -463,6 +464,8 @@ def finish_run(trainer: Trainer, splits: Splits, test_loader, state: TrainerStat
         "img_per_s": sum(speeds) / max(1, len(speeds)), "device": describe_device(trainer.device, trainer.amp_dtype),
         "stopped": state.stop_message or (state.stop.value if state.stop else None), "per_class": dict(zip(splits.classes, test.per_class())),
     }
+    if t.tta:
+        results.update(tta=tta_label(t.tta_shift), test_plain=plain.summary())
     if features:
         results.update(feature_s=round(features.seconds, 2), feature_pflop=features.flops / 1e15)
     meta = trainer.meta.replace(metrics={"test": test.summary(), "val_best": state.best}, epoch=state.epoch,
@@ -470,10 +473,16 @@ def finish_run(trainer: Trainer, splits: Splits, test_loader, state: TrainerStat
     save_checkpoint(run_dir / f"{prefix}best.safetensors", model.state_dict(), meta.to_dict())
     atomic_write_text(run_dir / f"{prefix}results.json", json.dumps(results, indent=2))
     write_confusion(test, splits.classes, run_dir / f"{prefix}confusion")
-    log(f"test ({chosen} weights): top-1 {test.top1:.4f}  top-5 {test.top5:.4f}  loss {test.loss:.4f}  "
+    views = f" with TTA ({tta_label(t.tta_shift)}; {plain.top1:.4f} without)" if t.tta else ""
+    log(f"test ({chosen} weights): top-1 {test.top1:.4f}{views}  top-5 {test.top5:.4f}  loss {test.loss:.4f}  "
         f"[{results['train_time_min']:.1f} min training, {results['train_pflop']:.3f} PFLOP]")
     barrier()
     return results
+
+
+def tta_label(shift: int) -> str:
+    """The test-time views in words (train.tta_shift 0: the image and its mirror)."""
+    return f"6 views: flips, +-{shift} px" if shift else "2 views: flips"
 
 
 def data_ref(cfg: DataConfig, data_dir: str | None) -> DatasetRef:
