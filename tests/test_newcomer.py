@@ -214,3 +214,24 @@ def test_bf16_on_a_cpu_without_it_says_so_and_tta_figures_are_labelled(tiny_cifa
     results = json.loads((out / "results.json").read_text())
     plain = results["test_plain"]["top1"]
     assert f"with TTA (6 views: flips, +-1 px; {plain:.4f} without)" in final and results["tta"].startswith("6 views")
+
+
+def test_a_folder_smaller_than_one_batch_is_refused_before_the_feature_pass(pretrained_small, image_folder,
+                                                                             tmp_path, capsys):
+    out = tmp_path / "ft"
+    assert main(["finetune", "--weights", str(pretrained_small), "--data", str(image_folder), "--out", str(out),
+                 "--no-progress", "train.precision=fp32"]) == 2
+    captured = capsys.readouterr()
+    assert "fewer than one batch (train.batch_size 128); lower train.batch_size" in captured.err
+    assert "features:" not in captured.out and not out.exists()
+
+
+@pytest.fixture
+def pretrained_small(tmp_path):
+    import resnetlab
+    from resnetlab.training.runner import model_meta
+    from resnetlab.weights import save_checkpoint
+    meta = model_meta("resnet20", {}, [f"c{i}" for i in range(10)], (0.5,) * 3, (0.25,) * 3, 32, None)
+    path = tmp_path / "pre.safetensors"
+    save_checkpoint(path, resnetlab.create_model("resnet20").state_dict(), meta.to_dict())
+    return path

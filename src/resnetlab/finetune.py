@@ -166,7 +166,8 @@ def train_head_on_features(run: PreparedRun, r: Recipe, m: nn.Module, prefix: st
     feats = compute_features(m, splits.train, splits.val if splits.val is not None else splits.test,
                              views=f.feature_views, augment=r.data.augment, batch_size=run.test.batch_size,
                              seed=r.train.seed, mean=splits.mean, std=splits.std, device=ctx.device,
-                             image_size=resize, amp_dtype=ctx.amp_dtype, channels_last=ctx.channels_last, log=ctx.log)
+                             image_size=resize, amp_dtype=ctx.amp_dtype, channels_last=ctx.channels_last, log=ctx.log,
+                             progress=ctx.progress and dist_context().is_main)
     d = dist_context()
     train_src = FeatureLoader(feats.train, feats.train_labels, r.train.batch_size, train=True, seed=r.train.seed,
                               shard=(d.rank, d.world_size))

@@ -58,8 +58,9 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 @torch.no_grad()
-def pooled(net: nn.Module, loader: BatchLoader, amp_dtype: torch.dtype | None) -> torch.Tensor:
-    """The pooled features of every image of loader's epoch, at each image's position in the split."""
+def pooled(net: nn.Module, loader: BatchLoader, amp_dtype: torch.dtype | None, bar=None) -> torch.Tensor:
+    """The pooled features of every image of loader's epoch, at each image's position in the split (bar: a
+    progress bar advanced by the images done)."""
     order = loader.epoch_order()
     out = None
     at = 0
@@ -70,30 +71,36 @@ def pooled(net: nn.Module, loader: BatchLoader, amp_dtype: torch.dtype | None) -
             out = torch.empty(len(order), f.shape[1], dtype=torch.float32, device=f.device)
         out[order[at:at + len(f)].to(f.device)] = f
         at += len(f)
+        if bar is not None:
+            bar.update(len(f))
     assert out is not None and at == len(order)
     return out
 
 
 def compute_features(net: nn.Module, train, val, *, views: int, augment: AugmentConfig, batch_size: int,
                      seed: int, mean, std, device: torch.device, image_size: int | None,
-                     amp_dtype: torch.dtype | None, channels_last: bool, log=print) -> FeatureSet:
+                     amp_dtype: torch.dtype | None, channels_last: bool, log=print,
+                     progress: bool = False) -> FeatureSet:
     """View 0: the training images as stored (as the validation images are read); views 1..V-1: the training
     augmentation, each view its own seeded draw."""
+    from tqdm import tqdm
     t0 = time.perf_counter()
     was_training = net.training
     net.eval()
     common = dict(mean=mean, std=std, device=device, image_size=image_size, channels_last=channels_last)
+    n = len(train) * views + len(val)
+    bar = tqdm(total=n, disable=not progress, leave=False, unit="img", desc="features")
     try:
-        vs = [pooled(net, BatchLoader(train, batch_size, **common), amp_dtype)]
+        vs = [pooled(net, BatchLoader(train, batch_size, **common), amp_dtype, bar)]
         for v in range(1, views):
             aug_l = BatchLoader(train, batch_size, train=True, augment=augment, seed=seed * 7_919 + v,
                                 drop_last=False, **common)
             aug_l.set_epoch(v)
-            vs.append(pooled(net, aug_l, amp_dtype))
-        fv = pooled(net, BatchLoader(val, batch_size, **common), amp_dtype)
+            vs.append(pooled(net, aug_l, amp_dtype, bar))
+        fv = pooled(net, BatchLoader(val, batch_size, **common), amp_dtype, bar)
     finally:
+        bar.close()
         net.train(was_training)
-    n = len(train) * views + len(val)
     size = image_size or train.image_size
     flops = 2 * count_macs(_cpu(net), size) * n
     secs = time.perf_counter() - t0

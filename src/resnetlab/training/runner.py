@@ -303,6 +303,10 @@ def prepare_run(recipe: Recipe, out: str | Path | None, data_dir: str | None, *,
     log(f"data: {len(splits.train)} train / {len(splits.val) if splits.val else 0} val / "
         f"{len(splits.test)} test images, {len(splits.classes)} classes, mean {splits.mean} std "
         f"{splits.std} ({time.perf_counter() - t_load:.1f}s)")
+    if len(splits.train) < recipe.train.batch_size:  # before any feature pass or training step
+        raise UserError(f"the training split has {len(splits.train)} images, fewer than one batch "
+                        f"(train.batch_size {recipe.train.batch_size}); lower train.batch_size, e.g. "
+                        f"train.batch_size={max(1, len(splits.train) // 4)}")
     imbalance = imbalance_warning(splits.train)
     if imbalance and recipe.train.class_weights == "none" and recipe.data.order != "balanced":
         log(imbalance)
