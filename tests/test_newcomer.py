@@ -235,3 +235,32 @@ def pretrained_small(tmp_path):
     path = tmp_path / "pre.safetensors"
     save_checkpoint(path, resnetlab.create_model("resnet20").state_dict(), meta.to_dict())
     return path
+
+
+def test_a_second_run_on_a_cached_folder_reads_its_split_statistics_instead_of_every_image(tmp_path, monkeypatch):
+    import json
+
+    from resnetlab.data import loader
+    from resnetlab.data.folders import load_image_folder
+    from resnetlab.training.config import DataConfig
+    from resnetlab.training.runner import load_splits
+    monkeypatch.setenv("RESNETLAB_CACHE", str(tmp_path / "cache"))
+    folder = _imbalanced_folder(tmp_path / "f", {"a": 12, "b": 12, "c": 12})
+    calls = []
+    real = loader.channel_stats
+    monkeypatch.setattr(loader, "channel_stats", lambda ds, *a: calls.append(len(ds)) or real(ds, *a))
+    cfg = DataConfig(dataset="folder", path=str(folder), image_size=16, val_size=0.2, test_fraction=0.25)
+    quiet = dict(progress=False, log=lambda *a, **k: None)
+    first = load_splits(cfg, None, **quiet)
+    second = load_splits(cfg, None, **quiet)
+    assert calls == [len(first.train)] and (first.mean, first.std) == (second.mean, second.std)
+    assert (first.mean, first.std) == real(first.train)
+    other = load_splits(DataConfig(dataset="folder", path=str(folder), image_size=16, val_size=0.2,
+                                   test_fraction=0.25, split_seed=1), None, **quiet)  # another split: computed
+    assert len(calls) == 2 and other.train.cache == first.train.cache
+    stats = first.train.cache / "stats.json"
+    tampered = {k: {"mean": [float("nan")] * 3, "std": [2, 2, 2]} for k in json.loads(stats.read_text())}
+    stats.write_text(json.dumps(tampered))
+    assert load_splits(cfg, None, **quiet).mean == first.mean and len(calls) == 3  # refused, computed again
+    train, _ = load_image_folder(folder, size=16, split=0.25, progress=False, log=lambda *a: None)
+    assert train.cache is not None

@@ -4,8 +4,8 @@ from .augment import AugmentConfig
 from .cache import cache_dir, list_caches, remove_caches
 from .cifar import ImageSet, cifar10, cifar100, download, load_cifar, load_cifar_splits, resolve_data_root
 from .folders import cached_set, load_image_folder, stratified_split, subset
-from .loader import BatchLoader, BatchSource, channel_stats
+from .loader import BatchLoader, BatchSource, channel_stats, split_stats
 
 __all__ = ["AugmentConfig", "ImageSet", "cifar10", "cifar100", "download", "load_cifar", "load_cifar_splits",
            "resolve_data_root", "load_image_folder", "cached_set", "cache_dir", "list_caches", "remove_caches",
-           "stratified_split", "subset", "BatchLoader", "BatchSource", "channel_stats"]
+           "stratified_split", "subset", "BatchLoader", "BatchSource", "channel_stats", "split_stats"]

@@ -86,6 +86,7 @@ class ImageSet:
     source: str = ""
     extra: dict = field(default_factory=dict)  # e.g. coarse labels for CIFAR-100
     rows: torch.Tensor | None = None
+    cache: Path | None = None        # the decoded cache folder `images` maps (None: in memory)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -104,13 +105,13 @@ class ImageSet:
     def subset(self, idx: torch.Tensor) -> "ImageSet":
         """The images at positions idx, as a view of the same storage."""
         rows = self.rows[idx] if self.rows is not None else idx
-        return ImageSet(self.images, self.labels[idx], self.classes, self.source, rows=rows)
+        return ImageSet(self.images, self.labels[idx], self.classes, self.source, rows=rows, cache=self.cache)
 
     def materialize(self) -> "ImageSet":
         """The split as its own contiguous tensor (rows gathered), e.g. to move it to an accelerator."""
         if self.rows is None:
             return self
-        return ImageSet(self.take(slice(None)), self.labels, self.classes, self.source, self.extra)
+        return ImageSet(self.take(slice(None)), self.labels, self.classes, self.source, self.extra, cache=self.cache)
 
 
 def resolve_data_root(data_dir: str | os.PathLike | None) -> Path:

@@ -31,7 +31,7 @@ def cached_set(path: str | Path, size: int, strict: bool = False, progress: bool
                             f"{listing.identity}); remove them or drop --strict")
         log(f"{listing.identity}: {m.bad_count} unreadable image(s) skipped, e.g. {m.bad[0]} "
             f"(all listed in {cache.path / 'meta.json'})")
-    return ImageSet(cache.images, cache.labels, list(m.classes), listing.identity), cache
+    return ImageSet(cache.images, cache.labels, list(m.classes), listing.identity, cache=cache.path), cache
 
 
 def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,6 +8,8 @@ chunks, so the disk is read in long sequential runs).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from typing import Iterator, Protocol, runtime_checkable
 
@@ -42,6 +44,43 @@ def channel_stats(data: ImageSet | torch.Tensor, chunk_bytes: int = 4 << 20
     mean = total / n
     std = (total_sq / n - mean**2).clamp_min(0).sqrt()
     return tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std)
+
+
+STATS_FILE = "stats.json"  # in a decoded cache's folder: channel statistics of the splits trained on it
+STATS_KEPT = 64
+
+
+def split_stats(ds: ImageSet) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """channel_stats of a split, kept in its decoded cache (stats.json, keyed by the split's rows): a second run
+    on the same cache and split reads them instead of every training image. A value there that is not three
+    finite numbers in [0, 1] is computed again; a cache nobody may write to is only read."""
+    if ds.cache is None:
+        return channel_stats(ds)
+    rows = ds.rows if ds.rows is not None else torch.arange(len(ds))
+    key = hashlib.sha256(rows.to(torch.int64).numpy().tobytes()).hexdigest()[:24]
+    path = ds.cache / STATS_FILE
+    try:
+        known = json.loads(path.read_text())
+        known = known if isinstance(known, dict) else {}
+    except (OSError, ValueError, RecursionError):
+        known = {}
+    entry = known.get(key)
+    if isinstance(entry, dict) and all(_unit_triple(entry.get(k)) for k in ("mean", "std")):
+        return tuple(entry["mean"]), tuple(entry["std"])
+    mean, std = channel_stats(ds)
+    known = {k: v for k, v in list(known.items())[-(STATS_KEPT - 1):] if k != key}
+    known[key] = {"mean": list(mean), "std": list(std)}
+    try:
+        from ..files import atomic_write_text
+        atomic_write_text(path, json.dumps(known))
+    except OSError:
+        pass
+    return mean, std
+
+
+def _unit_triple(v) -> bool:
+    return (isinstance(v, list) and len(v) == 3 and
+            all(isinstance(x, float | int) and not isinstance(x, bool) and 0 <= x <= 1 for x in v))
 
 
 @runtime_checkable

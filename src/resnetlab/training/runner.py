@@ -15,8 +15,8 @@ from typing import Any, Iterator
 
 import torch
 
-from ..data import (BatchLoader, BatchSource, ImageSet, channel_stats, load_cifar_splits, load_image_folder,
-                    resolve_data_root)
+from ..data import (BatchLoader, BatchSource, ImageSet, load_cifar_splits, load_image_folder, resolve_data_root,
+                    split_stats)
 from ..data.folders import stratified_split, subset
 from ..errors import RunInterrupted, UserError
 from ..evaluation.metrics import evaluate
@@ -76,7 +76,7 @@ def load_splits(cfg: DataConfig, data_dir: str | None, progress: bool = True,
                             f"(training split has {len(train)})")
         keep, held = stratified_split(train.labels, frac, cfg.split_seed)
         train, val = subset(train, keep), subset(train, held)
-    mean, std = mean_std if mean_std else channel_stats(train)
+    mean, std = mean_std if mean_std else split_stats(train)
     return Splits(train, val, test, tuple(mean), tuple(std))
 
 
