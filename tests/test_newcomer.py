@@ -264,3 +264,33 @@ def test_a_second_run_on_a_cached_folder_reads_its_split_statistics_instead_of_e
     assert load_splits(cfg, None, **quiet).mean == first.mean and len(calls) == 3  # refused, computed again
     train, _ = load_image_folder(folder, size=16, split=0.25, progress=False, log=lambda *a: None)
     assert train.cache is not None
+
+
+def test_reports_of_many_classes_list_the_most_confused_pairs_and_plot_points_and_the_lr(tmp_path, monkeypatch):
+    import json
+
+    import matplotlib.axes
+    import torch
+    from resnetlab.evaluation.metrics import EvalResult
+    from resnetlab.evaluation.report import write_confusion, write_report
+    run = tmp_path / "run"
+    run.mkdir()
+    classes = [f"k{i:02d}" for i in range(45)]
+    cm = torch.eye(45, dtype=torch.long) * 10
+    cm[3, 7], cm[12, 5], cm[40, 41] = 9, 4, 6
+    write_confusion(EvalResult(0.5, 0.9, 1.0, int(cm.sum()), cm), classes, run / "confusion")
+    assert (run / "confusion.csv").is_file() and not (run / "confusion.png").exists()
+    (run / "results.json").write_text(json.dumps({"model": "resnet20", "test": {"top1": 0.5, "top5": 0.9},
+                                                  "params": 1, "macs": 1, "train_time_min": 0.1, "img_per_s": 1,
+                                                  "device": "cpu"}))
+    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "lr": 0.1, "train_loss": 2.0, "train_acc": 0.3,
+                                                   "eval_split": "test", "val_loss": 2.1, "val_top1": 0.5}) + "\n")
+    plotted = []
+    real_plot = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", lambda self, *a, **k: plotted.append(k) or real_plot(self, *a, **k))
+    text = write_report(run).read_text()
+    assert "## Most confused pairs" in text and "45 classes, too many for a readable confusion image" in text
+    rows = [x for x in text.splitlines() if x.startswith("| run | k")]
+    assert rows[:3] == ["| run | k03 | k07 | 9 | 47 % |", "| run | k40 | k41 | 6 | 38 % |",
+                        "| run | k12 | k05 | 4 | 29 % |"]
+    assert len(plotted) == 5 and all(k.get("marker") == "o" for k in plotted)  # train/eval loss, acc, and the lr
