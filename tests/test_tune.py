@@ -111,7 +111,8 @@ def test_tune_runs_trials_and_writes_best_recipe_and_report(tiny_cifar, tmp_path
     rows = [json.loads(ln) for ln in (Path(best.user_attrs["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     assert best.value == max(r["val_top1"] for r in rows) and all(r["eval_split"] == "val" for r in rows)
     report = (study_dir / "report.md").read_text()
-    assert "| trial | state | val top-1 |" in report and "importance" in report
+    assert "| trial | state | val top-1 |" in report
+    assert "(no parameter importances: they need at least 5 complete trials, this study has 3)" in report
     assert (study_dir / "objective.png").stat().st_size > 1000 and (study_dir / "trials.csv").is_file()
     # running again continues the same study
     assert main(tune_args(tiny_cifar, out, space, "--trials", "1")) == 0
@@ -187,3 +188,17 @@ def test_killed_tune_loses_only_the_running_trial(tiny_cifar, tmp_path, space):
     assert states[0] in ("COMPLETE", "PRUNED") and states[1] == "FAIL"  # only the running trial was lost
     retried = [t for t in trials[2:] if t.params == trials[1].params]
     assert retried and retried[0].state.is_finished()  # its parameters were tried again
+
+
+def test_importances_name_their_evaluator_and_optuna_says_nothing_on_the_terminal(tmp_path, capsys):
+    from optuna.distributions import FloatDistribution
+    from resnetlab.tune import IMPORTANCE_NAME, write_report
+    study = optuna.create_study(direction="maximize")
+    for i in range(6):
+        study.add_trial(optuna.trial.create_trial(params={"optim.lr": 0.01 * (i + 1)}, value=0.5 + 0.05 * i,
+                                                  distributions={"optim.lr": FloatDistribution(0.001, 1.0)}))
+    write_report(study, tmp_path, None, [], log=lambda *a: None)
+    report = (tmp_path / "report.md").read_text()
+    assert f"| key | importance ({IMPORTANCE_NAME}) |" in report and "| optim.lr | 1.000 |" in report
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out == ""

@@ -216,7 +216,7 @@ def tune(recipe_path: str | None, space_path: str, trials: int, study_name: str 
     study_dir = Path(out_root) / name
     study_dir.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{(study_dir / 'study.db').resolve()}"
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # the study's own messages; ours say what matters
     prune = {"median": optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
              "halving": optuna.pruners.SuccessiveHalvingPruner(),
              "none": optuna.pruners.NopPruner()}[pruner]
@@ -239,10 +239,18 @@ def tune(recipe_path: str | None, space_path: str, trials: int, study_name: str 
     log(f"study {name} in {url}: {done} finished trial(s) so far; running {trials} more; objective: best "
         f"validation top-1")
     objective = _Objective(recipe_path, list(overrides), space, study_dir, weights, data_dir, log)
-    study.optimize(objective, n_trials=trials, timeout=timeout_min * 60 if timeout_min else None,
-                   catch=(UserError,))
-    write_report(study, study_dir, recipe_path, list(overrides), log)
+    import warnings
+    with warnings.catch_warnings():  # Optuna's (experimental features, sampler notes) are not the user's business
+        warnings.filterwarnings("ignore", module=r"optuna(\.|$)")
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.optimize(objective, n_trials=trials, timeout=timeout_min * 60 if timeout_min else None,
+                       catch=(UserError,))
+        write_report(study, study_dir, recipe_path, list(overrides), log)
     return study_dir
+
+
+IMPORTANCE_MIN_TRIALS = 5  # below this, parameter importances are noise and the report shows none
+IMPORTANCE_NAME = "PED-ANOVA: Optuna's PedAnovaImportanceEvaluator"  # (fANOVA would need scikit-learn)
 
 
 def write_report(study, study_dir: Path, recipe_path: str | None, overrides: list[str], log=print) -> None:
@@ -272,12 +280,17 @@ def write_report(study, study_dir: Path, recipe_path: str | None, overrides: lis
                           + yaml.safe_dump(recipe_dict, sort_keys=False))
         lines += ["", f"Best: trial {best.number}, validation top-1 {best.value:.4f} — `best_recipe.yaml`, run "
                   f"folder `{best.user_attrs.get('run_dir')}`."]
-        if len(complete) >= 2 and len(best.params) >= 1:
+        if len(complete) >= IMPORTANCE_MIN_TRIALS and len(best.params) >= 1:
             try:
-                imp = optuna.importance.get_param_importances(study)
-                lines += ["", "| key | importance (fANOVA) |", "|---|---|"] + [f"| {k} | {v:.3f} |" for k, v in imp.items()]
+                evaluator = optuna.importance.PedAnovaImportanceEvaluator()
+                imp = optuna.importance.get_param_importances(study, evaluator=evaluator)
+                lines += ["", f"| key | importance ({IMPORTANCE_NAME}) |", "|---|---|"] + [
+                    f"| {k} | {v:.3f} |" for k, v in imp.items()]
             except (RuntimeError, ValueError) as e:
                 lines += ["", f"(importances not computed: {e})"]
+        elif best.params:
+            lines += ["", f"(no parameter importances: they need at least {IMPORTANCE_MIN_TRIALS} complete trials, "
+                          f"this study has {len(complete)})"]
         _plot(trials, study_dir / "objective.png")
         lines += ["", "![objective over trials](objective.png)"]
         log(f"best: trial {best.number} val top-1 {best.value:.4f}; {study_dir / 'best_recipe.yaml'}")
