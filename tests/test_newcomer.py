@@ -294,3 +294,28 @@ def test_reports_of_many_classes_list_the_most_confused_pairs_and_plot_points_an
     assert rows[:3] == ["| run | k03 | k07 | 9 | 47 % |", "| run | k40 | k41 | 6 | 38 % |",
                         "| run | k12 | k05 | 4 | 29 % |"]
     assert len(plotted) == 5 and all(k.get("marker") == "o" for k in plotted)  # train/eval loss, acc, and the lr
+
+
+def test_mlflow_logs_the_recipe_each_epoch_and_the_results_into_one_run_that_resume_continues(tiny_cifar, tmp_path,
+                                                                                             monkeypatch):
+    pytest.importorskip("mlflow")
+    import json
+    monkeypatch.chdir(tmp_path)
+
+    from mlflow.tracking import MlflowClient
+    out = tmp_path / "runs" / "tracked"
+    common = ["--data-dir", str(tiny_cifar), "--no-verify", "--no-progress", "model.name=resnet20",
+              "train.batch_size=40", "train.precision=fp32", "data.val_size=40", "optim.name=sgd",
+              "data.augment.epoch_sizes=[]", "train.tta=false"]
+    assert main(["train", "--recipe", "cifar10_resnet20_paper", "--out", str(out), *common, "train.epochs=1",
+                 "train.mlflow=local"]) == 0
+    assert main(["train", "--resume", str(out), "--no-progress", "train.epochs=2"]) == 0  # extended: same run
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    run = client.get_run(json.loads((out / "mlflow.json").read_text())["run_id"])
+    assert run.data.params["optim.lr"] == "0.1" and run.data.params["model.name"] == "resnet20"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_top1")] == [1, 2]
+    results = json.loads((out / "results.json").read_text())
+    assert run.data.metrics["test_top1"] == pytest.approx(results["test"]["top1"])
+    assert run.info.status == "FINISHED" and len(client.search_runs([run.info.experiment_id])) == 1
+    assert "results.json" in [a.path for a in client.list_artifacts(run.info.run_id)]
+    assert (tmp_path / "runs" / "mlartifacts").is_dir()  # beside the store, not in the working folder

@@ -142,6 +142,8 @@ class TrainConfig:
     eval_every: int = setting(1, range=(1, None), resume=True, help="monitoring on test (no val split): every N "
                               "epochs and after the last")
     log_every: int = setting(50, range=(1, None), resume=True, help="steps between progress-bar figures")
+    mlflow: str = setting("", resume=True, help="also log to MLflow (pip install 'resnetlab[mlflow]'): local (an "
+                          "SQLite store, mlflow.db beside the run folder) or a tracking URI; '' = off")
     checkpoint_every_min: float = setting(0, range=(0, None), resume=True, help="also write last.safetensors every "
                                           "N minutes mid-epoch (exact resume); 0 = off")
     sync_bn: bool = setting(False, help="distributed runs: BatchNorm statistics over the whole global batch")

@@ -35,6 +35,7 @@ from ..models import CheckpointMeta
 from ..runtime import all_reduce_sum, autocast_for, barrier, broadcast_flag, dist_context
 from ..weights import optimizer_from_flat, optimizer_to_flat, read_full, save_checkpoint
 from .distill import Teacher, distill_loss
+from .trackers import open_trackers
 from .config import Recipe
 from .distributed import convert_sync_bn, wrap
 from .optim import EMA, Lookahead, build_optimizer, lr_factor, optimizer_step_flops, param_groups
@@ -379,7 +380,8 @@ class Trainer:
             self.log(f"run already finished ({self.state.stop_message or self.state.stop.value})")
             return self.state
         epochs = self.recipe.train.epochs
-        writer = _tensorboard(self.run_dir) if self.dist.is_main else None
+        trackers = open_trackers(self.run_dir, self.recipe.train.mlflow, self.recipe.to_dict()) \
+            if self.dist.is_main else []
         try:
             with self._stop:
                 for epoch in range(self.state.epoch, epochs):
@@ -389,15 +391,15 @@ class Trainer:
                     finished = epoch + 1 == epochs or self.state.step >= total
                     val = self.validate(epoch, finished)
                     self.end_epoch(epoch, figures, val, finished)
-                    if writer is not None:
-                        _write_scalars(writer, self.prefix, self.state.history[-1])
+                    for tracker in trackers:
+                        tracker.log_epoch(self.prefix, self.state.history[-1])
                     if self.state.stop:
                         if self.state.stop is not StopReason.COMPLETED:
                             self.log(self.state.stop_message)
                         break
         finally:
-            if writer is not None:
-                writer.close()
+            for tracker in trackers:
+                tracker.close()
         return self.state
 
     def train_epoch(self, epoch: int, total: int) -> EpochFigures:
@@ -558,20 +560,6 @@ class Trainer:
         atomic_write_text(base.with_suffix(".jsonl"), "".join(json.dumps(h) + "\n" for h in hist))
 
 
-def _write_scalars(writer, prefix: str, row: EpochRow) -> None:
-    for k, v in dataclasses.asdict(row).items():
-        if k != "epoch" and isinstance(v, (int, float)):
-            writer.add_scalar(f"{prefix}{k}", v, row.epoch)
-
-
 def _cpu_copy(model: nn.Module) -> nn.Module:
     import copy
     return copy.deepcopy(model).float().cpu().to(memory_format=torch.contiguous_format)
-
-
-def _tensorboard(run_dir: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except Exception:  # tensorboard not installed: metrics.csv/jsonl are always written
-        return None
-    return SummaryWriter(str(run_dir / "tb"))

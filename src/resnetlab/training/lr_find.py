@@ -9,6 +9,7 @@ For a fine-tuning recipe the sweep trains what its strategy trains (two-stage: i
 and the suggestion is given as the recipe's optim.lr."""
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import math
@@ -154,6 +155,8 @@ def lr_find(recipe: Recipe, out: str | Path, data_dir: str | None = None, weight
     if steps < SKIP_START + SKIP_END + 5:
         raise UserError(f"--steps {steps}: too few for a suggestion; use at least {SKIP_START + SKIP_END + 5}")
     out = Path(out)
+    recipe = copy.deepcopy(recipe)
+    recipe.train.mlflow = ""  # a sweep is not an experiment to track
     scale, stage = 1.0, Stage()
     if weights:
         from ..finetune import read_source

@@ -37,6 +37,7 @@ from .distill import teacher_checkpoint
 from .engine import RunContext, Trainer, TrainerState
 from .features import FeatureSet
 from .rundir import claim, next_run_dir
+from .trackers import MLflow, require_mlflow
 
 
 @dataclass
@@ -291,6 +292,8 @@ def prepare_run(recipe: Recipe, out: str | Path | None, data_dir: str | None, *,
         log(f"distributed: {dist.describe()}, global batch {recipe.train.batch_size} = "
             f"{recipe.train.batch_size // dist.world_size} per process, sync_bn {recipe.train.sync_bn}")
     probe = build_model(arch, 2, kwargs)  # fail in a second on a model that cannot be built, before any data work
+    if recipe.train.mlflow:
+        require_mlflow()
     if recipe.train.distill.teacher is not None:  # a file or a run folder; the recipe saved names the file
         recipe.train.distill.teacher = str(teacher_checkpoint(recipe.train.distill.teacher))
     input_size = input_size_for(recipe, arch, kwargs, pretrained, pretrained_size)
@@ -477,6 +480,9 @@ def finish_run(trainer: Trainer, splits: Splits, test_loader, state: TrainerStat
     save_checkpoint(run_dir / f"{prefix}best.safetensors", model.state_dict(), meta.to_dict())
     atomic_write_text(run_dir / f"{prefix}results.json", json.dumps(results, indent=2))
     write_confusion(test, splits.classes, run_dir / f"{prefix}confusion")
+    if t.mlflow:
+        MLflow(t.mlflow, run_dir, trainer.recipe.to_dict()).log_results(
+            prefix, results, [run_dir / f"{prefix}{name}" for name in ("results.json", "confusion.csv", "metrics.csv")])
     views = f" with TTA ({tta_label(t.tta_shift)}; {plain.top1:.4f} without)" if t.tta else ""
     log(f"test ({chosen} weights): top-1 {test.top1:.4f}{views}  top-5 {test.top5:.4f}  loss {test.loss:.4f}  "
         f"[{results['train_time_min']:.1f} min training, {results['train_pflop']:.3f} PFLOP]")
