@@ -89,7 +89,7 @@ def test_distillation_resumes_exactly_after_sigkill(teacher_and_data, tmp_path):
 def test_a_teacher_with_other_classes_is_refused_in_one_line(teacher_and_data, tmp_path, capsys, image_folder):
     teacher, _ = teacher_and_data
     assert main(["train", "--out", str(tmp_path / "x"), "--no-progress", "data.dataset=folder",
-                 f"data.path={image_folder}", "model.name=resnet20", "train.epochs=1",
+                 f"data.path={image_folder}", "model.name=resnet20", "train.epochs=1", "train.batch_size=16",
                  f"train.distill.teacher={teacher}"]) == 2
     err = capsys.readouterr().err.strip()
     assert "the teacher's classes" in err and "\n" not in err

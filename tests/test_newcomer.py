@@ -161,7 +161,7 @@ def test_the_suggestion_is_the_steepest_fall_of_the_smoothed_loss():
     import math
 
     import numpy as np
-    from resnetlab.training.lr_find import smooth, steepest
+    from resnetlab.lr_find import smooth, steepest
     lrs = list(np.logspace(-6, 1, 120))
     # a loss that falls from 2.3 to 0.3 around lr = 1e-3 (in log lr), then blows up past 1
     losses = [0.3 + 2.0 / (1 + math.exp(3 * (math.log10(lr) + 3))) + (max(0.0, math.log10(lr)) * 50) ** 2

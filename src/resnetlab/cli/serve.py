@@ -52,4 +52,8 @@ def run(args: argparse.Namespace) -> None:
                              no_auth=args.no_auth, allowed_hosts=args.allowed_host, cors_origins=args.cors_origin,
                              docs=not args.no_docs, header_timeout_s=args.header_timeout_s,
                              read_timeout_s=args.read_timeout_s)
+    import signal
+    # uvicorn handles SIGTERM itself (stop accepting, finish what is in flight) and re-raises it once shut down:
+    # the process then ends as a SIGTERM'd server does, not as an interrupted run
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     serve(args.checkpoint, args.backend, args.device, settings, access_log=not args.no_access_log)

@@ -26,7 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..data import BatchSource
-from .. import signals
+from ..signals import STOP_SIGNALS, note, signal_name
 from ..errors import RunInterrupted, UserError
 from ..evaluation.metrics import EvalResult, evaluate
 from ..evaluation.profile import count_macs, count_train_flops
@@ -187,12 +187,12 @@ class _StopRequest:
 
     def __enter__(self) -> "_StopRequest":
         if not dist_context().enabled and threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in signals.STOP_SIGNALS}
+            self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
         return self
 
     def _handle(self, signum, frame) -> None:
         self.requested = True
-        signals.note(signum)
+        note(signum)
         self._restore()
 
     def _restore(self) -> None:
@@ -463,7 +463,7 @@ class Trainer:
                 last_save = time.perf_counter()
                 if self._stop.requested:
                     bar.close()
-                    raise RunInterrupted(f"interrupted ({signals.signal_name()}) at epoch {epoch + 1}, step "
+                    raise RunInterrupted(f"interrupted ({signal_name()}) at epoch {epoch + 1}, step "
                                          f"{self.state.step}; saved {self.last_path}")
         bar.close()  # (a stop request on the epoch's last step: end_epoch writes its checkpoint, then stops)
         g_loss, g_correct, g_seen = self._global(loss_sum, correct, seen)
@@ -513,7 +513,7 @@ class Trainer:
         if self.ctx.on_epoch is not None:
             self.ctx.on_epoch(self.prefix, row)
         if self._stop.requested and not s.stop:
-            raise RunInterrupted(f"interrupted ({signals.signal_name()}) after epoch {epoch + 1}; saved "
+            raise RunInterrupted(f"interrupted ({signal_name()}) after epoch {epoch + 1}; saved "
                                  f"{self.last_path}")
 
     # ------------------------------------------------------------------------------------- helpers

@@ -10,24 +10,23 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from ..errors import UserError
 from ..files import atomic_write_text
 
-if TYPE_CHECKING:
-    from .engine import EpochRow
+EpochRow = Any  # engine.EpochRow (a dataclass); the engine imports this module, so not imported here
 
 MLFLOW_RUN_FILE = "mlflow.json"  # in the run folder: the MLflow run it logs into (a resume continues it)
 
 
 class Tracker(Protocol):
-    def log_epoch(self, prefix: str, row: "EpochRow") -> None: ...
+    def log_epoch(self, prefix: str, row: EpochRow) -> None: ...
 
     def close(self) -> None: ...
 
 
-def _numbers(prefix: str, row: "EpochRow") -> dict[str, float]:
+def _numbers(prefix: str, row: EpochRow) -> dict[str, float]:
     return {f"{prefix}{k}": float(v) for k, v in dataclasses.asdict(row).items()
             if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
@@ -37,7 +36,7 @@ class TensorBoard:
         from torch.utils.tensorboard import SummaryWriter
         self.writer = SummaryWriter(str(run_dir / "tb"))
 
-    def log_epoch(self, prefix: str, row: "EpochRow") -> None:
+    def log_epoch(self, prefix: str, row: EpochRow) -> None:
         for k, v in _numbers(prefix, row).items():
             self.writer.add_scalar(k, v, row.epoch)
 
@@ -99,7 +98,7 @@ class MLflow:
         for i in range(0, len(params), 100):
             self.client.log_batch(self.run_id, params=params[i:i + 100])
 
-    def log_epoch(self, prefix: str, row: "EpochRow") -> None:
+    def log_epoch(self, prefix: str, row: EpochRow) -> None:
         from mlflow.entities import Metric
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, row.epoch)

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import UserError
-from ..files import atomic_write_text
-from .config import Recipe
-from .engine import Stage, Trainer
+from .errors import UserError
+from .files import atomic_write_text
+from .training.config import Recipe
+from .training.engine import Stage, Trainer
 
 DIVERGED = 4.0      # the sweep stops when the smoothed loss exceeds this multiple of its minimum
 BETA = 0.98         # loss smoothing (fastai's)
@@ -147,9 +147,9 @@ def lr_find(recipe: Recipe, out: str | Path, data_dir: str | None = None, weight
             progress: bool = True, log=print) -> Sweep:
     """Sweep the recipe (with `weights`: the fine-tuning recipe on those pretrained weights) and write the curve
     into `out`."""
-    from ..evaluation.profile import count_params
-    from ..models import apply_strategy, build_model, stage_lr_scales
-    from .runner import init_from_training_images, prepare_run
+    from .evaluation.profile import count_params
+    from .models import apply_strategy, build_model, stage_lr_scales
+    from .training.runner import init_from_training_images, prepare_run
     if not (0 < start < end) or not math.isfinite(end):
         raise UserError(f"the sweep needs 0 < start < end, got start {start:g}, end {end:g}")
     if steps < SKIP_START + SKIP_END + 5:
@@ -159,7 +159,7 @@ def lr_find(recipe: Recipe, out: str | Path, data_dir: str | None = None, weight
     recipe.train.mlflow = ""  # a sweep is not an experiment to track
     scale, stage = 1.0, Stage()
     if weights:
-        from ..finetune import read_source
+        from .finetune import read_source
         src = read_source(weights, arch or recipe.model.name, recipe.model.kwargs)
         run = prepare_run(recipe, out, data_dir, arch=src.arch, kwargs=src.kwargs, default_name="lr-find",
                           progress=progress, log=log, mean_std=src.mean_std, pretrained=True,
