@@ -166,7 +166,9 @@ def test_the_suggestion_is_the_steepest_fall_of_the_smoothed_loss():
     # a loss that falls from 2.3 to 0.3 around lr = 1e-3 (in log lr), then blows up past 1
     losses = [0.3 + 2.0 / (1 + math.exp(3 * (math.log10(lr) + 3))) + (max(0.0, math.log10(lr)) * 50) ** 2
               for lr in lrs]
-    assert smooth([4.0, 2.0])[0] == 4.0  # debiased: the first value is the first loss
+    from resnetlab.lr_find import running
+    assert running([4.0, 2.0])[0] == 4.0  # debiased: the first value is the first loss
+    assert smooth([1.0] * 10 + [5.0] * 10)[9] < 5.0 < smooth([1.0] * 10 + [5.0] * 10)[-1] + 1e-9  # centred
     assert steepest(lrs, losses) == pytest.approx(1e-3, rel=0.15)
     assert steepest(lrs, [1.0] * 120) is None  # a curve that never falls has no suggestion
 

@@ -202,3 +202,25 @@ def test_importances_name_their_evaluator_and_optuna_says_nothing_on_the_termina
     assert f"| key | importance ({IMPORTANCE_NAME}) |" in report and "| optim.lr | 1.000 |" in report
     captured = capsys.readouterr()
     assert captured.err == "" and captured.out == ""
+
+
+def test_sigterm_during_a_trial_stops_the_study_with_one_message_and_status_143(tiny_cifar, tmp_path, space, capsys,
+                                                                                monkeypatch):
+    """A scheduler's SIGTERM mid-trial: the trial's run keeps its mid-epoch checkpoint, the message says how the
+    study continues, exit 143."""
+    import os
+    import signal
+
+    from resnetlab.training import engine
+    real_step, calls = engine.Trainer.train_step, {"n": 0}
+
+    def terminated(self, x, y):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # the stop request: this step finishes, then the checkpoint
+        return real_step(self, x, y)
+    monkeypatch.setattr(engine.Trainer, "train_step", terminated)
+    assert main(tune_args(tiny_cifar, tmp_path / "studies", space, "--trials", "2")) == 143
+    err = capsys.readouterr().err.strip()
+    assert err == "interrupted during trial 0; run the same `resnetlab tune` command again to continue the study"
+    assert list((tmp_path / "studies" / "s").glob("trial-*/last.safetensors"))  # the mid-epoch checkpoint

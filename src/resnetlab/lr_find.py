@@ -1,12 +1,15 @@
 """The learning-rate range test (Smith 2017, "Cyclical Learning Rates for Training Neural Networks", §3.3; fastai's
 `lr_find`, Lightning's `Tuner.lr_find`): a throwaway copy of the recipe's model trains for a few steps while the
-learning rate grows exponentially from `start` to `end`; the loss is recorded (smoothed as fastai does: a debiased
-moving average, beta 0.98) and the sweep stops when it diverges (4x its minimum). The suggestion is the rate where
-the smoothed loss falls fastest against log(lr) (Lightning's rule), not the minimum: at the minimum the loss is
-about to blow up.
+learning rate grows exponentially from `start` to `end`; the loss is recorded and the sweep stops when it diverges
+(a running average, beta 0.9, above 4x its minimum). The suggestion is the rate where the loss, smoothed by a
+centred moving average over the finished sweep, falls fastest against log(lr) on its way to its minimum
+(Lightning's rule, on a curve without lag: a running average at beta 0.98, as fastai and Lightning smooth, trails
+the raw loss by ~50 steps, several decades of a 100-step sweep); not the minimum, where the loss is about to blow
+up.
 
-For a fine-tuning recipe the sweep trains what its strategy trains (two-stage: its second, whole-network stage)
-and the suggestion is given as the recipe's optim.lr."""
+For a fine-tuning recipe the sweep trains what its strategy trains first: two-stage sweeps its head-only stage
+(as fastai's lr_find before fine_tune), whose rate is optim.lr; its second stage runs at optim.lr x
+finetune.stage2_lr_mult."""
 from __future__ import annotations
 
 import copy
@@ -24,8 +27,8 @@ from .files import atomic_write_text
 from .training.config import Recipe
 from .training.engine import Stage, Trainer
 
-DIVERGED = 4.0      # the sweep stops when the smoothed loss exceeds this multiple of its minimum
-BETA = 0.98         # loss smoothing (fastai's)
+DIVERGED = 4.0      # the sweep stops when the running loss exceeds this multiple of its minimum
+BETA = 0.9          # the running average that watches for divergence
 SKIP_START, SKIP_END = 10, 5  # points of the curve the suggestion ignores (noise at the start, blow-up at the end)
 
 
@@ -37,14 +40,10 @@ class Sweep:
     suggestion: float | None        # the learning rate of the steepest fall
     minimum: float | None           # the learning rate of the smoothed minimum
     stopped: str                    # why the sweep ended
-    scale: float = 1.0              # the swept rate is optim.lr times this (two-stage: stage2_lr_mult)
-
-    @property
-    def recipe_lr(self) -> float | None:
-        return self.suggestion / self.scale if self.suggestion is not None else None
 
 
-def smooth(losses: list[float], beta: float = BETA) -> list[float]:
+def running(losses: list[float], beta: float = BETA) -> list[float]:
+    """The debiased running average (what can be known during the sweep)."""
     avg, out = 0.0, []
     for i, loss in enumerate(losses, 1):
         avg = beta * avg + (1 - beta) * loss
@@ -52,10 +51,20 @@ def smooth(losses: list[float], beta: float = BETA) -> list[float]:
     return out
 
 
+def smooth(losses: list[float]) -> list[float]:
+    """A centred moving average over 5 % of the points (at least 5; fewer at the ends): no lag."""
+    half = max(2, len(losses) // 40)
+    x = np.asarray(losses, dtype=np.float64)
+    return [float(np.mean(x[max(0, i - half):i + half + 1])) for i in range(len(x))]
+
+
 def steepest(lrs: list[float], smoothed: list[float]) -> float | None:
-    """The rate where the smoothed loss falls fastest per unit of log(lr); None when the curve is too short or
-    never falls."""
-    lo, hi = SKIP_START, len(lrs) - SKIP_END
+    """The rate where the smoothed loss falls fastest per unit of log(lr) on its way to its minimum (a fall that
+    follows the minimum is a recovery from instability, not a rate to train at); None when the curve is too short
+    or never falls."""
+    finite = [i for i, v in enumerate(smoothed) if math.isfinite(v)]
+    lowest = min(finite, key=lambda i: smoothed[i]) if finite else 0
+    lo, hi = SKIP_START, min(len(lrs) - SKIP_END, lowest + 1)
     if hi - lo < 3:
         return None
     curve = np.asarray(smoothed[lo:hi])
@@ -85,11 +94,11 @@ def sweep(trainer: Trainer, start: float, end: float, steps: int, progress: bool
                 lr = start * grow ** len(lrs)
                 for g in trainer.optimizer.param_groups:
                     g["lr"] = lr * g.get("lr_scale", 1.0)
-                loss = float(trainer.train_step(x, y)[0])
+                loss = trainer.train_step(x, y)[0].detach().item()
                 lrs.append(lr)
                 losses.append(loss)
                 bar.update(1)
-                current = smooth(losses)[-1]
+                current = running(losses)[-1]
                 best = min(best, current)
                 if not math.isfinite(current) or current > DIVERGED * best:
                     stopped = f"the loss diverged at {lr:.3g}"
@@ -157,7 +166,7 @@ def lr_find(recipe: Recipe, out: str | Path, data_dir: str | None = None, weight
     out = Path(out)
     recipe = copy.deepcopy(recipe)
     recipe.train.mlflow = ""  # a sweep is not an experiment to track
-    scale, stage = 1.0, Stage()
+    stage = Stage()
     if weights:
         from .finetune import read_source
         src = read_source(weights, arch or recipe.model.name, recipe.model.kwargs)
@@ -167,12 +176,11 @@ def lr_find(recipe: Recipe, out: str | Path, data_dir: str | None = None, weight
         torch.manual_seed(recipe.train.seed)
         model, _ = src.model(list(run.splits.classes))
         f = recipe.finetune
-        strategy = "full" if f.strategy == "two-stage" else f.strategy
-        scale = f.stage2_lr_mult if f.strategy == "two-stage" else 1.0
-        frozen = apply_strategy(model, strategy, f.unfreeze_stages, f.freeze_bn_stats)
+        strategy = "linear-probe" if f.strategy == "two-stage" else f.strategy
+        frozen = apply_strategy(model, strategy, f.unfreeze_stages, f.freeze_bn_stats and f.strategy != "two-stage")
         scales = stage_lr_scales(model, f.layer_decay) if strategy != "linear-probe" else None
         stage = Stage("", scales, frozen)
-        what = f"fine-tuning {src.arch} ({strategy}{', stage 2 of two-stage' if scale != 1.0 else ''})"
+        what = f"fine-tuning {src.arch} ({strategy}{', stage 1 of two-stage' if f.strategy == 'two-stage' else ''})"
     else:
         m = recipe.model
         run = prepare_run(recipe, out, data_dir, arch=m.name, kwargs=m.kwargs, default_name="lr-find",
@@ -185,7 +193,6 @@ def lr_find(recipe: Recipe, out: str | Path, data_dir: str | None = None, weight
         f"batch {recipe.train.batch_size}, {start:g} to {end:g} in up to {steps} steps")
     trainer = Trainer(model, recipe, run.train, None, run.ctx, stage)
     result = sweep(trainer, start, end, steps, progress)
-    result.scale = scale
     csv_path, png = write_sweep(result, out, f"{recipe.name}: {what}")
     log(f"sweep: {len(result.lrs)} steps, {result.stopped}; smoothed loss lowest at {result.minimum:.3g}"
         if result.minimum is not None else f"sweep: {len(result.lrs)} steps, {result.stopped}")

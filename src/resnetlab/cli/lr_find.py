@@ -46,8 +46,7 @@ def run(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else Path("runs") / f"lr-find-{recipe.name}"
     s = lr_find(recipe, out, args.data_dir, args.weights, args.arch, args.start, args.end, args.steps,
                 progress=not args.no_progress)
-    if s.recipe_lr is None:
+    if s.suggestion is None:
         raise UserError(f"no suggestion: the loss never fell over {len(s.lrs)} steps ({s.stopped}); widen the "
                         f"sweep (--start, --end) or give it more --steps; the curve is in {out}")
-    scaled = f" (the swept stage trains at optim.lr x {s.scale:g} = {s.suggestion:.3g})" if s.scale != 1 else ""
-    print(f"suggested: optim.lr={s.recipe_lr:.3g}{scaled}; the recipe has {recipe.optim.lr:g}")
+    print(f"suggested: optim.lr={s.suggestion:.3g}; the recipe has {recipe.optim.lr:g}")
