@@ -77,7 +77,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--weights", default=None, help="fine-tune these weights instead of training from scratch")
-    p.add_argument("--out", default="runs/bench-imbalance")
+    p.add_argument("--out", default=str(HERE.parent / "runs" / "bench-imbalance"),
+                   help="where the slice and the runs go (default: runs/bench-imbalance of the checkout)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     out = Path(args.out).resolve()
