@@ -77,6 +77,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--weights", default=None, help="fine-tune these weights instead of training from scratch")
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     p.add_argument("--out", default=str(HERE.parent / "runs" / "bench-imbalance"),
                    help="where the slice and the runs go (default: runs/bench-imbalance of the checkout)")
     p.add_argument("--json", default=None)
@@ -98,6 +99,8 @@ def main() -> None:
     rows = []
     print(f"{'variant':<9} {'seed':>4} {'top-1':>7} {'macro recall':>13} {'worst-5 recall':>15} {'min':>6}")
     for name, extra in VARIANTS.items():
+        if name not in args.variants:
+            continue
         for seed in args.seeds:
             try:
                 if args.weights:
@@ -116,7 +119,7 @@ def main() -> None:
             rows.append(row)
             print(f"{name:<9} {seed:>4} {row['top1']:>7.4f} {row['macro_recall']:>13.4f} "
                   f"{row['worst5_recall']:>15.4f} {row['min_recall']:>6.3f}", flush=True)
-    for name in VARIANTS:
+    for name in args.variants:
         mine = [r for r in rows if r["variant"] == name]
         if mine:
             print(f"mean {name:<9} macro recall {statistics.mean(r['macro_recall'] for r in mine):.4f}  "

@@ -17,13 +17,13 @@ LAYERS = {
     "files": 1, "download": 1, "runtime": 1, "decoding": 1, "preprocessing": 1, "weights": 1, "schema": 1,
     "signals": 1,
     "models": 2, "data": 2, "evaluation": 2,
-    "training": 3, "finetune": 3, "inference": 3, "serving": 3, "tune": 3, "lr_find": 3,
+    "training": 3, "finetune": 3, "inference": 3, "serving": 3, "tune": 3, "lr_sweep": 3,
     "cli": 4, "__main__": 4, "testing": 4, "": 4,  # "" is the package itself (resnetlab/__init__.py: the Python API)
 }
 # Within a layer, only these (importer → imported) pairs are allowed. Building blocks are independent
 # of each other (models know nothing of data and the reverse); fine-tuning runs the training engine.
 SAME_LAYER_OK = {("finetune", "training"), ("serving", "inference"), ("tune", "training"), ("tune", "finetune"),
-                 ("lr_find", "training"), ("lr_find", "finetune"), ("__main__", "cli"), ("weights", "download"),
+                 ("lr_sweep", "training"), ("lr_sweep", "finetune"), ("__main__", "cli"), ("weights", "download"),
                  ("weights", "files"),
                  ("download", "files")}
 

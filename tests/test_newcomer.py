@@ -161,12 +161,12 @@ def test_the_suggestion_is_the_steepest_fall_of_the_smoothed_loss():
     import math
 
     import numpy as np
-    from resnetlab.lr_find import smooth, steepest
+    from resnetlab.lr_sweep import smooth, steepest
     lrs = list(np.logspace(-6, 1, 120))
     # a loss that falls from 2.3 to 0.3 around lr = 1e-3 (in log lr), then blows up past 1
     losses = [0.3 + 2.0 / (1 + math.exp(3 * (math.log10(lr) + 3))) + (max(0.0, math.log10(lr)) * 50) ** 2
               for lr in lrs]
-    from resnetlab.lr_find import running
+    from resnetlab.lr_sweep import running
     assert running([4.0, 2.0])[0] == 4.0  # debiased: the first value is the first loss
     assert smooth([1.0] * 10 + [5.0] * 10)[9] < 5.0 < smooth([1.0] * 10 + [5.0] * 10)[-1] + 1e-9  # centred
     assert steepest(lrs, losses) == pytest.approx(1e-3, rel=0.15)
@@ -321,3 +321,28 @@ def test_mlflow_logs_the_recipe_each_epoch_and_the_results_into_one_run_that_res
     assert run.info.status == "FINISHED" and len(client.search_runs([run.info.experiment_id])) == 1
     assert "results.json" in [a.path for a in client.list_artifacts(run.info.run_id)]
     assert (tmp_path / "runs" / "mlartifacts").is_dir()  # beside the store, not in the working folder
+
+
+def test_python_resume_continues_an_interrupted_run_and_lr_find_returns_its_sweep(tiny_cifar, tmp_path, monkeypatch):
+    import resnetlab
+    from resnetlab.errors import RunInterrupted
+    from resnetlab.training import engine
+    quiet = dict(log=lambda *a, **k: None)
+    overrides = {"model.name": "resnet20", "train.batch_size": 40, "train.precision": "fp32", "data.val_size": 40,
+                 "data.verify": False, "train.epochs": 2, "train.tta": False}
+    real_step, calls = engine.Trainer.train_step, {"n": 0}
+
+    def interrupted(self, x, y):
+        calls["n"] += 1
+        if calls["n"] == 6:  # epoch 2 (4 steps an epoch)
+            raise KeyboardInterrupt
+        return real_step(self, x, y)
+    monkeypatch.setattr(engine.Trainer, "train_step", interrupted)
+    out = tmp_path / "run"
+    with pytest.raises(RunInterrupted):
+        resnetlab.train("cifar10_resnet20_paper", out=out, data_dir=tiny_cifar, overrides=overrides, **quiet)
+    monkeypatch.setattr(engine.Trainer, "train_step", real_step)
+    assert resnetlab.resume(out, **quiet)["epochs"] == 2
+    sweep = resnetlab.lr_find("cifar10_resnet20_paper", out=tmp_path / "lr", data_dir=tiny_cifar, steps=30,
+                              start=1e-4, overrides=overrides, **quiet)
+    assert len(sweep.lrs) == len(sweep.losses) > 0 and (tmp_path / "lr" / "lr_find.png").is_file()

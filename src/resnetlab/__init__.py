@@ -1,8 +1,9 @@
 """resnetlab: ResNets from scratch in PyTorch — build, train, evaluate, fine-tune, serve.
 
-The Python API: models (`create_model`, `list_models`, `load_model`), inference (`load`, `Classifier`) and the
+The Python API: models (`create_model`, `list_models`, `load_model`), inference (`load`, `Classifier`), the
 two workflows of the command line, `train` and `finetune`, which take a recipe (a bundled name, a YAML file
-or a `Recipe`) and return the results they also write into the run folder.
+or a `Recipe`) and return the results they also write into the run folder, `resume` (either, interrupted) and
+`lr_find` (the learning-rate range test).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
     from .training.config import Recipe, bundled_recipes, load_recipe
 
 __all__ = ["create_model", "list_models", "load", "load_model", "Classifier", "UserError", "Recipe",
-           "load_recipe", "bundled_recipes", "train", "finetune", "__version__"]
+           "load_recipe", "bundled_recipes", "train", "finetune", "resume", "lr_find", "__version__"]
 
 # The API is imported on first use (PEP 562), so that `import resnetlab.<module>` of a module that needs no torch
 # (the CLI's --help and --version, resnetlab.decoding) does not pay for importing torch.
@@ -80,3 +81,36 @@ def finetune(weights: str | Path, data: str | Path, recipe: str | Path | Recipe 
     r = _recipe(recipe, overrides, literal)
     return run_finetune(str(weights), r, Path(out) if out is not None else None,
                         str(data_dir) if data_dir else None, arch, progress=progress, log=log)
+
+
+def resume(run: str | Path, data_dir: str | Path | None = None, overrides: list[str] | None = None,
+           progress: bool = False, log: Callable[..., None] = print) -> dict[str, Any]:
+    """Continue an interrupted run exactly, as `resnetlab train --resume` / `finetune --resume` do: a fine-tuning
+    run folder (<stage>-last checkpoints) continues as fine-tuning, any other as training. overrides: the
+    resume-safe "key=value" strings (train.epochs=N, …)."""
+    run = Path(run)
+    if not (run / "last.safetensors").is_file() and any(run.glob("*-last.safetensors")):
+        from .finetune import resume_finetune
+        return resume_finetune(run, str(data_dir) if data_dir else None, list(overrides or ()), progress, log)
+    from .training.runner import train_recipe
+    return train_recipe(None, run, str(data_dir) if data_dir else None, resume=True, progress=progress, log=log,
+                        overrides=list(overrides or ()))
+
+
+def lr_find(recipe: str | Path | Recipe = "cifar10_quick", out: str | Path = "runs/lr-find",
+            weights: str | Path | None = None, data: str | Path | None = None, data_dir: str | Path | None = None,
+            overrides: dict[str, Any] | list[str] | None = None, start: float = 1e-7, end: float = 10.0,
+            steps: int = 100, progress: bool = False, log: Callable[..., None] = print):
+    """The learning-rate range test, as `resnetlab lr-find` does (with weights and data: of the fine-tuning recipe
+    on them); returns the sweep (`.suggestion`, `.lrs`, `.losses`) and writes lr_find.png/.csv into out."""
+    from .lr_sweep import lr_find as sweep
+    literal = None
+    if weights is not None:
+        if data is None:
+            raise UserError("lr_find with weights needs data (the images to fine-tune on)")
+        data = str(data)
+        literal = ({"data.dataset": data} if data in ("cifar10", "cifar100") else
+                   {"data.dataset": "folder", "data.path": data})
+    r = _recipe(recipe, overrides, literal)
+    return sweep(r, Path(out), str(data_dir) if data_dir else None, str(weights) if weights else None,
+                 start=start, end=end, steps=steps, progress=progress, log=log)

@@ -32,7 +32,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> None:
     from ..errors import UserError
     from ..training.config import load_recipe
-    from ..lr_find import lr_find
+    from ..lr_sweep import lr_find
     literal: dict[str, object] = {}
     if args.weights:
         if not args.data:

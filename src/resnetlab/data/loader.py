@@ -168,9 +168,15 @@ class BatchLoader:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + (self.epoch if epoch is None else epoch))
         if self.order == "quasi-random":
             return quasi_random_order(n, max(1, CHUNK_BYTES // self.images[0].numel()), WINDOW_CHUNKS, g)
-        if self.order == "balanced":  # n draws with replacement, each class equally likely
+        if self.order == "balanced":  # n draws with replacement: a class uniformly, then an image of it uniformly
             labels = self.labels.cpu()
-            return torch.multinomial(1.0 / torch.bincount(labels)[labels].double(), n, replacement=True, generator=g)
+            counts = torch.bincount(labels)
+            present = torch.nonzero(counts).flatten()
+            by_class = torch.argsort(labels, stable=True)  # the split's positions, grouped by class
+            starts = torch.cumsum(counts, 0) - counts
+            cls = present[torch.randint(len(present), (n,), generator=g)]
+            within = (torch.rand(n, generator=g, dtype=torch.float64) * counts[cls]).long()
+            return by_class[starts[cls] + within]
         return torch.randperm(n, generator=g)
 
     def _pixels(self, idx: torch.Tensor) -> torch.Tensor:
