@@ -105,8 +105,8 @@ def _slice(ds: ImageSet, n: int, seed: int) -> ImageSet:
     return subset(ds, held)
 
 
-# An eval-mode forward holds a few activations at once; measured peak resident memory per image (eval, fp32,
-# this CPU kind's oneDNN kernels) was 2.2-5.3x the largest activation for resnet20/18/50 at 32-224 px.
+# An eval-mode forward holds a few activations at once: its peak resident memory per image (fp32) measured 2.2-5.3x
+# the largest activation for resnet20/18/50 at 32-224 px (benchmarks/eval_memory.py; docs/results/data.md).
 EVAL_PEAK_PER_ACTIVATION = 6
 EVAL_MEMORY_CPU = 1 << 30
 
