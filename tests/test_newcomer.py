@@ -81,6 +81,8 @@ def test_predict_eval_and_info_take_what_load_takes(small_checkpoint, exported, 
     for a, b in zip(*answers):
         assert a["top"][0]["class"] == b["top"][0]["class"]
         assert abs(a["top"][0]["prob"] - b["top"][0]["prob"]) < 2e-3
+    assert main(["eval", str(small_checkpoint), "--data", "cifar10", "--full-test"]) == 2
+    assert "--full-test is for the run's own test split" in capsys.readouterr().err
     assert main(["eval", str(exported)]) == 2  # an export carries no data paths: it says what to give
     assert "has no test split of its own; evaluate it on --data cifar10" in capsys.readouterr().err
     from resnetlab.data.cifar import load_cifar

@@ -52,6 +52,9 @@ def run(args: argparse.Namespace) -> None:
     bounds = recipe_key("train.tta_shift").range  # the recipe key's own bounds
     if args.tta_shift is not None and not bounds.contains(args.tta_shift):
         raise UserError(f"--tta-shift {args.tta_shift}: must be {bounds.low} to {bounds.high} pixels")
+    if args.data and args.full_test:
+        raise UserError(f"--full-test is for the run's own test split; --data {args.data} evaluates on that source "
+                        f"instead: give one of them")
     path = resolve_checkpoint(args.checkpoint)
     if path.suffix == ".onnx":  # an exported graph (float or int8), run by ONNX Runtime on the same test split
         from ..inference.onnx_runtime import GraphAsModule, OnnxClassifier
