@@ -88,8 +88,9 @@ def resume(run: str | Path, data_dir: str | Path | None = None, overrides: list[
     """Continue an interrupted run exactly, as `resnetlab train --resume` / `finetune --resume` do: a fine-tuning
     run folder (<stage>-last checkpoints) continues as fine-tuning, any other as training. overrides: the
     resume-safe "key=value" strings (train.epochs=N, …)."""
+    from .training.rundir import is_finetune_run
     run = Path(run)
-    if not (run / "last.safetensors").is_file() and any(run.glob("*-last.safetensors")):
+    if is_finetune_run(run):
         from .finetune import resume_finetune
         return resume_finetune(run, str(data_dir) if data_dir else None, list(overrides or ()), progress, log)
     from .training.runner import train_recipe

@@ -26,7 +26,7 @@ from .runtime import dist_context
 from .training.config import Recipe
 from .training.engine import Stage, Trainer
 from .training.features import FeatureLoader, PooledHead, compute_features, head_train_flops
-from .training.rundir import claim
+from .training.rundir import claim, stage_checkpoints
 from .training.runner import (PreparedRun, finish_run, interruptible, prepare_run, quiet, resume_plan,
                               write_recipe_file)
 from .weights import (IMAGENET_MEAN, IMAGENET_STD, load_backbone_weights, map_head, read_weights,
@@ -76,7 +76,7 @@ def resume_finetune(run_dir: str | Path, data_dir: str | None = None, overrides:
     are not trained again (their results are recomputed from their checkpoints), the interrupted one continues
     mid-epoch, later ones run as they would have."""
     run_dir = Path(run_dir)
-    kept = sorted(run_dir.glob("*-last.safetensors"), key=lambda p: p.stat().st_mtime) if run_dir.is_dir() else []
+    kept = stage_checkpoints(run_dir)
     if not kept:
         hint = (f"; a training run: continue it with `resnetlab train --resume {run_dir}`"
                 if (run_dir / "last.safetensors").is_file() else "")

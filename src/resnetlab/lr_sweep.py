@@ -15,15 +15,17 @@ from __future__ import annotations
 import copy
 import csv
 import io
+import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 
 from .errors import UserError
-from .files import atomic_write_text
+from .files import atomic_write, atomic_write_text
 from .training.config import Recipe
 from .training.engine import Stage, Trainer
 
@@ -42,13 +44,27 @@ class Sweep:
     stopped: str                    # why the sweep ended
 
 
+class Running:
+    """The debiased running average (what can be known during the sweep), one loss at a time."""
+
+    def __init__(self, beta: float = BETA) -> None:
+        self.beta, self.avg, self.n = beta, 0.0, 0
+
+    def add(self, loss: float) -> float:
+        self.n += 1
+        self.avg = self.beta * self.avg + (1 - self.beta) * loss
+        return self.avg / (1 - self.beta ** self.n)
+
+
 def running(losses: list[float], beta: float = BETA) -> list[float]:
-    """The debiased running average (what can be known during the sweep)."""
-    avg, out = 0.0, []
-    for i, loss in enumerate(losses, 1):
-        avg = beta * avg + (1 - beta) * loss
-        out.append(avg / (1 - beta ** i))
-    return out
+    r = Running(beta)
+    return [r.add(loss) for loss in losses]
+
+
+def lowest(values: list[float]) -> int | None:
+    """The index of the smallest finite value; None when there is none."""
+    finite = [i for i, v in enumerate(values) if math.isfinite(v)]
+    return min(finite, key=lambda i: values[i]) if finite else None
 
 
 def smooth(losses: list[float]) -> list[float]:
@@ -62,9 +78,7 @@ def steepest(lrs: list[float], smoothed: list[float]) -> float | None:
     """The rate where the smoothed loss falls fastest per unit of log(lr) on its way to its minimum (a fall that
     follows the minimum is a recovery from instability, not a rate to train at); None when the curve is too short
     or never falls."""
-    finite = [i for i, v in enumerate(smoothed) if math.isfinite(v)]
-    lowest = min(finite, key=lambda i: smoothed[i]) if finite else 0
-    lo, hi = SKIP_START, min(len(lrs) - SKIP_END, lowest + 1)
+    lo, hi = SKIP_START, min(len(lrs) - SKIP_END, (lowest(smoothed) or 0) + 1)
     if hi - lo < 3:
         return None
     curve = np.asarray(smoothed[lo:hi])
@@ -78,44 +92,43 @@ def sweep(trainer: Trainer, start: float, end: float, steps: int, progress: bool
     """Train trainer's model for up to `steps` steps at exponentially growing rates (its optimizer's groups keep
     their lr_scale); the weights are the sweep's own and are thrown away."""
     from tqdm import tqdm
-    loader = trainer.train_loader
     grow = (end / start) ** (1 / max(steps - 1, 1))
     lrs: list[float] = []
     losses: list[float] = []
-    best, stopped, epoch = math.inf, f"reached {end:g}", 0
+    best, stopped, watch = math.inf, f"reached {end:g}", Running()
     trainer.model.train()
     if trainer.stage.frozen_bn:
         trainer.stage.frozen_bn(trainer.model)
     bar = tqdm(total=steps, disable=not progress, leave=False, unit="step", desc="lr sweep")
     with trainer._stop:
-        while len(lrs) < steps and not trainer._stop.requested:
-            loader.set_epoch(epoch)
-            for x, y in loader:
-                lr = start * grow ** len(lrs)
-                for g in trainer.optimizer.param_groups:
-                    g["lr"] = lr * g.get("lr_scale", 1.0)
-                loss = trainer.train_step(x, y)[0].detach().item()
-                lrs.append(lr)
-                losses.append(loss)
-                bar.update(1)
-                current = running(losses)[-1]
-                best = min(best, current)
-                if not math.isfinite(current) or current > DIVERGED * best:
-                    stopped = f"the loss diverged at {lr:.3g}"
-                    break
-                if len(lrs) >= steps or trainer._stop.requested:
-                    break
-            else:
-                epoch += 1
-                continue
-            break
+        for x, y in itertools.islice(_epochs(trainer.train_loader), steps):
+            lr = start * grow ** len(lrs)
+            for g in trainer.optimizer.param_groups:
+                g["lr"] = lr * g.get("lr_scale", 1.0)
+            lrs.append(lr)
+            losses.append(trainer.train_step(x, y)[0].detach().item())
+            bar.update(1)
+            current = watch.add(losses[-1])
+            best = min(best, current)
+            if not math.isfinite(current) or current > DIVERGED * best:
+                stopped = f"the loss diverged at {lr:.3g}"
+                break
+            if trainer._stop.requested:
+                stopped = "interrupted"
+                break
     bar.close()
-    if trainer._stop.requested:
-        stopped = "interrupted"
     smoothed = smooth(losses)
-    finite = [i for i, v in enumerate(smoothed) if math.isfinite(v)]
-    minimum = lrs[min(finite, key=lambda i: smoothed[i])] if finite else None
-    return Sweep(lrs, losses, smoothed, steepest(lrs, smoothed), minimum, stopped)
+    i = lowest(smoothed)
+    return Sweep(lrs, losses, smoothed, steepest(lrs, smoothed), lrs[i] if i is not None else None, stopped)
+
+
+def _epochs(loader) -> Iterator:
+    """The loader's batches, epoch after epoch (a loader without a batch yields nothing)."""
+    epoch = 0
+    while len(loader):
+        loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1
 
 
 def write_sweep(s: Sweep, out: Path, title: str) -> tuple[Path, Path]:
@@ -144,10 +157,8 @@ def write_sweep(s: Sweep, out: Path, title: str) -> tuple[Path, Path]:
     ax.legend()
     fig.tight_layout()
     png = out / "lr_find.png"
-    tmp = out / ".lr_find.png.tmp"
-    fig.savefig(tmp, format="png", dpi=110)
+    atomic_write(png, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
-    tmp.replace(png)
     return out / "lr_find.csv", png
 
 

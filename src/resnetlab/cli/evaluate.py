@@ -82,7 +82,8 @@ def run(args: argparse.Namespace) -> None:
     device, amp, cl = setup_runtime(recipe)
     model = model.to(device)
     log = functools.partial(print, file=sys.stderr) if args.json else print  # stdout holds only the JSON
-    batch = eval_batch_for(recipe.train.eval_batch_size, model, meta.input_size, device, log)
+    batch = (recipe.train.eval_batch_size if path.suffix == ".onnx"  # (the graph's activations are out of sight)
+             else eval_batch_for(recipe.train.eval_batch_size, model, meta.input_size, device, log))
     _, _, test_l = make_loaders(recipe, splits, device, cl, meta.input_size, batch)
     res = evaluate(model, test_l, meta.num_classes, tta=args.tta, amp_dtype=amp, tta_shift=shift)
     out = path.parent / "eval"  # inside the run folder the checkpoint belongs to

@@ -15,6 +15,7 @@ from typing import Iterator, Protocol, runtime_checkable
 
 import torch
 
+from ..files import atomic_write_text
 from ..preprocessing import normalize, resize_batch
 from .augment import AugmentConfig, crop_flip, cutout, photo_artifacts
 from .cifar import ImageSet
@@ -71,7 +72,6 @@ def split_stats(ds: ImageSet) -> tuple[tuple[float, ...], tuple[float, ...]]:
     known = {k: v for k, v in list(known.items())[-(STATS_KEPT - 1):] if k != key}
     known[key] = {"mean": list(mean), "std": list(std)}
     try:
-        from ..files import atomic_write_text
         atomic_write_text(path, json.dumps(known))
     except OSError:
         pass

@@ -196,6 +196,17 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def flatten_recipe(d: dict, prefix: str = "") -> dict[str, Any]:
+    """A recipe's plain dict as {dotted key: value} (model.kwargs stays one value: the model's arguments)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "kwargs":
+            out.update(flatten_recipe(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def recipe_keys(root: type | None = None) -> list[Key]:
     """Every recipe key (dotted name, type, default, range, resume rule, help), in recipe order. root: the recipe
     class (Recipe)."""

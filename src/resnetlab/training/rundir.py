@@ -74,6 +74,16 @@ def has_checkpoint(run_dir: Path) -> bool:
     return any(run_dir.glob("*.safetensors"))
 
 
+def stage_checkpoints(run_dir: Path) -> list[Path]:
+    """A fine-tuning run's <stage>-last.safetensors, oldest first (the newest is the stage it stopped in)."""
+    return sorted(run_dir.glob("*-last.safetensors"), key=lambda p: p.stat().st_mtime) if run_dir.is_dir() else []
+
+
+def is_finetune_run(run_dir: Path) -> bool:
+    """A fine-tuning run folder (stage checkpoints, no plain last.safetensors): finetune --resume continues it."""
+    return not (run_dir / "last.safetensors").is_file() and bool(stage_checkpoints(run_dir))
+
+
 @contextlib.contextmanager
 def claim(run_dir: Path, log: Callable[[str], None] = print) -> Iterator[Path]:
     """Hold run_dir for one run; see the module docstring."""

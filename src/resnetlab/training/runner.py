@@ -32,11 +32,11 @@ from ..runtime import (barrier, broadcast_flag, broadcast_module, broadcast_str,
                        select_precision, use_channels_last)
 from ..signals import signal_name
 from ..weights import read_checkpoint, save_checkpoint
-from .config import DataConfig, Recipe, load_recipe, recipe_from_dict, recipe_yaml, resume_keys
+from .config import DataConfig, Recipe, flatten_recipe, load_recipe, recipe_from_dict, recipe_yaml, resume_keys
 from .distill import teacher_checkpoint
 from .engine import RunContext, Trainer, TrainerState
 from .features import FeatureSet
-from .rundir import claim, next_run_dir
+from .rundir import claim, is_finetune_run, next_run_dir
 from .trackers import MLflow, require_mlflow
 
 
@@ -201,16 +201,6 @@ def setup_runtime(recipe: Recipe, distributed: bool = False) -> tuple[torch.devi
     return device, select_precision(t.precision, device), use_channels_last(t.channels_last, device)
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k != "kwargs":
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def resume_plan(run_dir: Path, data_dir: str | None, overrides: list[str],
                 last: Path | None = None) -> tuple[Recipe, str | None]:
     """The recipe and data root to continue run_dir with (from its checkpoint `last`, by default
@@ -218,7 +208,7 @@ def resume_plan(run_dir: Path, data_dir: str | None, overrides: list[str],
     line."""
     last = last or run_dir / "last.safetensors"
     if not last.is_file():
-        if any(run_dir.glob("*-last.safetensors")):
+        if is_finetune_run(run_dir):
             raise UserError(f"{run_dir}: a fine-tuning run; continue it with `resnetlab finetune --resume {run_dir}`")
         raise UserError(f"{run_dir}: nothing to resume (no last.safetensors)")
     meta = read_meta(last)  # the tensors are read once, by the trainer
@@ -229,7 +219,7 @@ def resume_plan(run_dir: Path, data_dir: str | None, overrides: list[str],
                         f"same way, so it cannot be resumed exactly: train it again")
     stored = recipe_from_dict(meta.recipe)
     recipe = load_recipe(None, list(overrides), base=stored.to_dict()) if overrides else stored
-    before, after = _flatten(stored.to_dict()), _flatten(recipe.to_dict())
+    before, after = flatten_recipe(stored.to_dict()), flatten_recipe(recipe.to_dict())
     changed = [k for k in after if after[k] != before.get(k)]
     allowed = resume_keys()  # declared on the recipe's fields (resume=True)
     refused = [k for k in changed if k not in allowed]

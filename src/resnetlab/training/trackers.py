@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from ..errors import UserError
 from ..files import atomic_write_text
+from .config import flatten_recipe
 
 EpochRow = Any  # engine.EpochRow (a dataclass); the engine imports this module, so not imported here
 
@@ -87,14 +88,8 @@ class MLflow:
 
     def _params(self, recipe: dict[str, Any]) -> None:
         from mlflow.entities import Param
-
-        def flat(d: dict, base: str = ""):
-            for k, v in d.items():
-                if isinstance(v, dict) and v:
-                    yield from flat(v, f"{base}{k}.")
-                else:
-                    yield f"{base}{k}", json.dumps(v) if not isinstance(v, str) else v
-        params = [Param(k, v[:6000]) for k, v in flat(recipe)]
+        params = [Param(k, (v if isinstance(v, str) else json.dumps(v))[:6000])
+                  for k, v in flatten_recipe(recipe).items()]
         for i in range(0, len(params), 100):
             self.client.log_batch(self.run_id, params=params[i:i + 100])
 
