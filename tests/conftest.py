@@ -154,6 +154,17 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of a Prometheus sample in /metrics text, summed over the series whose labels include `labels`
+    (parsed by prometheus_client's own parser); AssertionError when no series matches."""
+    from prometheus_client.parser import text_string_to_metric_families
+    found = [s.value for family in text_string_to_metric_families(text) for s in family.samples
+             if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())]
+    if not found:
+        raise AssertionError(f"no sample {name}{labels} in the metrics")
+    return sum(found)
+
+
 def ready_client(app, base_url: str = "http://testserver"):
     """A TestClient of a serving app, started (batcher, warm-up) and ready: /readyz answered 200."""
     import time

@@ -21,7 +21,7 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from conftest import png_bytes, ready_client
+from conftest import metric, png_bytes, ready_client
 from resnetlab import load
 from resnetlab.data.cifar import load_cifar
 from resnetlab.serving.app import create_app
@@ -121,11 +121,13 @@ def test_bad_inputs_get_4xx_with_a_reason(client, images):
 def test_metrics_count_requests_latency_and_batches(client, images):
     client.post("/v1/predict", content=images[1])
     text = client.get("/metrics").text
-    assert 'resnetlab_requests_total{route="/v1/predict",status="200"}' in text
-    assert 'resnetlab_request_duration_seconds_bucket{route="/v1/predict",le="+Inf"}' in text
-    assert "resnetlab_batch_size_count" in text and "# TYPE resnetlab_batch_size histogram" in text
-    count = int(next(ln for ln in text.splitlines() if ln.startswith("resnetlab_images_total")).split()[1])
-    assert count >= 1
+    served = {"model": "run", "version": "1"}  # the run folder names the model; one checkpoint is version 1
+    assert metric(text, "resnetlab_requests_total", route="/v1/predict", status="200", **served) >= 1
+    assert metric(text, "resnetlab_request_duration_seconds_bucket", route="/v1/predict", le="+Inf", **served) >= 1
+    assert metric(text, "resnetlab_queue_seconds_count", **served) >= 1
+    assert metric(text, "resnetlab_batch_size_count", **served) >= 1 and "# TYPE resnetlab_batch_size histogram" in text
+    assert metric(text, "resnetlab_images_total", **served) >= 1
+    assert metric(text, "resnetlab_model_version_serving", **served) == 1
 
 
 def test_batcher_groups_concurrent_requests_and_bounds_the_batch():
@@ -181,20 +183,24 @@ def test_batcher_pads_each_pass_to_the_next_pass_size_and_answers_each_request_w
 
 
 def test_warm_up_runs_every_pass_size_before_ready(classifier):
-    from resnetlab.serving.service import PredictService
+    from resnetlab.serving.hub import ModelHub
     from resnetlab.serving.metrics import Metrics
-    seen: list[int] = []
-
-    class Recording(PredictService):
-        def run_model(self, batch):
-            seen.append(len(batch))
-            return super().run_model(batch)
 
     for exact, want in ((False, [1, 2, 4, 8, 12]), (True, [1, 12])):
-        seen.clear()
-        svc = Recording(classifier, ServeSettings(max_batch=12, exact_batches=exact), Metrics())
-        asyncio.run(svc.warm_up())
-        assert svc.ready and seen == want
+        hub = ModelHub.of_classifier(classifier, ServeSettings(max_batch=12, exact_batches=exact), Metrics())
+        sv = hub.models[hub.default_model].versions[1]
+        seen: list[int] = []
+        run = sv.run
+        sv.run = lambda batch: (seen.append(len(batch)), run(batch))[1]
+
+        async def start_and_stop() -> bool:
+            assert not hub.ready
+            await hub.start()
+            ready = hub.ready
+            await hub.stop()
+            return ready
+
+        assert asyncio.run(start_and_stop()) and seen == want
 
 
 def test_batcher_stop_answers_what_was_queued():
@@ -262,9 +268,8 @@ def test_load_on_loopback_no_5xx(server, images):
     assert not [s for s in statuses if s >= 500]
     assert httpx.get(server.url + "/healthz").status_code == 200
     metrics = httpx.get(server.url + "/metrics").text
-    batches = [ln for ln in metrics.splitlines() if ln.startswith("resnetlab_batch_size_count")]
-    images_done = int(next(ln for ln in metrics.splitlines() if ln.startswith("resnetlab_images_total")).split()[1])
-    n_batches = int(batches[0].split()[1])
+    images_done = metric(metrics, "resnetlab_images_total")
+    n_batches = metric(metrics, "resnetlab_batch_size_count")
     assert images_done >= 480 and n_batches < images_done  # concurrent requests shared forward passes
 
 

@@ -182,10 +182,10 @@ def test_a_key_file_caught_half_written_keeps_the_keys_last_read_for_access_and_
 def test_the_service_hands_freed_heap_memory_back_once_it_is_quiet_and_never_during_a_request(
         classifier, good_png, monkeypatch):
     import resnetlab.serving.service as app_module
-    assert app_module._malloc_trim() is not None  # glibc (Linux): the real malloc_trim is found
+    assert app_module.malloc_trim() is not None  # glibc (Linux): the real malloc_trim is found
     calls = []
     monkeypatch.setattr(app_module, "TRIM_EVERY_S", 0.05)
-    monkeypatch.setattr(app_module, "_malloc_trim", lambda: calls.append)
+    monkeypatch.setattr(app_module, "malloc_trim", lambda: calls.append)
 
     def calls_after(seconds: float, at_least: int = 0) -> int:
         deadline = time.time() + 10

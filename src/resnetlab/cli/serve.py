@@ -1,4 +1,5 @@
-"""`resnetlab serve CKPT`: the model behind HTTP, with a web page at / (needs the [serve] extra)."""
+"""`resnetlab serve CKPT` or `serve --models DIR`: models behind HTTP, with a web page at / and a management API
+(needs the [serve] extra)."""
 from __future__ import annotations
 
 import argparse
@@ -8,8 +9,23 @@ from ..serving.settings import ServeSettings
 
 def add_parser(sub) -> None:
     d = ServeSettings()
-    s = sub.add_parser("serve", help="serve a checkpoint over HTTP (API, web page, metrics)")
-    s.add_argument("checkpoint", help="a .safetensors checkpoint or run folder; an .onnx file with --backend onnx")
+    s = sub.add_parser("serve", help="serve a checkpoint, or a repository of models and versions, over HTTP (API, "
+                       "web page, metrics, management)")
+    s.add_argument("checkpoint", nargs="?", default=None,
+                   help="a .safetensors checkpoint or run folder; an .onnx file with --backend onnx (or --models)")
+    s.add_argument("--models", metavar="DIR", default=None,
+                   help="a model repository: DIR/<name>/<version>/ each holding one checkpoint (.safetensors or "
+                   ".onnx), DIR/<name>/config.yaml optional (max_batch, max_wait_ms, max_in_flight, default_version)")
+    s.add_argument("--reload", choices=("explicit", "poll"), default=d.reload,
+                   help="how versions change: explicit (the management API loads and unloads them) or poll (the "
+                   "repository is scanned: new and changed versions load, removed ones unload)")
+    s.add_argument("--poll-s", type=float, default=d.poll_s, help="with --reload poll: seconds between scans")
+    s.add_argument("--default-model", default=None, metavar="NAME",
+                   help="the model /v1/predict answers with (default: the first by name)")
+    s.add_argument("--admin-key-file", default=None,
+                   help="management API keys, one per line (or $RESNETLAB_ADMIN_KEY); without one /admin/ is off")
+    s.add_argument("--max-in-flight", type=int, default=d.max_in_flight,
+                   help="requests one model handles at once; more get 503 (a model's config.yaml may set its own)")
     s.add_argument("--host", default=d.host, help="address to bind (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=int, default=d.port, help="0 picks a free port")
     s.add_argument("--backend", choices=("torch", "onnx"), default="torch",
@@ -51,9 +67,11 @@ def run(args: argparse.Namespace) -> None:
                              explain_max_pixels=args.explain_max_pixels, api_key_file=args.api_key_file,
                              no_auth=args.no_auth, allowed_hosts=args.allowed_host, cors_origins=args.cors_origin,
                              docs=not args.no_docs, header_timeout_s=args.header_timeout_s,
-                             read_timeout_s=args.read_timeout_s)
+                             read_timeout_s=args.read_timeout_s, reload=args.reload, poll_s=args.poll_s,
+                             default_model=args.default_model, admin_key_file=args.admin_key_file,
+                             max_in_flight=args.max_in_flight)
     import signal
     # uvicorn handles SIGTERM itself (stop accepting, finish what is in flight) and re-raises it once shut down:
     # the process then ends as a SIGTERM'd server does, not as an interrupted run
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    serve(args.checkpoint, args.backend, args.device, settings, access_log=not args.no_access_log)
+    serve(args.checkpoint, args.backend, args.device, settings, access_log=not args.no_access_log, models=args.models)

@@ -31,14 +31,18 @@ from .settings import pass_size_for
 class _Job:
     pixels: torch.Tensor  # uint8 (n, 3, H, W)
     future: asyncio.Future = field(repr=False)
+    queued_at: float = 0.0  # loop time when submitted
 
 
 class DynamicBatcher:
     def __init__(self, run: Callable[[torch.Tensor], torch.Tensor], max_batch: int = 64,
                  max_wait_ms: float = 5.0, on_batch: Callable[[int], None] | None = None,
-                 sizes: tuple[int, ...] | None = None) -> None:
+                 sizes: tuple[int, ...] | None = None, on_queue: Callable[[float], None] | None = None,
+                 turn: asyncio.Lock | None = None) -> None:
         """sizes: the sizes a pass runs at (padded up to the next; the last must be max_batch); None: each
-        pass at the size of its batch."""
+        pass at the size of its batch. on_queue: told each request's seconds from submit to its pass. turn: a
+        lock shared by the batchers of several models, held while a pass computes (asyncio's Lock wakes its
+        waiters in order, so models take turns)."""
         if max_batch < 1 or max_wait_ms < 0:
             raise ValueError("max_batch must be >= 1 and max_wait_ms >= 0")
         if sizes is not None and (max(sizes) != max_batch or min(sizes) < 1):
@@ -46,6 +50,8 @@ class DynamicBatcher:
         self.run, self.max_batch, self.max_wait = run, max_batch, max_wait_ms / 1000
         self.sizes = tuple(sorted(sizes)) if sizes is not None else None
         self.on_batch = on_batch or (lambda n: None)
+        self.on_queue = on_queue or (lambda s: None)
+        self.turn = turn
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="resnetlab-model")
         self._worker: asyncio.Task | None = None
@@ -74,8 +80,9 @@ class DynamicBatcher:
         """Logits for uint8 pixels (n, 3, H, W); n may exceed max_batch (it is then split)."""
         if self._worker is None:
             raise RuntimeError("batcher is not running")
-        future = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Job(pixels, future))
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        await self._queue.put(_Job(pixels, future, loop.time()))
         if token is not None:
             token.release()  # queued first, then no longer "coming": an open batch cannot miss it
         self._arrival.set()
@@ -137,7 +144,11 @@ class DynamicBatcher:
             return
         batch = torch.cat([j.pixels for j in live])
         try:
-            logits = await loop.run_in_executor(self._executor, self._run_chunks, batch)
+            if self.turn is None:
+                logits = await self._timed(loop, live, batch)
+            else:
+                async with self.turn:
+                    logits = await self._timed(loop, live, batch)
         except Exception as e:  # the model failed: every waiting request learns it
             for j in live:
                 if not j.future.done():
@@ -149,6 +160,12 @@ class DynamicBatcher:
             if not j.future.done():
                 j.future.set_result(logits[start:end])
             start = end
+
+    async def _timed(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job], batch: torch.Tensor) -> torch.Tensor:
+        now = loop.time()
+        for j in jobs:
+            self.on_queue(now - j.queued_at)
+        return await loop.run_in_executor(self._executor, self._run_chunks, batch)
 
     def _notify(self) -> None:
         self._arrival.set()

@@ -4,30 +4,31 @@ from __future__ import annotations
 import hmac
 import os
 
-from .settings import ServeSettings
+from typing import Callable
 
 
 class KeyRing:
-    """The service's API keys, re-read when the key file changes (so keys rotate without a restart)."""
+    """A set of keys (the API's, or the management API's), re-read when their file changes (so keys rotate
+    without a restart)."""
 
-    def __init__(self, settings: ServeSettings) -> None:
-        self.settings = settings
+    def __init__(self, file: str | None, read: Callable[[], list[str]]) -> None:
+        self.file, self.read = file, read
         self._stamp = self._file_stamp()
-        self._keys = [k.encode() for k in settings.keys()]
+        self._keys = [k.encode() for k in read()]
 
     def _file_stamp(self) -> tuple | None:
         try:
-            st = os.stat(self.settings.api_key_file)
+            st = os.stat(self.file)
             return st.st_mtime_ns, st.st_size
         except (OSError, TypeError):
             return None  # no key file, or it went away: keep the keys last read
 
     def keys(self) -> list[bytes]:
-        if self.settings.api_key_file:
+        if self.file:
             stamp = self._file_stamp()
             if stamp is not None and stamp != self._stamp:
                 try:
-                    self._keys = [k.encode() for k in self.settings.keys()]
+                    self._keys = [k.encode() for k in self.read()]
                     self._stamp = stamp
                 except Exception:  # a half-written key file: keep the keys last read
                     pass

@@ -1,46 +1,41 @@
-"""Prometheus text exposition (format 0.0.4), written by hand: three metric kinds, no dependency."""
+"""The service's Prometheus metrics, kept by prometheus_client in a registry of the app's own (two apps in one
+process, as the tests make, do not share counts). Labelled by route and status, and by the model and version that
+answered; plus the quiet-spell clock the memory trim waits for."""
 from __future__ import annotations
 
-import threading
 import time
-from collections import defaultdict
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+prometheus_client.disable_created_metrics()  # no *_created series: they double the output and nobody graphs them
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+QUEUE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
-
-
-class Histogram:
-    def __init__(self, buckets: tuple[float, ...]) -> None:
-        self.buckets = buckets
-        self.counts = [0] * len(buckets)
-        self.total = 0
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        for i, bound in enumerate(self.buckets):
-            if value <= bound:
-                self.counts[i] += 1
-        self.total += 1
-        self.sum += value
-
-    def lines(self, name: str, labels: str = "") -> list[str]:
-        sep = "," if labels else ""
-        out = [f'{name}_bucket{{{labels}{sep}le="{b:g}"}} {c}' for b, c in zip(self.buckets, self.counts)]
-        out.append(f'{name}_bucket{{{labels}{sep}le="+Inf"}} {self.total}')
-        suffix = f"{{{labels}}}" if labels else ""
-        out += [f"{name}_sum{suffix} {self.sum:.6f}", f"{name}_count{suffix} {self.total}"]
-        return out
+CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
+SERVED = "resnetlab.served"  # ASGI scope key: (model, version) that answered the request, set by its route
 
 
 class Metrics:
-    """Request counts by route and status, request latency by route, images and batch sizes."""
-
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.requests: dict[tuple[str, int], int] = defaultdict(int)
-        self.latency: dict[str, Histogram] = {}
-        self.batches = Histogram(BATCH_BUCKETS)
-        self.images = 0
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter("resnetlab_requests", "HTTP requests answered, by route, status code, and the model "
+                                "and version that answered (empty for routes without a model).",
+                                ("route", "status", "model", "version"), registry=r)
+        self.latency = Histogram("resnetlab_request_duration_seconds", "Time from request to response.",
+                                 ("route", "model", "version"), buckets=LATENCY_BUCKETS, registry=r)
+        self.queue = Histogram("resnetlab_queue_seconds", "Time a request's images waited in their model's batcher "
+                               "before their forward pass began.", ("model", "version"), buckets=QUEUE_BUCKETS,
+                               registry=r)
+        self.batches = Histogram("resnetlab_batch_size", "Images per forward pass (dynamic batching).",
+                                 ("model", "version"), buckets=BATCH_BUCKETS, registry=r)
+        self.images = Counter("resnetlab_images", "Images classified.", ("model", "version"), registry=r)
+        self.in_flight_gauge = Gauge("resnetlab_requests_in_flight", "Requests being handled now.", registry=r)
+        self.loads = Counter("resnetlab_model_loads", "Versions loaded (result ok) or refused (result failed: did "
+                             "not open, or failed its self-check).", ("model", "version", "result"), registry=r)
+        self.serving_gauge = Gauge("resnetlab_model_version_serving", "1 for each version serving now.",
+                                   ("model", "version"), registry=r)
         self.in_flight = 0
         self.work_in_flight = 0  # /v1/ requests being handled now
         self.work_seen = 0.0  # time.monotonic() when a /v1/ request last began or ended
@@ -57,31 +52,34 @@ class Metrics:
         """No /v1/ request in flight, and none began or ended in the last `seconds`."""
         return self.work_in_flight == 0 and time.monotonic() - self.work_seen >= seconds
 
-    def request_done(self, route: str, status: int, seconds: float) -> None:
-        with self._lock:
-            self.requests[(route, status)] += 1
-            self.latency.setdefault(route, Histogram(LATENCY_BUCKETS)).observe(seconds)
+    def request_begins(self) -> None:
+        self.in_flight += 1
+        self.in_flight_gauge.inc()
 
-    def batch_done(self, size: int) -> None:
-        with self._lock:
-            self.batches.observe(size)
-            self.images += size
+    def request_done(self, route: str, status: int, seconds: float, model: str = "", version: str = "") -> None:
+        self.in_flight -= 1
+        self.in_flight_gauge.dec()
+        self.requests.labels(route, str(status), model, version).inc()
+        self.latency.labels(route, model, version).observe(seconds)
 
-    def render(self) -> str:
-        with self._lock:
-            out = ["# HELP resnetlab_requests_total HTTP requests answered, by route and status code.",
-                   "# TYPE resnetlab_requests_total counter"]
-            out += [f'resnetlab_requests_total{{route="{r}",status="{s}"}} {n}'
-                    for (r, s), n in sorted(self.requests.items())]
-            out += ["# HELP resnetlab_request_duration_seconds Time from request to response, by route.",
-                    "# TYPE resnetlab_request_duration_seconds histogram"]
-            for route, h in sorted(self.latency.items()):
-                out += h.lines("resnetlab_request_duration_seconds", f'route="{route}"')
-            out += ["# HELP resnetlab_batch_size Images per forward pass (dynamic batching).",
-                    "# TYPE resnetlab_batch_size histogram"]
-            out += self.batches.lines("resnetlab_batch_size")
-            out += ["# HELP resnetlab_images_total Images classified.", "# TYPE resnetlab_images_total counter",
-                    f"resnetlab_images_total {self.images}",
-                    "# HELP resnetlab_requests_in_flight Requests being handled now.",
-                    "# TYPE resnetlab_requests_in_flight gauge", f"resnetlab_requests_in_flight {self.in_flight}"]
-            return "\n".join(out) + "\n"
+    def batch_done(self, model: str, version: str, size: int) -> None:
+        self.batches.labels(model, version).observe(size)
+        self.images.labels(model, version).inc(size)
+
+    def queued(self, model: str, version: str, seconds: float) -> None:
+        self.queue.labels(model, version).observe(seconds)
+
+    def version_loaded(self, model: str, version: int, ok: bool) -> None:
+        self.loads.labels(model, str(version), "ok" if ok else "failed").inc()
+
+    def serving(self, model: str, version: int, on: bool) -> None:
+        if on:
+            self.serving_gauge.labels(model, str(version)).set(1)
+        else:
+            try:
+                self.serving_gauge.remove(model, str(version))
+            except KeyError:
+                pass
+
+    def render(self) -> bytes:
+        return prometheus_client.generate_latest(self.registry)

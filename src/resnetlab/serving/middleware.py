@@ -9,12 +9,13 @@ import time
 from starlette.routing import Match, Route
 
 from .keys import KeyRing
-from .metrics import Metrics
+from .metrics import SERVED, Metrics
 from .settings import ServeSettings
 
 # Need an API key when the service has keys (the API's description too: it names the model); /healthz, /readyz and
-# the page (/) stay open.
+# the page (/) stay open. The management API (ADMIN) needs an admin key, always: a user key does not open it.
 PROTECTED = ("/v1/", "/metrics", "/docs", "/openapi.json")
+ADMIN = "/admin/"
 
 
 SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
@@ -28,11 +29,11 @@ class AccessMiddleware:
     """Who may call: the Host header allowlist (DNS rebinding), API keys on the PROTECTED paths, CORS only for
     the configured origins, and security headers on every response. Pure ASGI, one line per refusal."""
 
-    def __init__(self, app, settings: ServeSettings, ring: KeyRing) -> None:
+    def __init__(self, app, settings: ServeSettings, ring: KeyRing, admin: KeyRing) -> None:
         self.app, self.settings = app, settings
         self.state = app.state
         self.hosts = settings.host_names()
-        self.ring = ring
+        self.ring, self.admin = ring, admin
         self.origins = {o.rstrip("/") for o in settings.cors_origins}
 
     async def __call__(self, scope, receive, send):
@@ -59,12 +60,20 @@ class AccessMiddleware:
         path = scope["path"]
         if scope["method"] == "OPTIONS" and cors:
             return await _refuse(send_secured, 204, None)
+        given = headers.get(b"x-api-key", b"")
+        auth = headers.get(b"authorization", b"")
+        if auth[:7].lower() == b"bearer ":
+            given = auth[7:].strip()
+        if path.startswith(ADMIN):
+            if not self.admin.keys():
+                return await _refuse(send_secured, 403, "the management API is off: start serve with "
+                                     "--admin-key-file FILE (or set RESNETLAB_ADMIN_KEY)")
+            if not given or not self.admin.accepts(given):
+                return await _refuse(send_secured, 401, "missing or wrong admin key: send Authorization: Bearer "
+                                     "ADMIN_KEY or X-API-Key: ADMIN_KEY", [(b"www-authenticate",
+                                                                           b'Bearer realm="resnetlab-admin"')])
         keys = self.ring.keys()
         if keys and path.startswith(PROTECTED):
-            given = headers.get(b"x-api-key", b"")
-            auth = headers.get(b"authorization", b"")
-            if auth[:7].lower() == b"bearer ":
-                given = auth[7:].strip()
             if not given or not self.ring.accepts(given):
                 return await _refuse(send_secured, 401, "missing or wrong API key: send Authorization: Bearer KEY "
                                      "or X-API-Key: KEY", [(b"www-authenticate", b'Bearer realm="resnetlab"')])
@@ -115,13 +124,14 @@ class MetricsMiddleware:
             await send(message)
 
         work = scope["path"].startswith("/v1/")
-        self.metrics.in_flight += 1
+        self.metrics.request_begins()
         if work:
             self.metrics.work_begins()
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            self.metrics.in_flight -= 1
             if work:
                 self.metrics.work_ends()
-            self.metrics.request_done(route_label(self.routes, scope), status["code"], time.perf_counter() - start)
+            model, version = scope.get(SERVED, ("", ""))
+            self.metrics.request_done(route_label(self.routes, scope), status["code"], time.perf_counter() - start,
+                                      model, version)

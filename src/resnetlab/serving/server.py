@@ -1,4 +1,5 @@
-"""Start the service: load the model once, bind, run uvicorn until SIGINT/SIGTERM.
+"""Start the service: open the models (a checkpoint, or a repository of models and versions), bind, run uvicorn
+until SIGINT/SIGTERM.
 
 On SIGTERM uvicorn stops accepting connections, lets the requests in flight finish (up to
 graceful_timeout_s), then the app's shutdown drains the batcher: nothing accepted goes unanswered.
@@ -10,8 +11,7 @@ import socket
 from pathlib import Path
 
 from ..errors import UserError
-from ..inference.classifier import ImageClassifier
-from ..inference.predict import load
+from ..weights import resolve_checkpoint
 from .settings import ServeSettings
 
 
@@ -25,19 +25,38 @@ def serving_modules():
     return uvicorn
 
 
-def open_classifier(checkpoint: str, backend: str, device: str) -> ImageClassifier:
-    """torch: a .safetensors checkpoint (or run folder). onnx: a .onnx file, or the .onnx that
-    `resnetlab export` wrote beside the given checkpoint."""
+def served_file(checkpoint: str, backend: str) -> Path:
+    """The file `serve CKPT` runs. torch: a .safetensors checkpoint (or a run folder's). onnx: a .onnx file, or
+    the .onnx that `resnetlab export` wrote beside the given checkpoint."""
     path = Path(checkpoint)
     if backend == "onnx" and path.suffix != ".onnx":
+        path = resolve_checkpoint(path) if path.is_dir() else path
         sibling = path.with_suffix(".onnx")
         if not sibling.is_file():
             raise UserError(f"{sibling}: no ONNX export beside the checkpoint; run `resnetlab export {checkpoint}` "
                             "first (or pass the .onnx file)")
-        path = sibling
+        return sibling
     if backend == "torch" and path.suffix == ".onnx":
         raise UserError(f"{path}: an ONNX file needs --backend onnx")
-    return load(path, device=device, backend=backend)
+    return path if path.suffix == ".onnx" else resolve_checkpoint(path)
+
+
+def open_hub(checkpoint: str | None, models: str | None, backend: str, device: str, settings: ServeSettings,
+             log=print):
+    """The models to serve, opened and checked (one line when nothing can serve): a repository folder, or one
+    checkpoint as a repository of one."""
+    from .hub import ModelHub
+    from .metrics import Metrics
+    from .repository import FolderRepository, SingleCheckpoint, name_for_checkpoint
+    if (checkpoint is None) == (models is None):
+        raise UserError("serve: give a checkpoint or --models DIR (one of them)")
+    if models is not None:
+        repo = FolderRepository(models, backend)
+    else:
+        repo = SingleCheckpoint(served_file(checkpoint, backend), name_for_checkpoint(checkpoint))
+    hub = ModelHub(repo, settings, Metrics(), device, log=lambda line: log(line, flush=True))
+    hub.preload()
+    return hub
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -113,22 +132,31 @@ def header_timeout_protocol(seconds: float):
     return HeaderTimeoutProtocol
 
 
-def serve(checkpoint: str, backend: str = "torch", device: str = "cpu", settings: ServeSettings | None = None,
-          access_log: bool = True, log=print) -> None:
+def serve(checkpoint: str | None, backend: str = "torch", device: str = "cpu", settings: ServeSettings | None = None,
+          access_log: bool = True, log=print, models: str | None = None) -> None:
     uvicorn = serving_modules()
     settings = settings or ServeSettings()
     settings.validate()
-    clf = open_classifier(checkpoint, backend, device)
+    hub = open_hub(checkpoint, models, backend, device, settings, log)
     from .app import create_app
-    app = create_app(clf, settings)
+    app = create_app(hub, settings)
     sock = bind(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    log(f"serving {clf.metadata.arch} ({len(clf.classes)} classes, backend {clf.backend}) from {clf.path}")
+    for name, model in sorted(hub.models.items()):
+        for v, sv in sorted(model.versions.items()):
+            clf = sv.clf
+            log(f"serving {name} version {v}{' (default model)' if name == hub.default_model else ''}: "
+                f"{clf.metadata.arch} ({len(clf.classes)} classes, backend {clf.backend}) from {sv.files.path}")
+    if models is not None:
+        log(f"model repository {models}: "
+            f"{'scanned every ' + format(settings.poll_s, 'g') + ' s' if settings.reload == 'poll' else 'versions change through the management API (/admin/)'}")
     docs = f"   docs: http://{shown}:{port}/docs" if settings.docs else ""
     log(f"page: http://{shown}:{port}/   API: http://{shown}:{port}/v1/predict{docs}", flush=True)
     keys = len(app.state.service.keys.keys())
-    log(f"access: {f'{keys} API key(s) required on /v1/* and /metrics' if keys else 'no API key (open)'}; hosts "
+    admin = len(app.state.service.admin_keys.keys())
+    log(f"access: {f'{keys} API key(s) required on /v1/* and /metrics' if keys else 'no API key (open)'}; "
+        f"management API {f'on ({admin} admin key(s))' if admin else 'off (no admin key)'}; hosts "
         f"{', '.join(sorted(settings.host_names())) if settings.host_names() else 'any'}"
         f"{'; CORS for ' + ', '.join(settings.cors_origins) if settings.cors_origins else ''}", flush=True)
     config = uvicorn.Config(app, log_level="info", access_log=access_log, http=header_timeout_protocol(

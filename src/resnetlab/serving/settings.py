@@ -46,16 +46,27 @@ class ServeSettings:
     allowed_hosts: list[str] = field(default_factory=list)  # Host header names; [] = loopback names on loopback
     cors_origins: list[str] = field(default_factory=list)   # origins allowed to call the API from a browser
     docs: bool = True             # /docs and /openapi.json
+    max_in_flight: int = 1024     # requests one model handles at once (a model's config.yaml may lower it)
+    default_model: str | None = None  # the model /v1/predict answers with (default: the first by name)
+    reload: str = "explicit"      # explicit: versions change by the management API; poll: by scanning the folder
+    poll_s: float = 15.0          # how often --reload poll scans the repository
+    admin_key_file: str | None = None  # management API keys, one per line; or $RESNETLAB_ADMIN_KEY
 
     @property
     def pass_sizes(self) -> tuple[int, ...] | None:
         """The sizes a forward pass runs at (pass_sizes); None with exact_batches."""
-        return None if self.exact_batches else pass_sizes(self.max_batch)
+        return self.pass_sizes_for(self.max_batch)
 
     @property
     def warm_up_sizes(self) -> tuple[int, ...]:
-        """The batch sizes the warm-up runs before the service is ready: every pass size, else 1 and max_batch."""
-        return self.pass_sizes or tuple(sorted({1, self.max_batch}))
+        return self.warm_up_sizes_for(self.max_batch)
+
+    def pass_sizes_for(self, max_batch: int) -> tuple[int, ...] | None:
+        return None if self.exact_batches else pass_sizes(max_batch)
+
+    def warm_up_sizes_for(self, max_batch: int) -> tuple[int, ...]:
+        """The batch sizes a version's warm-up runs before it serves: every pass size, else 1 and max_batch."""
+        return self.pass_sizes_for(max_batch) or tuple(sorted({1, max_batch}))
 
     @property
     def max_body_bytes(self) -> int:
@@ -81,6 +92,7 @@ class ServeSettings:
         from ..errors import UserError
         numbers = {"max_wait_ms": self.max_wait_ms, "max_body_mb": self.max_body_mb,
                    "graceful_timeout_s": self.graceful_timeout_s, "header_timeout_s": self.header_timeout_s,
+                   "poll_s": self.poll_s,
                    "read_timeout_s": self.read_timeout_s, "keep_alive_s": self.keep_alive_s}
         for key, value in numbers.items():
             if not (isinstance(value, (int, float)) and math.isfinite(value)):
@@ -90,12 +102,19 @@ class ServeSettings:
                   "max_pixels": self.max_pixels >= 1, "max_request_pixels": self.max_request_pixels >= 1,
                   "port": 0 <= self.port <= 65535, "default_top_k": self.default_top_k >= 1,
                   "header_timeout_s": self.header_timeout_s > 0, "read_timeout_s": self.read_timeout_s > 0,
-                  "keep_alive_s": self.keep_alive_s > 0, "graceful_timeout_s": self.graceful_timeout_s >= 0}
+                  "keep_alive_s": self.keep_alive_s > 0, "graceful_timeout_s": self.graceful_timeout_s >= 0,
+                  "max_in_flight": self.max_in_flight >= 1, "poll_s": self.poll_s >= 0.1}
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise UserError(f"serve: {bad[0].replace('_', '-')} = {getattr(self, bad[0])} is out of range")
+        if self.reload not in ("explicit", "poll"):
+            raise UserError(f"serve: reload = {self.reload!r}; choose explicit or poll")
         if self.api_key_file is not None:
             read_keys(self.api_key_file)  # one line now if it is missing or empty
+        if self.admin_key_file is not None:
+            read_keys(self.admin_key_file)
+        if set(self.admin_keys()) & set(self.keys()):
+            raise UserError("serve: an admin key is also an API key; the management API needs keys of its own")
         if not self.loopback and not self.no_auth and not self.keys():
             raise UserError(f"serve: binding {self.host} (not loopback) without an API key; pass --api-key-file FILE "
                             f"or set RESNETLAB_API_KEY, or --no-auth to serve it open on purpose")
@@ -104,6 +123,13 @@ class ServeSettings:
         """The API keys now: the key file's lines, and $RESNETLAB_API_KEY."""
         keys = read_keys(self.api_key_file) if self.api_key_file else []
         env = os.environ.get("RESNETLAB_API_KEY", "").strip()
+        return keys + ([env] if env else [])
+
+
+    def admin_keys(self) -> list[str]:
+        """The management API's keys now: the admin key file's lines, and $RESNETLAB_ADMIN_KEY."""
+        keys = read_keys(self.admin_key_file) if self.admin_key_file else []
+        env = os.environ.get("RESNETLAB_ADMIN_KEY", "").strip()
         return keys + ([env] if env else [])
 
 

@@ -2,6 +2,6 @@
 here with its router, added to CAPABILITIES; metrics label its routes from the router itself."""
 from __future__ import annotations
 
-from . import card, explain, health, page, predict
+from . import admin, card, explain, health, page, predict
 
-CAPABILITIES = (page.router, health.router, card.router, predict.router, explain.router)
+CAPABILITIES = (page.router, health.router, card.router, predict.router, explain.router, admin.router)

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, Response
 
+from ..metrics import CONTENT_TYPE
 from ..service import PredictService, current_service
 
 router = APIRouter()
@@ -14,13 +15,13 @@ async def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: model loaded and warmed up")
+@router.get("/readyz", summary="Readiness: the models loaded and warmed up, one version at least serving")
 async def readyz(svc: PredictService = Depends(current_service)):
     if not svc.ready:
         return JSONResponse({"ready": False}, status_code=503)
     return {"ready": True}
 
 
-@router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
-async def prometheus(svc: PredictService = Depends(current_service)) -> PlainTextResponse:
-    return PlainTextResponse(svc.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+@router.get("/metrics", response_class=Response, summary="Prometheus metrics")
+async def prometheus(svc: PredictService = Depends(current_service)) -> Response:
+    return Response(svc.metrics.render(), media_type=CONTENT_TYPE)
