@@ -42,20 +42,22 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class ServeProcess:
-    """Starts `python -m resnetlab serve CHECKPOINT --port P *extra` and waits until /readyz answers 200.
+    """Starts `python -m resnetlab serve CHECKPOINT --port P *extra` (no CHECKPOINT when None: `--models DIR` in
+    extra) and waits until /readyz answers 200.
 
     capture=True keeps the server's output (returned by stop()); use it only with quiet servers
     (--no-access-log), as nothing reads the pipe while the server runs. `command` is how resnetlab is started
     (another environment's `.../bin/resnetlab`, say); `cwd` and `env` are the child's.
     """
 
-    def __init__(self, checkpoint: str | Path, *extra: str, timeout: float = 60, capture: bool = True,
+    def __init__(self, checkpoint: str | Path | None, *extra: str, timeout: float = 60, capture: bool = True,
                  command: tuple[str, ...] = (sys.executable, "-m", "resnetlab"), cwd: str | Path | None = None,
                  env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         out = subprocess.PIPE if capture else subprocess.DEVNULL
-        self.proc = subprocess.Popen([*command, "serve", str(checkpoint), "--port", str(self.port),
+        self.proc = subprocess.Popen([*command, "serve", *([] if checkpoint is None else [str(checkpoint)]),
+                                      "--port", str(self.port),
                                       "--no-access-log", *extra],
                                      stdout=out, stderr=subprocess.STDOUT, text=True, cwd=cwd, env=env)
         deadline = time.monotonic() + timeout

@@ -251,8 +251,7 @@ class ModelHub:
                 model.held_back.discard(version)
                 model.failures.pop(version, None)  # asked by name: try again even if its files did not change
             else:
-                model.held_back.clear()
-                model.failures.clear()
+                model.held_back.clear()  # failures stay: a version is retried once its files change
             await self._reconcile(name, on_disk[name])
             want = version if version is not None else max((v for v in on_disk[name]), default=None)
             if want in model.versions and model.versions[want].files.stamp == on_disk[name][want].stamp:
@@ -373,8 +372,10 @@ class ModelHub:
                 keep.add(v)
                 break
         for v in sorted(model.requested & set(on_disk)):  # loaded by name, pinned
-            if v not in keep and await self._ensure(model, v, on_disk[v]):
+            if v in keep or await self._ensure(model, v, on_disk[v]):
                 keep.add(v)
+            else:
+                model.requested.discard(v)  # a version asked for by name that cannot serve is not kept asking
         for v in list(model.versions):
             if v not in keep:
                 self._retire(model, v)
