@@ -177,3 +177,20 @@ def ready_client(app, base_url: str = "http://testserver"):
             return client
         time.sleep(0.05)
     raise AssertionError("service never became ready")
+
+
+def headless_chromium(tmp_path):
+    """A headless Debian chromium driven by selenium (phone-sized window), or a skip where it is not installed
+    (.ci/run installs it; RESNETLAB_REQUIRE_BROWSER makes its absence a failure)."""
+    import shutil
+    if not (shutil.which("chromium") and shutil.which("chromedriver")) and not os.environ.get("RESNETLAB_REQUIRE_BROWSER"):
+        pytest.skip("Debian chromium + chromium-driver not installed (.ci/run installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=390,844"):
+        opts.add_argument(flag)
+    return webdriver.Chrome(options=opts, service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"))

@@ -21,7 +21,7 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from conftest import metric, png_bytes, ready_client
+from conftest import headless_chromium, metric, png_bytes, ready_client
 from resnetlab import load
 from resnetlab.data.cifar import load_cifar
 from resnetlab.serving.app import create_app
@@ -293,22 +293,11 @@ def test_sigterm_answers_requests_in_flight(small_checkpoint, images):
     assert "Application shutdown complete" in out
 
 
-@pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver"))
-                    and not os.environ.get("RESNETLAB_REQUIRE_BROWSER"),
-                    reason="Debian chromium + chromium-driver not installed (.ci/run installs them)")
 def test_page_classifies_an_upload_in_headless_chromium(server, images, tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=390,844"):
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(options=opts, service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"))
+    driver = headless_chromium(tmp_path)
     try:
         good, bad = tmp_path / "cat.png", tmp_path / "notes.png"
         good.write_bytes(images[3])

@@ -336,3 +336,35 @@ def test_a_polled_repository_swaps_versions_under_load_without_an_error(small_ch
         code, _ = server.stop()
     assert len(statuses) > 20 and set(statuses) == {200}, [s for s in statuses if s != 200][:5]
     assert {1, 2, 4} <= versions and 3 not in versions
+
+
+def test_the_page_lists_models_and_versions_and_classifies_with_the_one_picked(small_checkpoint, image, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+    from conftest import headless_chromium
+    repo = tmp_path / "repo"
+    for name, version in (("cats", 1), ("birds", 7)):
+        publish(small_checkpoint, repo, name, version)
+    server = ServeProcess(None, "--models", str(repo), "--default-model", "cats")
+    driver = headless_chromium(tmp_path)
+    try:
+        picture = tmp_path / "x.png"
+        picture.write_bytes(image)
+        driver.get(server.url + "/")
+        WebDriverWait(driver, 20).until(lambda d: d.find_element(By.ID, "model").text.startswith("cats v1"))
+        pick = Select(driver.find_element(By.ID, "pick"))
+        assert driver.find_element(By.ID, "pickline").is_displayed()
+        assert [o.get_attribute("value") for o in pick.options] == ["birds", "birds/7", "cats", "cats/1"]
+        assert pick.first_selected_option.get_attribute("value") == "cats"  # the default model
+        driver.find_element(By.ID, "file").send_keys(str(picture))
+        WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".card[data-answered-by]"))
+        first = driver.find_element(By.CSS_SELECTOR, ".card[data-answered-by]").get_attribute("data-answered-by")
+        pick.select_by_value("birds/7")
+        WebDriverWait(driver, 20).until(lambda d: d.find_element(By.ID, "model").text.startswith("birds v7"))
+        driver.find_element(By.ID, "file").send_keys(str(picture))
+        WebDriverWait(driver, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".card[data-answered-by]")) == 2)
+        newest = driver.find_element(By.CSS_SELECTOR, ".card[data-answered-by]").get_attribute("data-answered-by")
+    finally:
+        driver.quit()
+        server.stop()
+    assert (first, newest) == ("cats/1", "birds/7")
