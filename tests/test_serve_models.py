@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import httpx
@@ -208,6 +209,7 @@ def test_a_request_finishes_on_the_version_it_started_on_and_the_old_one_is_rele
     async def scenario():
         await hub.start()
         old = hub.resolve("cats")
+        model = weakref.ref(old.clf.model)
         with hub.hold(old):  # a request that began on version 1
             publish(small_checkpoint, tmp_path, "cats", 2)
             await hub.load("cats")
@@ -220,6 +222,7 @@ def test_a_request_finishes_on_the_version_it_started_on_and_the_old_one_is_rele
                 break
             await asyncio.sleep(0.02)
         assert old.closed and old.clf is None and old.batcher is None
+        assert model() is None  # its weights are freed, not merely unreferenced by the hub
         await hub.stop()
 
     asyncio.run(scenario())

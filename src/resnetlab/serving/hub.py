@@ -15,7 +15,7 @@ then waits behind the other models' batches already waiting: each keeps its shar
 from __future__ import annotations
 
 import asyncio
-import gc
+import json
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -148,6 +148,7 @@ class ModelHub:
         self.changes: asyncio.Lock | None = None   # one load, unload or scan at a time
         self._opened: dict[tuple[str, int], ImageClassifier] = {}  # opened before the loop started (preload)
         self._closing: set[asyncio.Task] = set()
+        self.warm_shapes: set[tuple] = set()  # (model kind, pass size) already run in this process
         self.poll_failures = 0
 
     @classmethod
@@ -452,12 +453,23 @@ class ModelHub:
         await sv.batcher.start()
 
     async def _warm_up(self, sv: ServedVersion) -> None:
-        """Each pass size once (first calls pay for allocation and kernel choice), each pass taking its turn."""
-        s = sv.clf.policy.input_size
+        """Each pass size once, where it is cold: a first call at a shape pays for kernel choice and allocation
+        (oneDNN's primitive cache is per process and keyed by shapes, not weights), so a new version of an
+        architecture this process already ran needs no warm-up, and gets none: warming every pass size again held
+        the cores for 0.45 s per swap and tripled the p99 of requests meanwhile (docs/results/serving.md). ONNX
+        Runtime sessions keep their own kernels: each new one is warmed. Each pass takes its turn."""
+        clf = sv.clf
+        m = clf.metadata
+        key = (clf.backend, m.arch, json.dumps(m.kwargs, sort_keys=True), clf.input_size, self.device,
+               sv.files.stamp if clf.backend != "torch" else None)
+        s = clf.policy.input_size
         loop = asyncio.get_running_loop()
         for n in self.settings.warm_up_sizes_for(sv.batcher.max_batch):
+            if (key, n) in self.warm_shapes:
+                continue
             async with self.turn:
                 await loop.run_in_executor(None, sv.run, torch.zeros(n, 3, s, s, dtype=torch.uint8))
+            self.warm_shapes.add((key, n))
 
     def _retire(self, model: ServedModel, v: int) -> None:
         sv = model.versions.pop(v)
@@ -475,15 +487,13 @@ class ModelHub:
         task.add_done_callback(self._closing.discard)
 
     async def _close(self, sv: ServedVersion) -> None:
-        """Release a retired version after its last request: stop its batcher, free its model, give the C heap's
-        free pages back."""
+        """Release a retired version after its last request: stop its batcher and drop its classifier, which
+        frees the model at once (it holds no reference cycle: no gc.collect, which held the event loop ~0.1 s). The
+        C heap's free pages go back to the system at the service's next quiet spell (PredictService's trim: a
+        trim under load stalls every allocating thread)."""
         if sv.batcher is not None:
             await sv.batcher.stop()
         sv.batcher, sv.clf = None, None
-        gc.collect()
-        trim = malloc_trim()
-        if trim is not None:
-            await asyncio.get_running_loop().run_in_executor(None, trim, 0)
         self.log(f"model {sv.name} version {sv.version}: released")
 
     # --- what the listing and management API show -----------------------------------------------------------
