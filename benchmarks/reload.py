@@ -12,8 +12,8 @@
    minimal API in benchmarks/litserve_api.py) and behind `resnetlab serve` (batching as by default), each loaded
    by `wrk` with multipart PNG uploads at 1 to 64 connections, servers alternating, --rounds rounds; prints
    requests/s, p50 and p99, and the most requests/s each held with p99 <= 100 ms. LitServe runs from another
-   environment (--litserve-python: a venv with `pip install litserve`, torch and this package), as a user
-   installs it (with uvicorn[standard]: uvloop and httptools).
+   environment (--litserve-python: a venv with `pip install litserve python-multipart`, torch and this package),
+   as a user installs it (with uvicorn[standard]: uvloop and httptools).
 
     python benchmarks/reload.py runs/small/best.safetensors [--minutes 5] [--litserve-python /tmp/litvenv/bin/python]
 """
@@ -228,8 +228,9 @@ class LitServeProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         here = Path(__file__).resolve().parent
+        # its own process group: LitServe's worker processes are stopped with it (left running, they busy-poll)
         self.proc = subprocess.Popen([python, str(here / "litserve_api.py"), str(ckpt), str(self.port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
@@ -243,11 +244,16 @@ class LitServeProcess:
         raise RuntimeError("LitServe not ready after 120 s")
 
     def stop(self) -> None:
-        self.proc.terminate()
+        import signal
+        os.killpg(self.proc.pid, signal.SIGTERM)
         try:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # whatever of the group is left
+        except ProcessLookupError:
+            pass
 
 
 def litserve_compare(ckpt: Path, body: bytes, python: str, rounds: int, seconds: float,
