@@ -1,4 +1,4 @@
-"""The minimal LitServe API for a resnetlab checkpoint, for benchmarks/reload.py's comparison: a multipart upload
+"""The minimal LitServe API for a resnetlab checkpoint (or its .onnx export, run by ONNX Runtime), for benchmarks/reload.py's comparison: a multipart upload
 (field `file`) decoded by the checkpoint's own preprocessing, LitServe's batching (up to 64 images, 5 ms), the
 model's logits, the top 5 classes as JSON, the same answer `resnetlab serve` gives.
 

@@ -9,7 +9,8 @@
 2. Fairness. Two models (copies of one checkpoint) in one server; `wrk` floods each alone, then both at once;
    prints each model's requests/s together as a share of its requests/s alone.
 3. LitServe. The same checkpoint behind LitServe (its own batching on: max_batch_size 64, batch_timeout 5 ms, the
-   minimal API in benchmarks/litserve_api.py) and behind `resnetlab serve` (batching as by default), each loaded
+   minimal API in benchmarks/litserve_api.py) and behind `resnetlab serve` (batching as by default) and, when the
+   checkpoint's ONNX export is beside it (`resnetlab export CKPT`), the export behind both (ONNX Runtime), each loaded
    by `wrk` with multipart PNG uploads at 1 to 64 connections, servers alternating, --rounds rounds; prints
    requests/s, p50 and p99, and the most requests/s each held with p99 <= 100 ms. LitServe runs from another
    environment (--litserve-python: a venv with `pip install litserve python-multipart`, torch and this package),
@@ -256,16 +257,19 @@ class LitServeProcess:
             pass
 
 
-def litserve_compare(ckpt: Path, body: bytes, python: str, rounds: int, seconds: float,
+def litserve_compare(ckpt: Path, onnx: Path | None, body: bytes, python: str, rounds: int, seconds: float,
                      connections: tuple[int, ...]) -> None:
+    """Each server with the checkpoint in PyTorch and, given its ONNX export, in ONNX Runtime."""
     results: dict[tuple[str, int], list[dict]] = {}
+    servers = ["resnetlab", "litserve"] + (["resnetlab onnx", "litserve onnx"] if onnx else [])
     for r in range(rounds):
-        for server_name in (("resnetlab", "litserve") if r % 2 == 0 else ("litserve", "resnetlab")):
-            if server_name == "resnetlab":
-                server = ServeProcess(ckpt, capture=False)
+        for server_name in (servers if r % 2 == 0 else servers[::-1]):
+            model = onnx if server_name.endswith("onnx") else ckpt
+            if server_name.startswith("resnetlab"):
+                server = ServeProcess(model, *(("--backend", "onnx") if model == onnx else ()), capture=False)
                 url = server.url + "/v1/predict"
             else:
-                server = LitServeProcess(python, ckpt)
+                server = LitServeProcess(python, model)
                 url = server.url + "/predict"
             try:
                 wrk(url, body, 16, 2)  # warm: first batches of each size
@@ -278,7 +282,7 @@ def litserve_compare(ckpt: Path, body: bytes, python: str, rounds: int, seconds:
     print("   | server | connections | req/s | p50 ms | p99 ms | non-2xx |")
     print("   |---|---|---|---|---|---|")
     held = {}
-    for name in ("resnetlab", "litserve"):
+    for name in servers:
         for n in connections:
             cells = results[(name, n)]
             rps = statistics.median(c["req_s"] for c in cells)
@@ -287,13 +291,15 @@ def litserve_compare(ckpt: Path, body: bytes, python: str, rounds: int, seconds:
             print(f"   | {name} | {n} | {rps:.0f} | {p50:.1f} | {p99:.1f} | {sum(c['non_2xx'] for c in cells)} |")
             if p99 <= 100:
                 held[name] = max(held.get(name, 0.0), rps)
-    ours, theirs = held.get("resnetlab", 0.0), held.get("litserve", 0.0)
-    print(f"   most req/s with p99 <= 100 ms: resnetlab {ours:.0f}, LitServe {theirs:.0f} "
-          f"({ours / theirs if theirs else float('nan'):.2f}x)")
-    for n in connections:
-        a = statistics.median(c["req_s"] for c in results[("resnetlab", n)])
-        b = statistics.median(c["req_s"] for c in results[("litserve", n)])
-        print(f"   {n} connections: resnetlab {a / b:.2f}x LitServe's req/s")
+    for runtime in ("", " onnx") if onnx else ("",):
+        ours, theirs = held.get("resnetlab" + runtime, 0.0), held.get("litserve" + runtime, 0.0)
+        print(f"   {'ONNX Runtime' if runtime else 'PyTorch'}: most req/s with p99 <= 100 ms: resnetlab {ours:.0f}, "
+              f"LitServe {theirs:.0f} ({ours / theirs if theirs else float('nan'):.2f}x); by connections: " + ", ".join(
+                  f"{n}: {statistics.median(c['req_s'] for c in results[('resnetlab' + runtime, n)]) / statistics.median(c['req_s'] for c in results[('litserve' + runtime, n)]):.2f}x"
+                  for n in connections))
+    if onnx:
+        print(f"   resnetlab serving the ONNX export against LitServe with the PyTorch checkpoint, at p99 <= 100 ms: "
+              f"{held.get('resnetlab onnx', 0.0) / held['litserve'] if held.get('litserve') else float('nan'):.2f}x")
 
 
 def main() -> None:
@@ -326,8 +332,9 @@ def main() -> None:
         if args.litserve_python is None:
             print("\n3. LitServe: skipped (no --litserve-python)")
         else:
-            litserve_compare(ckpt, multipart(bodies[3]), args.litserve_python, args.rounds, args.seconds,
-                             tuple(int(c) for c in args.connections.split(",")))
+            onnx = ckpt.with_suffix(".onnx")
+            litserve_compare(ckpt, onnx if onnx.is_file() else None, multipart(bodies[3]), args.litserve_python,
+                             args.rounds, args.seconds, tuple(int(c) for c in args.connections.split(",")))
 
 
 if __name__ == "__main__":

@@ -146,10 +146,8 @@ class ModelHub:
         self.started = False
         self.turn: asyncio.Lock | None = None      # held by a batch while it computes (fair across models)
         self.changes: asyncio.Lock | None = None   # one load, unload or scan at a time
-        self._opened: dict[tuple[str, int], ImageClassifier] = {}  # opened before the loop started (preload)
         self._closing: set[asyncio.Task] = set()
         self.warm_shapes: set[tuple] = set()  # (model kind, pass size) already run in this process
-        self.poll_failures = 0
 
     @classmethod
     def of_classifier(cls, clf: ImageClassifier, settings: ServeSettings, metrics: Metrics,
@@ -176,10 +174,9 @@ class ModelHub:
                 try:
                     clf = open_classifier_file(versions[v], self.device)
                     self._check(model, v, clf)
-                except UserError as e:
-                    self._failed(model, v, versions[v], str(e))
+                except Exception as e:  # whatever a broken file raises: one line, and the next version is tried
+                    self._failed(model, v, versions[v], str(e).splitlines()[0] if str(e) else type(e).__name__)
                     continue
-                self._opened[(name, v)] = clf
                 model.versions[v] = ServedVersion(name, v, versions[v], clf, model.config)
                 break  # the latest that opens; versions loaded by name come later, by hand
         if not any(m.versions for m in self.models.values()):
@@ -202,7 +199,6 @@ class ModelHub:
                 await self._warm_up(sv)
                 self.metrics.version_loaded(sv.name, sv.version, True)
                 self.metrics.serving(sv.name, sv.version, True)
-        self._opened.clear()
         self.started = True
 
     async def stop(self) -> None:
@@ -224,7 +220,6 @@ class ModelHub:
             try:
                 await self.sync()
             except UserError as e:  # the repository folder went away or became unreadable: keep serving
-                self.poll_failures += 1
                 self.log(f"model repository not scanned: {e}")
 
     async def sync(self, only: str | None = None) -> None:

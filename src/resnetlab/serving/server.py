@@ -18,10 +18,12 @@ from .settings import ServeSettings
 def serving_modules():
     try:
         import fastapi  # noqa: F401
+        import prometheus_client  # noqa: F401  (metrics)
         import python_multipart  # noqa: F401  (uploads)
         import uvicorn
     except ImportError:
-        raise UserError("serving needs fastapi, uvicorn and python-multipart: pip install 'resnetlab[serve]'") from None
+        raise UserError("serving needs fastapi, uvicorn, python-multipart and prometheus-client: pip install "
+                        "'resnetlab[serve]'") from None
     return uvicorn
 
 
