@@ -55,10 +55,12 @@ def add_parser(sub) -> None:
                    help="close connections that do not finish a request's headers in time")
     s.add_argument("--read-timeout-s", type=float, default=d.read_timeout_s, help="408 when a body takes longer")
     s.add_argument("--no-access-log", action="store_true", help="do not log each request")
-    s.set_defaults(func=run)
+    s.set_defaults(func=run, usage_error=s.error)
 
 
 def run(args: argparse.Namespace) -> None:
+    if (args.checkpoint is None) == (args.models is None):
+        args.usage_error("give a checkpoint or --models DIR (one of them)")
     from ..serving.server import serve
     settings = ServeSettings(host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                              exact_batches=args.exact_batches,

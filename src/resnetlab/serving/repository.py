@@ -14,9 +14,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Protocol
 
-from .. import schema
 from ..errors import UserError
-from ..schema import setting
+from ..schema import Mismatch, conform, keys_of, setting, shown
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 VERSION = re.compile(r"[1-9][0-9]{0,8}")
@@ -69,19 +68,19 @@ def read_config(path: Path) -> ModelConfig:
     data = data or {}
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of settings ({', '.join(f.name for f in fields(ModelConfig))})")
-    keys = {k.name: k for k in schema.keys_of(ModelConfig)}
+    keys = {k.name: k for k in keys_of(ModelConfig)}
     values = {}
     for name, value in data.items():
         key = keys.get(name)
         if key is None:
             raise UserError(f"{path}: unknown key {str(name)[:60]!r}; known: {', '.join(keys)}")
         try:
-            value = schema.conform(value, key.type)
-        except schema.Mismatch as e:
-            raise UserError(f"{path}: {name} = {schema.shown(value)}: {e}") from None
+            value = conform(value, key.type)
+        except Mismatch as e:
+            raise UserError(f"{path}: {name} = {shown(value)}: {e}") from None
         problem = key.problem(value)
         if problem:
-            raise UserError(f"{path}: {name} = {schema.shown(value)}: {problem}")
+            raise UserError(f"{path}: {name} = {shown(value)}: {problem}")
         values[name] = value
     return ModelConfig(**values)
 
