@@ -52,13 +52,22 @@ class Classifier(ImageClassifier):
         self.path = resolve_checkpoint(checkpoint)
         self.device = select_device(device)
         self.model, metadata = load_model(self.path, self.device)
+        # On a CPU, oneDNN's convolutions mostly run faster on channels-last tensors (benchmarks/inference_layout.py:
+        # a ResNet-18 at 224 px 1.48x at batch 1 and 1.54x at 8, a ResNet-20 at 32 px 1.09x and 1.23x, the
+        # ResNet-9 at batch 1 0.95x); other devices keep the layout they load with (not measured).
+        self.layout = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
+        self.model = self.model.to(memory_format=self.layout)
         super().__init__(metadata, batch_size)
         self._lock = threading.Lock()
+
+    def _input(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = model_input(pixels.to(self.device), self.metadata.mean, self.metadata.std, self.input_size)
+        return x.contiguous(memory_format=self.layout)
 
     @torch.no_grad()
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """Logits for a uint8 (N, 3, H, W) batch of decoded pixels."""
-        x = model_input(batch.to(self.device), self.metadata.mean, self.metadata.std, self.input_size)
+        x = self._input(batch)
         with self._lock:
             return self.model(x).float().cpu()
 
@@ -74,7 +83,7 @@ class Classifier(ImageClassifier):
         for i in range(0, len(seq), self.batch_size):
             originals = [self.original(im) for im in seq[i:i + self.batch_size]]
             pixels = torch.stack([self.pixels(im) for im in originals])
-            x = model_input(pixels.to(self.device), self.metadata.mean, self.metadata.std, self.input_size)
+            x = self._input(pixels)
             with self._lock:
                 with torch.no_grad():
                     probs = self.model(x).float().softmax(1).cpu()
