@@ -324,19 +324,18 @@ class ModelHub:
     def hold(self, sv: ServedVersion) -> Iterator[ServedVersion]:
         """Use a version for one request: it is not released while held. Refuses past the model's in-flight
         limit (503: the model is busy, the others are not)."""
-        model = self.models.get(sv.name)
+        model = self.models[sv.name]  # resolved just now, on this event loop: the model is there
         limit = sv.config.max_in_flight or self.settings.max_in_flight
-        owner = model if model is not None else sv
-        if owner.in_flight >= limit:
-            raise RequestError(503, f"model {sv.name!r} is busy ({owner.in_flight} requests in flight, its limit); "
+        if model.in_flight >= limit:
+            raise RequestError(503, f"model {sv.name!r} is busy ({model.in_flight} requests in flight, its limit); "
                                     f"retry shortly", {"Retry-After": "1"})
-        owner.in_flight += 1
+        model.in_flight += 1
         sv.in_flight += 1
         try:
             yield sv
         finally:
             sv.in_flight -= 1
-            owner.in_flight -= 1
+            model.in_flight -= 1
             if sv.retired and sv.in_flight == 0:
                 self._close_soon(sv)
 

@@ -46,7 +46,7 @@ class ServeSettings:
     allowed_hosts: list[str] = field(default_factory=list)  # Host header names; [] = loopback names on loopback
     cors_origins: list[str] = field(default_factory=list)   # origins allowed to call the API from a browser
     docs: bool = True             # /docs and /openapi.json
-    max_in_flight: int = 1024     # requests one model handles at once (a model's config.yaml may lower it)
+    max_in_flight: int = 1024     # requests one model handles at once (a model's config.yaml may set its own)
     default_model: str | None = None  # the model /v1/predict answers with (default: the first by name)
     reload: str = "explicit"      # explicit: versions change by the management API; poll: by scanning the folder
     poll_s: float = 15.0          # how often --reload poll scans the repository
