@@ -371,3 +371,41 @@ def test_the_page_lists_models_and_versions_and_classifies_with_the_one_picked(s
         driver.quit()
         server.stop()
     assert (first, newest) == ("cats/1", "birds/7")
+
+
+def test_an_onnx_version_serves_beside_a_safetensors_one_and_the_backend_picks_the_file(small_checkpoint, image,
+                                                                                       tmp_path, monkeypatch):
+    """A version folder holding only an ONNX export serves through ONNX Runtime with the classes and answers of
+    the checkpoint; with --backend onnx a folder holding both runs its .onnx, and one holding no .onnx is a
+    problem the listing names."""
+    from resnetlab.cli import main
+    from resnetlab.serving.repository import version_files
+    monkeypatch.setenv("RESNETLAB_ADMIN_KEY", "boss-key")
+    publish(small_checkpoint, tmp_path, "cats", 1)
+    export = tmp_path / "export" / "model.onnx"
+    export.parent.mkdir()
+    assert main(["export", str(small_checkpoint), "--out", str(export), "--check-count", "50"]) == 0
+    client, _ = hub_client(tmp_path)
+    try:
+        torch_answer = predict(client, image).json()
+        (tmp_path / "cats" / "2").mkdir()
+        shutil.copyfile(export, tmp_path / "cats" / "2" / "model.onnx")
+        r = client.post("/admin/models/cats/load", headers=ADMIN)
+        assert r.status_code == 200 and r.json()["version"] == 2, r.text
+        onnx_answer = predict(client, image).json()
+        card = client.get("/v1/models/cats/versions/2").json()
+    finally:
+        client.__exit__(None, None, None)
+    assert (torch_answer["version"], onnx_answer["version"], card["backend"], card["file"]) == (1, 2, "onnx",
+                                                                                              "model.onnx")
+    assert [t["class"] for t in onnx_answer["predictions"][0]["top"]] == \
+        [t["class"] for t in torch_answer["predictions"][0]["top"]]
+    shutil.copyfile(export, tmp_path / "cats" / "1" / "model.onnx")  # both kinds in one folder
+    assert version_files(tmp_path / "cats" / "1", "onnx").path.name == "model.onnx"
+    assert version_files(tmp_path / "cats" / "1", "torch").path.name == "model.safetensors"
+    (tmp_path / "cats" / "3").mkdir()
+    shutil.copyfile(small_checkpoint, tmp_path / "cats" / "3" / "model.safetensors")
+    assert "holds no .onnx checkpoint" in version_files(tmp_path / "cats" / "3", "onnx").problem
+    shutil.copyfile(small_checkpoint, tmp_path / "cats" / "3" / "other.safetensors")
+    assert "holds 2 checkpoints (model.safetensors, other.safetensors)" in \
+        version_files(tmp_path / "cats" / "3", "torch").problem
