@@ -130,16 +130,16 @@ def test_an_imbalanced_folder_warns_and_the_remedies_silence_it(tmp_path, capsys
     folder = _imbalanced_folder(tmp_path / "f", {"cat": 20, "dog": 20, "fox": 6})
     base = ["train", "--no-progress", "data.dataset=folder", f"data.path={folder}", *TINY_FOLDER]
     assert main(base + ["--out", str(tmp_path / "a")]) == 0
-    lines = [x for x in capsys.readouterr().out.splitlines() if "split is imbalanced" in x]
+    lines = [x for x in capsys.readouterr().err.splitlines() if "split is imbalanced" in x]  # a warning: stderr
     assert len(lines) == 1 and lines[0].startswith("warning: the training split is imbalanced: 15 images in its "
                                                    "largest class, 4 in its smallest (3.8x; smallest: fox (4)")
     for remedy in ("train.class_weights=balanced", "data.order=balanced"):
         assert main(base + ["--out", str(tmp_path / remedy), remedy]) == 0
-        assert "split is imbalanced" not in capsys.readouterr().out
+        assert "split is imbalanced" not in capsys.readouterr().err
     balanced = _imbalanced_folder(tmp_path / "b", {"cat": 12, "dog": 10, "fox": 8})  # 1.5x: no warning
     assert main(["train", "--no-progress", "data.dataset=folder", f"data.path={balanced}", *TINY_FOLDER,
                  "--out", str(tmp_path / "c")]) == 0
-    assert "split is imbalanced" not in capsys.readouterr().out
+    assert "split is imbalanced" not in capsys.readouterr().err
 
 
 def test_balanced_class_weights_and_the_balanced_order():

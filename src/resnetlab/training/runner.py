@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -93,7 +94,7 @@ def imbalance_warning(train: ImageSet) -> str | None:
         return None
     order = counts.argsort()[:3].tolist()
     smallest = ", ".join(f"{train.classes[i]} ({int(counts[i])})" for i in order)
-    return (f"warning: the training split is imbalanced: {large} images in its largest class, {small} in its "
+    return (f"the training split is imbalanced: {large} images in its largest class, {small} in its "
             f"smallest ({large / max(small, 1):.1f}x; smallest: {smallest}); consider train.class_weights=balanced "
             f"or data.order=balanced")
 
@@ -302,7 +303,7 @@ def prepare_run(recipe: Recipe, out: str | Path | None, data_dir: str | None, *,
                         f"train.batch_size={max(1, len(splits.train) // 4)}")
     imbalance = imbalance_warning(splits.train)
     if imbalance and recipe.train.class_weights == "none" and recipe.data.order != "balanced":
-        log(imbalance)
+        warnings.warn(imbalance, stacklevel=2)  # the command line shows it as one `warning:` line on stderr
     if splits.val is None:
         log("no validation split (data.val_size=0): per-epoch figures are on the test split, for monitoring "
             "only; nothing is selected or stopped on them")
