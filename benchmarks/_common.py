@@ -18,6 +18,31 @@ import torch
 from PIL import Image
 
 
+def wrk(url: str, body: bytes, content_type: str, connections: int, seconds: float, threads: int = 2) -> dict:
+    """POST `body` to `url` from `wrk` (Debian package; C, so the load generator takes little of the CPU it shares
+    with the server): keep-alive connections, each sending the next request on answer. req/s, p50 and p99 in ms,
+    non-2xx answers (failures) and wrk's socket errors."""
+    import re
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "body")
+        Path(path).write_bytes(body)
+        lua = os.path.join(tmp, "post.lua")
+        Path(lua).write_text(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "{content_type}"\n'
+                             f'local f = io.open("{path}", "rb")\nwrk.body = f:read("*all")\nf:close()\n')
+        out = subprocess.run([shutil.which("wrk"), f"-t{min(threads, connections)}", f"-c{connections}",
+                              f"-d{seconds:.0f}s", "--latency", "-s", lua, url], capture_output=True, text=True).stdout
+
+    def ms(text: str) -> float:
+        value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
+        return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {"req_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "p50": ms(re.search(r"\s50%\s+(\S+)", out).group(1)), "p99": ms(re.search(r"\s99%\s+(\S+)", out).group(1)),
+            "failures": int(bad.group(1)) if bad else 0, "socket_errors": errors.group(1) if errors else ""}
+
+
 def rss_mb() -> float:
     """This process's resident memory in MB (VmRSS)."""
     return process_memory_mb()["rss_mb"]

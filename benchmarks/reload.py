@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -38,6 +37,7 @@ import numpy as np
 import torch
 
 from _common import machine_line, process_memory_mb
+from _common import wrk as load_by_wrk
 from resnetlab.data.cifar import load_cifar
 from resnetlab.testing import ServeProcess, free_port
 from resnetlab.weights import read_checkpoint, save_checkpoint
@@ -173,25 +173,8 @@ async def swaps(ckpt: Path, bodies: list[bytes], rate: float, seconds: float, ev
     print(f"   versions that answered: {seen}; server exit {code}")
 
 
-# --- load by wrk ---------------------------------------------------------------------------------------------
 def wrk(url: str, body: bytes, connections: int, seconds: float, threads: int = 1) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "body")
-        Path(path).write_bytes(body)
-        lua = os.path.join(tmp, "post.lua")
-        Path(lua).write_text(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "multipart/form-data; '
-                             f'boundary={BOUNDARY}"\nlocal f = io.open("{path}", "rb")\nwrk.body = f:read("*all")\n'
-                             f'f:close()\n')
-        out = subprocess.run(["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{seconds:.0f}s",
-                              "--latency", "-s", lua, url], capture_output=True, text=True).stdout
-
-    def ms(text: str) -> float:
-        value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
-        return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
-    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    return {"req_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-            "p50": ms(re.search(r"\s50%\s+(\S+)", out).group(1)), "p99": ms(re.search(r"\s99%\s+(\S+)", out).group(1)),
-            "non_2xx": int(bad.group(1)) if bad else 0}
+    return load_by_wrk(url, body, f"multipart/form-data; boundary={BOUNDARY}", connections, seconds, threads)
 
 
 # --- 2. two models flooding each other ------------------------------------------------------------------------
@@ -220,7 +203,7 @@ def fairness(ckpt: Path, body: bytes, seconds: float, connections: int) -> None:
     for m in ("a", "b"):
         a, t = alone[m], together[m]
         print(f"   | {m} | {a['req_s']:.0f} | {a['p99']:.1f} | {t['req_s']:.0f} | {t['p99']:.1f} | "
-              f"{t['req_s'] / a['req_s']:.0%} | {a['non_2xx'] + t['non_2xx']} |")
+              f"{t['req_s'] / a['req_s']:.0%} | {a['failures'] + t['failures']} |")
 
 
 # --- 3. LitServe beside us ------------------------------------------------------------------------------------
@@ -288,7 +271,7 @@ def litserve_compare(ckpt: Path, onnx: Path | None, body: bytes, python: str, ro
             rps = statistics.median(c["req_s"] for c in cells)
             p50 = statistics.median(c["p50"] for c in cells)
             p99 = statistics.median(c["p99"] for c in cells)
-            print(f"   | {name} | {n} | {rps:.0f} | {p50:.1f} | {p99:.1f} | {sum(c['non_2xx'] for c in cells)} |")
+            print(f"   | {name} | {n} | {rps:.0f} | {p50:.1f} | {p99:.1f} | {sum(c['failures'] for c in cells)} |")
             if p99 <= 100:
                 held[name] = max(held.get(name, 0.0), rps)
     for runtime in ("", " onnx") if onnx else ("",):

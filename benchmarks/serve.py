@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import io
 import os
-import subprocess
 import time
 
 import httpx
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from _common import process_memory_mb
+from _common import process_memory_mb, wrk
 from resnetlab import load
 from resnetlab.data.cifar import load_cifar
 from resnetlab.runtime import cpu_model
@@ -57,31 +56,7 @@ async def drive(url: str, bodies: list[bytes], clients: int, seconds: float) -> 
 
 def drive_wrk(url: str, body: bytes, clients: int, seconds: float) -> dict:
     """The same measurement by wrk: keep-alive connections, each sending the next request on answer."""
-    import re
-    import shutil
-    import tempfile
-    with tempfile.TemporaryDirectory() as tmp:
-        img = os.path.join(tmp, "img.png")
-        with open(img, "wb") as f:
-            f.write(body)
-        lua = os.path.join(tmp, "post.lua")
-        with open(lua, "w") as f:
-            f.write(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "image/png"\n'
-                    f'local f = io.open("{img}", "rb")\nwrk.body = f:read("*all")\nf:close()\n')
-        threads = min(clients, 2)
-        out = subprocess.run([shutil.which("wrk"), f"-t{threads}", f"-c{clients}", f"-d{seconds:.0f}s", "--latency",
-                              "-s", lua, f"{url}/v1/predict"], capture_output=True, text=True).stdout
-
-    def ms(text: str) -> float:
-        value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
-        return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
-    p50 = ms(re.search(r"\s50%\s+(\S+)", out).group(1))
-    p99 = ms(re.search(r"\s99%\s+(\S+)", out).group(1))
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    errors = re.search(r"Socket errors: (.*)", out)
-    return {"req_s": rps, "p50": p50, "p99": p99, "failures": int(bad.group(1)) if bad else 0,
-            "socket_errors": errors.group(1) if errors else ""}
+    return wrk(f"{url}/v1/predict", body, "image/png", clients, seconds)
 
 
 def batch_histogram(url: str) -> str:

@@ -23,8 +23,7 @@ async def request_error(request: Request, e: RequestError) -> JSONResponse:
     return JSONResponse({"detail": e.message}, status_code=e.status, headers=e.headers)
 
 
-def create_app(models: ImageClassifier | ModelHub, settings: ServeSettings | None = None,
-               metrics: Metrics | None = None) -> MetricsMiddleware:
+def create_app(models: ImageClassifier | ModelHub, settings: ServeSettings | None = None) -> MetricsMiddleware:
     """The ASGI application (FastAPI inside the access and metrics layers) serving a classifier (a model of one
     version) or every model of a hub (made with the same metrics)."""
     settings = settings or ServeSettings()

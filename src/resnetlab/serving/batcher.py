@@ -18,6 +18,7 @@ larger batches (docs/results/serving.md, "Pass sizes"). With a fixed set of size
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
@@ -144,11 +145,8 @@ class DynamicBatcher:
             return
         batch = torch.cat([j.pixels for j in live])
         try:
-            if self.turn is None:
+            async with self.turn or contextlib.nullcontext():
                 logits = await self._timed(loop, live, batch)
-            else:
-                async with self.turn:
-                    logits = await self._timed(loop, live, batch)
         except Exception as e:  # the model failed: every waiting request learns it
             for j in live:
                 if not j.future.done():

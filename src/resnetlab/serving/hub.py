@@ -40,16 +40,6 @@ class RequestError(Exception):
         self.status, self.message, self.headers = status, message, headers
 
 
-def malloc_trim():
-    """glibc's malloc_trim, or None on another C library."""
-    import ctypes
-    import ctypes.util
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
 def open_classifier_file(files: VersionFiles, device: str) -> ImageClassifier:
     """The classifier of a version's checkpoint (its suffix picks the backend)."""
     from ..inference.predict import load
@@ -197,8 +187,7 @@ class ModelHub:
             for sv in list(model.versions.values()):
                 await self._start_version(sv)
                 await self._warm_up(sv)
-                self.metrics.version_loaded(sv.name, sv.version, True)
-                self.metrics.serving(sv.name, sv.version, True)
+                self._now_serving(sv)
         self.started = True
 
     async def stop(self) -> None:
@@ -222,14 +211,13 @@ class ModelHub:
             except UserError as e:  # the repository folder went away or became unreadable: keep serving
                 self.log(f"model repository not scanned: {e}")
 
-    async def sync(self, only: str | None = None) -> None:
-        """Bring the models (or one) in line with the repository now: load new and changed versions, release the
-        ones no longer wanted or no longer on disk."""
+    async def sync(self) -> None:
+        """Bring the models in line with the repository now: load new and changed versions, release the ones no
+        longer wanted or no longer on disk."""
         async with self.changes:
             on_disk = self.repository.scan()
             for name in sorted(set(on_disk) | set(self.models)):
-                if only is None or name == only:
-                    await self._reconcile(name, on_disk.get(name, {}))
+                await self._reconcile(name, on_disk.get(name, {}))
 
     async def load(self, name: str, version: int | None = None) -> ServedVersion:
         """Load a model's latest version, or a given one (kept until unloaded). RequestError when it cannot be."""
@@ -249,7 +237,7 @@ class ModelHub:
             else:
                 model.held_back.clear()  # failures stay: a version is retried once its files change
             await self._reconcile(name, on_disk[name])
-            want = version if version is not None else max((v for v in on_disk[name]), default=None)
+            want = version if version is not None else max(on_disk[name], default=None)
             if want in model.versions and model.versions[want].files.stamp == on_disk[name][want].stamp:
                 return model.versions[want]
             failure = model.failures.get(want)
@@ -336,8 +324,8 @@ class ModelHub:
         finally:
             sv.in_flight -= 1
             model.in_flight -= 1
-            if sv.retired and sv.in_flight == 0:
-                self._close_soon(sv)
+            if sv.retired:
+                self._release_when_idle(sv)
 
     # --- loading and releasing ------------------------------------------------------------------------------
     def _candidates(self, model: ServedModel, versions: dict[int, VersionFiles]) -> list[int]:
@@ -418,15 +406,16 @@ class ModelHub:
         old = model.versions.get(v)
         model.versions[v] = sv  # the swap: requests resolved from now on get this version
         model.failures.pop(v, None)
-        self.metrics.version_loaded(model.name, v, True)
-        self.metrics.serving(model.name, v, True)
+        self._now_serving(sv)
         self.log(f"model {model.name} version {v}: serving {files.path.name} (opened, checked and warmed up in "
                  f"{sv.load_s:.1f} s)")
-        if old is not None:
-            old.retired = True  # same version number, new files: the old object goes after its last request
-            if old.in_flight == 0:
-                self._close_soon(old)
+        if old is not None:  # same version number, new files: the old object goes after its last request
+            self._release_when_idle(old)
         return True
+
+    def _now_serving(self, sv: ServedVersion) -> None:
+        self.metrics.version_loaded(sv.name, sv.version, True)
+        self.metrics.serving(sv.name, sv.version, True)
 
     def _failed(self, model: ServedModel, v: int, files: VersionFiles, reason: str) -> None:
         model.failures[v] = Failure(files.stamp, reason)
@@ -467,13 +456,13 @@ class ModelHub:
 
     def _retire(self, model: ServedModel, v: int) -> None:
         sv = model.versions.pop(v)
-        sv.retired = True
         self.metrics.serving(model.name, v, False)
-        if sv.in_flight == 0:
-            self._close_soon(sv)
+        self._release_when_idle(sv)
 
-    def _close_soon(self, sv: ServedVersion) -> None:
-        if sv.closed:
+    def _release_when_idle(self, sv: ServedVersion) -> None:
+        """A version no longer resolved: released now if no request holds it, else after the last one (hold)."""
+        sv.retired = True
+        if sv.in_flight or sv.closed:
             return
         sv.closed = True
         task = asyncio.get_running_loop().create_task(self._close(sv))

@@ -94,17 +94,19 @@ def version_files(folder: Path, backend: str) -> VersionFiles:
         return VersionFiles(None, ("unreadable",), f"cannot list it ({e.strerror})")
     by_kind = {"torch": [p for p in entries if p.suffix == ".safetensors"],
                "onnx": [p for p in entries if p.suffix == ".onnx"]}
-    chosen = by_kind[backend] or by_kind["onnx" if backend == "torch" else "torch"]
-    if backend == "onnx" and not by_kind["onnx"]:
-        chosen = []  # the onnx backend runs .onnx files only
+    chosen = by_kind["onnx"] if backend == "onnx" else (by_kind["torch"] or by_kind["onnx"])
     if len(chosen) != 1:
         names = ", ".join(p.name for p in chosen)
         problem = (f"holds {len(chosen)} checkpoints ({names}); keep one per version folder" if chosen else
                    f"holds no {'.onnx' if backend == 'onnx' else '.safetensors or .onnx'} checkpoint")
         return VersionFiles(None, ("problem", names), problem)
-    path = chosen[0]
+    return VersionFiles(chosen[0], file_stamp(chosen[0]))
+
+
+def file_stamp(path: Path) -> tuple:
+    """What changes when a file is replaced or rewritten (a poll reloads the version then)."""
     st = path.stat()
-    return VersionFiles(path, (path.name, st.st_mtime_ns, st.st_size, st.st_ino))
+    return path.name, st.st_mtime_ns, st.st_size, st.st_ino
 
 
 class Repository(Protocol):
@@ -165,8 +167,7 @@ class SingleCheckpoint:
 
     def scan(self) -> dict[str, dict[int, VersionFiles]]:
         try:
-            st = self.path.stat()
-            files = VersionFiles(self.path, (self.path.name, st.st_mtime_ns, st.st_size, st.st_ino))
+            files = VersionFiles(self.path, file_stamp(self.path))
         except OSError as e:
             files = VersionFiles(None, ("missing",), f"cannot read {self.path} ({e.strerror})")
         return {self.name: {1: files}}

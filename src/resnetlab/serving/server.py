@@ -50,8 +50,6 @@ def open_hub(checkpoint: str | None, models: str | None, backend: str, device: s
     from .hub import ModelHub
     from .metrics import Metrics
     from .repository import FolderRepository, SingleCheckpoint, name_for_checkpoint
-    if (checkpoint is None) == (models is None):
-        raise UserError("serve: give a checkpoint or --models DIR (one of them)")
     if models is not None:
         repo = FolderRepository(models, backend)
     else:

@@ -18,7 +18,7 @@ from starlette.requests import Request
 
 from ..decoding import ImageDecodeError, ImageTooLarge, NotAnImage, image_size, load_uint8, open_rgb
 from ..errors import UserError
-from .hub import ModelHub, RequestError, ServedVersion, malloc_trim
+from .hub import ModelHub, RequestError, ServedVersion
 from .keys import KeyRing
 from .metrics import SERVED, Metrics
 from .settings import ServeSettings
@@ -30,6 +30,16 @@ TARGET_INDEX = re.compile(r"[0-9]{1,9}")  # a class index, ASCII digits only (el
 
 
 TRIM_EVERY_S = 10.0
+
+
+def malloc_trim():
+    """glibc's malloc_trim, or None on another C library."""
+    import ctypes
+    import ctypes.util
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 class PredictService:
